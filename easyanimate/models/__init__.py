@@ -1,0 +1,27 @@
+"""The video diffusion transformer and its loaders."""
+
+from .loading import (
+    LoadReport,
+    WeightLoadError,
+    load_motion_module,
+    load_transformer_checkpoint,
+    load_video_transformer,
+    read_state_dict,
+    save_motion_module,
+)
+from .motion_module import VanillaTemporalModule, get_motion_module
+from .transformer3d import Transformer3DModel, Transformer3DModelOutput
+
+__all__ = [
+    "LoadReport",
+    "Transformer3DModel",
+    "Transformer3DModelOutput",
+    "VanillaTemporalModule",
+    "WeightLoadError",
+    "get_motion_module",
+    "load_motion_module",
+    "load_transformer_checkpoint",
+    "load_video_transformer",
+    "read_state_dict",
+    "save_motion_module",
+]
