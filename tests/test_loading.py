@@ -1,0 +1,192 @@
+"""Every loading path of the video transformer, and each way a wrong file is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import PixArtTransformer2DModel
+from safetensors.torch import save_file
+
+from easyanimate.config import ConfigError
+from easyanimate.models import (
+    Transformer3DModel,
+    WeightLoadError,
+    load_motion_module,
+    load_transformer_checkpoint,
+    load_video_transformer,
+    read_state_dict,
+    save_motion_module,
+)
+from easyanimate.models.loading import motion_module_state_dict
+
+from .test_transformer import TINY, TINY_MM, randomize
+
+EXTRAS = dict(basic_block_type="motionmodule", motion_module_type="VanillaGrid", motion_module_kwargs=TINY_MM)
+
+
+@pytest.fixture()
+def pixart_folder(tmp_path):
+    """A tiny PixArt diffusers folder: <tmp>/pixart/transformer/{config.json, weights}."""
+    torch.manual_seed(0)
+    model = PixArtTransformer2DModel(**TINY)
+    model.save_pretrained(tmp_path / "pixart" / "transformer")
+    return tmp_path / "pixart"
+
+
+def inputs(frames: int = 3):
+    generator = torch.Generator().manual_seed(5)
+    return (torch.randn(1, 4, frames, 8, 8, generator=generator), torch.randn(1, 5, 16, generator=generator),
+            None, torch.tensor([11]))
+
+
+def output(model, frames: int = 3):
+    with torch.no_grad():
+        return model(*inputs(frames)).sample
+
+
+def trained_video_model(seed: int = 1) -> Transformer3DModel:
+    torch.manual_seed(seed)
+    model = Transformer3DModel(**TINY, **EXTRAS).eval()
+    randomize(model, seed)
+    return model
+
+
+def test_from_pretrained_2d_loads_pixart_and_leaves_motion_modules_fresh(pixart_folder):
+    model = Transformer3DModel.from_pretrained_2d(pixart_folder, subfolder="transformer",
+                                                  transformer_additional_kwargs=EXTRAS).eval()
+    image_model = PixArtTransformer2DModel.from_pretrained(pixart_folder, subfolder="transformer")
+    for key, value in image_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    proj_out = model.transformer_blocks[0].attn_temporal.temporal_transformer.proj_out
+    assert proj_out.weight.abs().sum() == 0 and proj_out.bias.abs().sum() == 0
+
+
+def test_from_pretrained_2d_names_unexpected_and_missing_keys(pixart_folder):
+    weights = pixart_folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = read_state_dict(weights)
+    state["transformer_blocks.0.attn1.extra.weight"] = torch.zeros(1)
+    del state["proj_out.bias"]
+    save_file(state, str(weights))
+    with pytest.raises(WeightLoadError, match=r"missing keys, e.g. proj_out.bias.*unexpected keys, e.g. transformer_blocks.0.attn1.extra.weight"):
+        Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS)
+
+
+def test_from_pretrained_2d_refuses_another_width(tmp_path):
+    PixArtTransformer2DModel(**{**TINY, "attention_head_dim": 32}).save_pretrained(tmp_path / "wide" / "transformer")
+    config_path = tmp_path / "wide" / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["attention_head_dim"] = 16  # config says width 32, weights are width 64
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(WeightLoadError, match="shape mismatches"):
+        Transformer3DModel.from_pretrained_2d(tmp_path / "wide", transformer_additional_kwargs=EXTRAS)
+
+
+def test_from_pretrained_2d_reports_a_missing_folder_and_unknown_config_keys(tmp_path, pixart_folder):
+    with pytest.raises(WeightLoadError, match="transformer/config.json"):
+        Transformer3DModel.from_pretrained_2d(tmp_path / "nowhere")
+    config_path = pixart_folder / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["rope_theta"] = 10000
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="rope_theta"):
+        Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS)
+
+
+@pytest.mark.parametrize("with_tables", [True, False])
+def test_motion_module_file_round_trip(tmp_path, with_tables):
+    trained = trained_video_model()
+    path = tmp_path / "mm.safetensors"
+    count = save_motion_module(trained, path, include_position_tables=with_tables)
+    assert all(".attn_temporal." in k for k in read_state_dict(path))
+    assert count == 2 * (28 if with_tables else 26)  # per block: 28 entries, 2 of them position tables
+    fresh = Transformer3DModel(**TINY, **EXTRAS).eval()
+    fresh.load_state_dict({k: v for k, v in trained.state_dict().items() if ".attn_temporal." not in k}, strict=False)
+    assert not torch.equal(output(fresh), output(trained))
+    report = load_motion_module(fresh, path)
+    assert report.loaded == count and report.computed_buffers_kept == (0 if with_tables else 4)
+    assert torch.equal(output(fresh), output(trained))
+
+
+def test_lora_given_as_motion_module_says_what_it_is(tmp_path):
+    path = tmp_path / "style_lora.safetensors"
+    save_file({"lora_unet__proj_out.lora_down.weight": torch.zeros(4, 32),
+               "lora_unet__proj_out.lora_up.weight": torch.zeros(32, 4),
+               "lora_unet__proj_out.alpha": torch.tensor(4.0)}, str(path))
+    with pytest.raises(WeightLoadError, match="not a motion-module file.*LoRA"):
+        load_motion_module(trained_video_model(), path)
+
+
+def test_motion_module_of_another_width_or_depth_is_refused(tmp_path):
+    wide = Transformer3DModel(**{**TINY, "attention_head_dim": 32}, **EXTRAS)
+    save_motion_module(wide, tmp_path / "wide.safetensors")
+    with pytest.raises(WeightLoadError, match=r"motion-module file \(56 tensors, 2 blocks, width 64\).*shape mismatches"):
+        load_motion_module(trained_video_model(), tmp_path / "wide.safetensors")
+    shallow = Transformer3DModel(**{**TINY, "num_layers": 1}, **EXTRAS)
+    save_motion_module(shallow, tmp_path / "shallow.safetensors")
+    with pytest.raises(WeightLoadError, match="missing keys, e.g. transformer_blocks.1.attn_temporal"):
+        load_motion_module(trained_video_model(), tmp_path / "shallow.safetensors")
+
+
+def test_truncated_and_missing_files_are_reported(tmp_path):
+    path = tmp_path / "mm.safetensors"
+    save_motion_module(trained_video_model(), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    model = trained_video_model()
+    before = output(model)
+    with pytest.raises(WeightLoadError, match="truncated or corrupt"):
+        load_motion_module(model, path)
+    with pytest.raises(WeightLoadError, match="not found"):
+        load_motion_module(model, tmp_path / "absent.safetensors")
+    assert torch.equal(output(model), before)
+
+
+def test_personalized_pixart_checkpoint_replaces_the_base_and_keeps_the_motion_module(tmp_path):
+    trained = trained_video_model(seed=1)
+    other = trained_video_model(seed=2)
+    pixart_only = {k: v for k, v in other.state_dict().items() if ".attn_temporal." not in k}
+    save_file(pixart_only, str(tmp_path / "portrait.safetensors"))
+    report = load_transformer_checkpoint(trained, tmp_path / "portrait.safetensors")
+    assert report.loaded == len(pixart_only)
+    for key, value in trained.state_dict().items():
+        source = other if ".attn_temporal." not in key else trained_video_model(seed=1)
+        assert torch.equal(value, source.state_dict()[key]), key
+
+
+def test_full_checkpoint_with_a_partial_motion_module_is_refused(tmp_path):
+    state = trained_video_model().state_dict()
+    del state["transformer_blocks.1.attn_temporal.temporal_transformer.proj_out.weight"]
+    save_file(state, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(WeightLoadError, match="transformer_blocks.1.attn_temporal.temporal_transformer.proj_out.weight"):
+        load_transformer_checkpoint(trained_video_model(), tmp_path / "partial.safetensors")
+
+
+class NotATensor:
+    """An arbitrary object: unpickling it would run code, so weights_only loading must refuse it."""
+
+
+def test_pickle_checkpoints_load_only_as_plain_tensors(tmp_path):
+    state = {k: v for k, v in trained_video_model().state_dict().items() if ".attn_temporal." not in k}
+    torch.save({"state_dict": state}, tmp_path / "base.ckpt")
+    load_transformer_checkpoint(trained_video_model(seed=3), tmp_path / "base.ckpt")
+
+    torch.save({"weights": NotATensor()}, tmp_path / "evil.pt")
+    with pytest.raises(WeightLoadError, match="weights_only=True"):
+        read_state_dict(tmp_path / "evil.pt")
+
+
+def test_save_pretrained_round_trip_is_bit_exact(tmp_path):
+    model = trained_video_model()
+    model.save_pretrained(tmp_path / "saved")
+    loaded = load_video_transformer(Transformer3DModel, tmp_path / "saved").eval()
+    assert loaded.config.motion_module_kwargs["block_size"] == 2
+    assert torch.equal(output(loaded), output(model))
+
+
+def test_motion_module_extraction_ignores_unrelated_temporal_names():
+    state = trained_video_model().state_dict()
+    state["temporal_embedding.weight"] = torch.zeros(2)
+    selected = motion_module_state_dict(state)
+    assert "temporal_embedding.weight" not in selected
+    assert len(selected) == 2 * 28
