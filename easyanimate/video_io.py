@@ -1,0 +1,388 @@
+"""Reading and writing videos and images.
+
+Layouts at this boundary:
+
+* what the pipeline produces and ``save_video`` takes: float ``(3, F, H, W)`` in ``[0, 1]`` (torch tensor
+  or numpy array), or already-converted frames ``(F, H, W, 3)`` ``uint8``;
+* what ``read_video_frames`` returns: ``(F, H, W, 3)`` ``uint8`` RGB.
+
+Writing is atomic: the file is encoded next to its destination under a hidden temporary name and moved
+into place with ``os.replace`` only once it is complete, so an interrupted or failed write never leaves a
+half-written sample behind (nor clobbers an existing file at the destination).
+
+Decoding uses PyAV. decord is supported as an alternative backend when it is installed and asked for
+(``backend="decord"``); it is never required.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+PathLike = str | os.PathLike
+
+VIDEO_FORMATS = ("mp4", "gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_RANGE_TOLERANCE = 1e-3
+
+
+class VideoReadError(ValueError, OSError):
+    """A video (or image) file is missing, corrupt or cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a container says about its first video stream (``codec`` is None when the backend cannot tell)."""
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    codec: str | None
+
+
+# --------------------------------------------------------------------------------------------------
+# Converting arrays to frames
+
+
+def to_uint8_frames(video: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Convert a video to ``(F, H, W, 3)`` uint8 frames.
+
+    Args:
+        video: float ``(3, F, H, W)`` in ``[0, 1]`` (tensor or array), or ``(F, H, W, 3)`` uint8 array.
+            Float values may overshoot ``[0, 1]`` by 1e-3 (clipped); anything further out is an error,
+            because it usually means a ``[-1, 1]`` tensor was passed without rescaling.
+
+    Returns:
+        ``(F, H, W, 3)`` uint8, values rounded to the nearest integer.
+    """
+    if isinstance(video, torch.Tensor):
+        video = video.detach().to("cpu", torch.float32).numpy()
+    video = np.asarray(video)
+    if video.dtype == np.uint8:
+        if video.ndim != 4 or video.shape[-1] != 3:
+            raise ValueError(f"uint8 videos must be (F, H, W, 3); got shape {tuple(video.shape)}")
+        return video
+    if not np.issubdtype(video.dtype, np.floating):
+        raise ValueError(f"video must be float (3, F, H, W) in [0, 1] or uint8 (F, H, W, 3); got dtype {video.dtype}")
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise ValueError(f"float videos must be (3, F, H, W); got shape {tuple(video.shape)}")
+    _check_unit_range(video)
+    frames = np.clip(video, 0.0, 1.0).transpose(1, 2, 3, 0)
+    return np.round(frames * 255.0).astype(np.uint8)
+
+
+def _check_unit_range(values: np.ndarray) -> None:
+    """Raise unless every value is finite and within ``[0, 1]`` (up to the tolerance)."""
+    if not np.all(np.isfinite(values)):
+        raise ValueError("video contains NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
+        raise ValueError(
+            f"float videos must lie in [0, 1]; got values in [{low:.3f}, {high:.3f}]"
+            " (a [-1, 1] video should be passed as (video + 1) / 2)"
+        )
+
+
+def _pad_to_even(frames: np.ndarray) -> np.ndarray:
+    """Repeat the last row/column so height and width are even, as H.264 with yuv420p requires."""
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if not pad_h and not pad_w:
+        return frames
+    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+    """Run ``write(temporary_path)`` then move the result to ``path``; on failure remove the temporary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_mp4(frames: np.ndarray, path: Path, fps: float, crf: int) -> None:
+    """Encode ``(F, H, W, 3)`` uint8 frames (even H and W) as H.264 yuv420p in an mp4 container."""
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.height, stream.width = frames.shape[1], frames.shape[2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _write_gif(frames: np.ndarray, path: Path, fps: float) -> None:
+    """Write ``(F, H, W, 3)`` uint8 frames as a looping GIF with ``1000 / fps`` ms per frame.
+
+    GIF stores durations in hundredths of a second, so 12 fps is played back at 80 ms per frame; Pillow
+    merges consecutive identical frames into one longer frame (same playback, fewer stored frames).
+    """
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=1000.0 / fps, loop=0)
+
+
+def save_video(
+    video: torch.Tensor | np.ndarray,
+    path: PathLike,
+    fps: float = 12,
+    fmt: str | None = None,
+    crf: int = 18,
+) -> Path:
+    """Write a video as H.264 mp4 or GIF, atomically, and return its path.
+
+    Args:
+        video: float ``(3, F, H, W)`` in ``[0, 1]`` or uint8 ``(F, H, W, 3)``; ``F = 1`` is allowed.
+        path: destination; missing parent folders are created, an existing file is replaced.
+        fps: frames per second.
+        fmt: ``"mp4"`` or ``"gif"``; None picks it from the file extension.
+        crf: x264 constant rate factor for mp4 (lower is better quality; 18 is visually lossless).
+
+    mp4 frames with an odd height or width are padded by one repeated row/column, because H.264 in
+    yuv420p needs even sizes; the file then reports the padded size.
+    """
+    fmt = _video_format(path, fmt)
+    if fps <= 0:
+        raise ValueError(f"fps must be positive; got {fps}")
+    frames = to_uint8_frames(video)
+    if frames.shape[0] == 0:
+        raise ValueError("video has no frames")
+    if fmt == "mp4":
+        frames = _pad_to_even(frames)
+        return _atomic_write(path, lambda temporary: _write_mp4(frames, temporary, fps, crf))
+    return _atomic_write(path, lambda temporary: _write_gif(frames, temporary, fps))
+
+
+def _video_format(path: PathLike, fmt: str | None) -> str:
+    """The output format: ``fmt`` when given, else the extension of ``path``; raises for unknown ones."""
+    chosen = (fmt or Path(path).suffix.lstrip(".")).lower()
+    if chosen not in VIDEO_FORMATS:
+        raise ValueError(
+            f"cannot tell the video format of {os.fspath(path)!r} (fmt={fmt!r}); "
+            f"use one of the extensions/formats {list(VIDEO_FORMATS)}"
+        )
+    return chosen
+
+
+def save_image(image: torch.Tensor | np.ndarray, path: PathLike) -> Path:
+    """Write one image (png, jpg, ...; chosen by Pillow from the extension) atomically and return its path.
+
+    Args:
+        image: float ``(3, H, W)`` or a 1-frame video ``(3, 1, H, W)`` in ``[0, 1]``, or uint8 ``(H, W, 3)``.
+        path: destination with an image extension.
+    """
+    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
+        raise ValueError(f"image path must end in one of {list(IMAGE_EXTENSIONS)}; got {os.fspath(path)!r}")
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
+        frames = to_uint8_frames(image[None])
+    else:
+        frames = to_uint8_frames(image[:, None] if image.ndim == 3 else image)
+    if frames.shape[0] != 1:
+        raise ValueError(f"save_image takes one frame; got {frames.shape[0]} (use save_video)")
+    picture = Image.fromarray(frames[0])
+    fmt = Image.registered_extensions()[Path(path).suffix.lower()]
+    return _atomic_write(path, lambda temporary: picture.save(temporary, format=fmt))
+
+
+def unique_path(folder: PathLike, ext: str, stem: str | None = None) -> Path:
+    """A path in ``folder`` (created if missing) that does not exist yet.
+
+    With ``stem=None`` the name follows the original scripts: ``NNNNNNNN<ext>`` with NNNNNNNN the number of
+    entries already in the folder plus one, zero-padded to 8 digits, counting up past names already taken.
+    With a stem: ``<stem><ext>``, else ``<stem>-1<ext>``, ``<stem>-2<ext>``, ...
+
+    The check is not a lock: two processes choosing a name in the same folder at once may pick the same one.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ext if ext.startswith(".") else f".{ext}"
+    if stem is None:
+        number = len(os.listdir(folder)) + 1
+        while (folder / f"{number:08d}{ext}").exists():
+            number += 1
+        return folder / f"{number:08d}{ext}"
+    candidate, suffix = folder / f"{stem}{ext}", 0
+    while candidate.exists():
+        suffix += 1
+        candidate = folder / f"{stem}-{suffix}{ext}"
+    return candidate
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _open_container(path: PathLike) -> av.container.InputContainer:
+    """Open ``path`` with PyAV, turning every failure into a ``VideoReadError`` that names the file."""
+    if not os.path.isfile(path):
+        raise VideoReadError(f"video file not found: {os.fspath(path)}")
+    try:
+        container = av.open(os.fspath(path), mode="r")
+    except (av.FFmpegError, OSError, ValueError) as error:
+        raise VideoReadError(f"cannot open video {os.fspath(path)}: {error}") from error
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(f"no video stream in {os.fspath(path)}")
+    return container
+
+
+def _probe_pyav(path: PathLike) -> VideoInfo:
+    """``VideoInfo`` from the container header; frames are counted from packets when the header has no count."""
+    with _open_container(path) as container:
+        stream = container.streams.video[0]
+        try:
+            num_frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size > 0)
+        except av.FFmpegError as error:
+            raise VideoReadError(f"cannot read video {os.fspath(path)}: {error}") from error
+        rate = stream.average_rate or stream.guessed_rate or 0
+        context = stream.codec_context
+        return VideoInfo(num_frames, float(rate), context.width, context.height, context.name)
+
+
+def _read_pyav(path: PathLike, indices: np.ndarray | None) -> np.ndarray:
+    """Decode frames in order, keeping those listed in ``indices`` (all when None)."""
+    wanted = None if indices is None else set(indices.tolist())
+    last = None if indices is None else int(indices.max())
+    decoded: dict[int, np.ndarray] = {}
+    count = 0
+    with _open_container(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for position, frame in enumerate(container.decode(stream)):
+                count = position + 1
+                if wanted is None or position in wanted:
+                    decoded[position] = frame.to_ndarray(format="rgb24")
+                if last is not None and position >= last:
+                    break
+        except av.FFmpegError as error:
+            raise VideoReadError(f"cannot decode video {os.fspath(path)}: {error}") from error
+    order = sorted(decoded) if indices is None else indices.tolist()
+    missing = [index for index in order if index not in decoded]
+    if missing or not order:
+        raise VideoReadError(
+            f"video {os.fspath(path)} decoded to {count} frames; frame {missing[0] if missing else 0} "
+            "was requested (the file is truncated or its header is wrong)"
+        )
+    return np.stack([decoded[index] for index in order])
+
+
+def _decord_reader(path: PathLike):
+    """A decord ``VideoReader`` for ``path``; raises ImportError when decord is not installed."""
+    try:
+        import decord
+    except ImportError as error:
+        raise ImportError("backend='decord' needs the decord package; install it or use backend='pyav'") from error
+    if not os.path.isfile(path):
+        raise VideoReadError(f"video file not found: {os.fspath(path)}")
+    try:
+        return decord.VideoReader(os.fspath(path), num_threads=1)
+    except Exception as error:  # decord's error classes are not part of its documented API
+        raise VideoReadError(f"cannot open video {os.fspath(path)}: {error}") from error
+
+
+def _probe_decord(path: PathLike) -> VideoInfo:
+    """``VideoInfo`` through decord (which does not report the codec)."""
+    reader = _decord_reader(path)
+    height, width = reader[0].shape[:2] if len(reader) else (0, 0)
+    return VideoInfo(len(reader), float(reader.get_avg_fps()), int(width), int(height), None)
+
+
+def _read_decord(path: PathLike, indices: np.ndarray | None) -> np.ndarray:
+    """Frames through decord's random access."""
+    reader = _decord_reader(path)
+    indices = np.arange(len(reader)) if indices is None else indices
+    if len(indices) == 0 or int(indices.max()) >= len(reader):
+        raise VideoReadError(f"video {os.fspath(path)} has {len(reader)} frames; asked for indices {indices.tolist()}")
+    try:
+        return reader.get_batch(indices.tolist()).asnumpy()
+    except Exception as error:  # as above: decord raises its own undocumented error types
+        raise VideoReadError(f"cannot decode video {os.fspath(path)}: {error}") from error
+
+
+_BACKENDS: dict[str, tuple[Callable[[PathLike], VideoInfo], Callable[[PathLike, np.ndarray | None], np.ndarray]]] = {
+    "pyav": (_probe_pyav, _read_pyav),
+    "decord": (_probe_decord, _read_decord),
+}
+
+
+def _backend(name: str) -> tuple[Callable, Callable]:
+    """The (probe, read) pair for a backend name; raises listing the valid names."""
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown video backend {name!r}; choose one of {sorted(_BACKENDS)}")
+    return _BACKENDS[name]
+
+
+def probe_video(path: PathLike, backend: str = "pyav") -> VideoInfo:
+    """Frame count, fps, size and codec of a video without decoding it.
+
+    Raises:
+        VideoReadError: the file is missing, is not a video, or cannot be parsed.
+    """
+    return _backend(backend)[0](path)
+
+
+def read_video_frames(path: PathLike, indices: Sequence[int] | np.ndarray | None = None, backend: str = "pyav") -> np.ndarray:
+    """Decode frames of a video.
+
+    Args:
+        path: the video file.
+        indices: 0-based frame numbers to return, in the order given (repeats allowed); None for all frames.
+        backend: ``"pyav"`` (default) or ``"decord"`` (when installed).
+
+    Returns:
+        ``(F, H, W, 3)`` uint8 RGB, ``F = len(indices)``.
+
+    Raises:
+        VideoReadError: the file is missing/corrupt, or has fewer frames than an index asks for.
+    """
+    if indices is not None:
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) == 0:
+            raise ValueError("indices is empty; pass None to read every frame")
+        if int(indices.min()) < 0:
+            raise ValueError(f"frame indices must be >= 0; got {indices.tolist()}")
+    return _backend(backend)[1](path, indices)
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Load an image as ``(H, W, 3)`` uint8 RGB; raises ``VideoReadError`` when missing or unreadable."""
+    if not os.path.isfile(path):
+        raise VideoReadError(f"image file not found: {os.fspath(path)}")
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise VideoReadError(f"cannot read image {os.fspath(path)}: {error}") from error
+
+
+def probe_image(path: PathLike) -> tuple[int, int]:
+    """``(height, width)`` of an image from its header; raises ``VideoReadError`` when missing or unreadable."""
+    if not os.path.isfile(path):
+        raise VideoReadError(f"image file not found: {os.fspath(path)}")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise VideoReadError(f"cannot read image {os.fspath(path)}: {error}") from error
+    return height, width
