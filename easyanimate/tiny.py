@@ -11,6 +11,7 @@ transformer inner dim 32 = 2 heads x 16, divisible by the 32 GroupNorm groups of
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -19,7 +20,7 @@ from diffusers import AutoencoderKL
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-from easyanimate.schedulers import build_scheduler
+from easyanimate.schedulers import V1_NOISE_SCHEDULER_KWARGS, build_scheduler
 
 TINY_TEXT_DIM = 32
 """``d_model`` of the tiny T5 encoder, hence the transformer's ``caption_channels``."""
@@ -216,3 +217,75 @@ def tiny_motion_module_kwargs(num_attention_heads: int = 2) -> dict[str, Any]:
     kwargs = dict(V1_MOTION_MODULE_KWARGS, num_attention_heads=num_attention_heads)
     kwargs["attention_block_types"] = list(kwargs["attention_block_types"])
     return kwargs
+
+
+def write_tiny_model(models_root: str | Path, name: str = "tiny-easyanimate", seed: int = 0,
+                     num_layers: int = 2, sample_size: int = 8) -> dict[str, Path]:
+    """Write a tiny model in the released layout under ``models_root``; returns the paths written.
+
+    * ``Diffusion_Transformer/<name>/``: a PixArt-alpha diffusers folder (tokenizer, T5, VAE,
+      2D transformer, scheduler, model_index.json) plus ``easyanimate_config.yaml`` (the v1 yaml
+      with 2 motion-module heads) and ``easyanimate_defaults.yaml`` (its generation defaults);
+    * ``Motion_Module/<name>_mm.safetensors``: a motion module with random non-zero weights,
+      original key names;
+    * ``Personalized_Model/<name>_lora.safetensors``: a kohya-format LoRA over the transformer and T5.
+
+    The weights are random: the outputs are noise, but every code path of the real model runs.
+    """
+    from diffusers import PixArtAlphaPipeline, PixArtTransformer2DModel
+    from omegaconf import OmegaConf
+
+    from .lora import TEXT_ENCODER, TRANSFORMER, kohya_module_name, lora_target_modules, save_kohya_lora
+    from .models import Transformer3DModel, save_motion_module
+
+    root = Path(models_root)
+    folder = root / "Diffusion_Transformer" / name
+    tokenizer = build_tiny_tokenizer()
+    text_encoder = build_tiny_text_encoder(len(tokenizer), seed=seed)
+    with _seeded(seed):
+        # from_config: the legacy PixArt keys (num_vector_embeds, ...) are kept in config.json as released.
+        transformer = PixArtTransformer2DModel.from_config(tiny_transformer_config(num_layers=num_layers,
+                                                                                   sample_size=sample_size))
+    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=build_tiny_vae(seed),
+                               transformer=transformer, scheduler=build_pixart_scheduler())
+    pipe.save_pretrained(folder)
+
+    model_config = {
+        "transformer_additional_kwargs": {
+            "patch_3d": False, "fake_3d": False, "basic_block_type": "motionmodule",
+            "time_position_encoding_before_transformer": False, "motion_module_type": "VanillaGrid",
+            "motion_module_kwargs": {**tiny_motion_module_kwargs(), "temporal_position_encoding_max_len": 256},
+        },
+        "noise_scheduler_kwargs": dict(V1_NOISE_SCHEDULER_KWARGS),
+        "vae_kwargs": {"enable_magvit": False},
+    }
+    OmegaConf.save(OmegaConf.create(model_config), folder / "easyanimate_config.yaml")
+    paths = {"model": folder, "config": folder / "easyanimate_config.yaml",
+             "motion_module": root / "Motion_Module" / f"{name}_mm.safetensors",
+             "lora": root / "Personalized_Model" / f"{name}_lora.safetensors"}
+
+    video_model = Transformer3DModel.from_pretrained_2d(
+        folder, transformer_additional_kwargs=model_config["transformer_additional_kwargs"])
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for key, tensor in video_model.state_dict().items():
+            if ".attn_temporal." in key and not key.endswith(".pe"):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
+    save_motion_module(video_model, paths["motion_module"])
+
+    lora = {}
+    for component, model in ((TRANSFORMER, video_model), (TEXT_ENCODER, text_encoder)):
+        for path in lora_target_modules(model, component)[::3]:
+            layer = model.get_submodule(path)
+            kohya = kohya_module_name(path, component)
+            lora[f"{kohya}.lora_down.weight"] = torch.randn(4, layer.in_features, generator=generator) * 0.1
+            lora[f"{kohya}.lora_up.weight"] = torch.randn(layer.out_features, 4, generator=generator) * 0.1
+            lora[f"{kohya}.alpha"] = torch.tensor(2.0)
+    save_kohya_lora(paths["lora"], lora)
+
+    defaults = {"config": "easyanimate_config.yaml", "motion_module": f"Motion_Module/{name}_mm.safetensors",
+                "height": sample_size * 8, "width": sample_size * 8, "frames": 8, "fps": 8, "steps": 5,
+                "guidance_scale": 6.0, "sampler": "DPM++", "prompt": "a red circle moving left",
+                "negative_prompt": ""}
+    OmegaConf.save(OmegaConf.create(defaults), folder / "easyanimate_defaults.yaml")
+    return paths

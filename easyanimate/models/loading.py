@@ -198,7 +198,9 @@ def load_transformer_from_2d(cls: type, pretrained_model_path: str | Path, subfo
     report = LoadReport(str(weights), "PixArt transformer", len(state),
                         notes=[f"motion modules start fresh (zero output projection)"] if model.has_motion_module else [])
     logger.info("%s", report)
-    return model.to(device=device, dtype=torch_dtype)
+    if device is not None or torch_dtype is not None:
+        model = model.to(device=device, dtype=torch_dtype)
+    return model
 
 
 def _pixart_config(path: Path, cls: type) -> dict[str, Any]:

@@ -1,0 +1,335 @@
+"""Text-to-video pipeline: T5 text encoding, guided denoising of latent video, chunked VAE decoding.
+
+Latent video is ``(B, 4, F, H/8, W/8)`` throughout (spec sections 4.1-4.3). Differences from the
+original that users can rely on: ``check_inputs`` is called; ``output_type`` means what it means in
+diffusers (``"pt"``, ``"np"``, ``"pil"``, ``"latent"``); the VAE scaling factor comes from the VAE
+config; decoding runs in chunks of frames so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, PNDMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from einops import rearrange
+from PIL import Image
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..models.transformer3d import Transformer3DModel
+
+OUTPUT_TYPES = ("pt", "np", "pil", "latent")
+MAX_FRAMES = 4096  # length of the motion module's position table
+
+
+@dataclass
+class EasyAnimatePipelineOutput(BaseOutput):
+    """``videos``: ``(B, 3, F, H, W)`` in [0, 1] for "pt", ``(B, F, H, W, 3)`` for "np", a list of
+    lists of PIL images for "pil", or the final latents ``(B, 4, F, h, w)`` for "latent"."""
+
+    videos: torch.Tensor | np.ndarray | list[list[Image.Image]]
+
+
+def clean_prompt(text: str) -> str:
+    """Lower-case and strip, as the original did when its optional cleaning libraries were absent."""
+    return text.lower().strip()
+
+
+class EasyAnimatePipeline(DiffusionPipeline):
+    """Text-to-video generation with :class:`~easyanimate.models.Transformer3DModel`.
+
+    ``tokenizer`` and ``text_encoder`` are optional when ``prompt_embeds`` are given.
+    """
+
+    _optional_components = ["tokenizer", "text_encoder"]
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase | None, text_encoder: PreTrainedModel | None,
+                 vae: AutoencoderKL, transformer: Transformer3DModel, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                              scheduler=scheduler)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_decode_chunk_size = 8
+        self.free_text_encoder_after_encoding = False
+
+    # ------------------------------------------------------------------------------------------
+    # Inputs
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Height and width in pixels must be multiples of this (32 for the grid motion module)."""
+        return self.transformer.spatial_multiple * self.vae_scale_factor
+
+    def default_size(self) -> int:
+        return self.transformer.config.sample_size * self.vae_scale_factor
+
+    def check_inputs(self, prompt, height: int, width: int, video_length: int, num_inference_steps: int,
+                     guidance_scale: float, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                     prompt_attention_mask, negative_prompt_attention_mask, output_type: str,
+                     num_images_per_prompt: int, latents: torch.Tensor | None, timesteps) -> None:
+        """Raise a ValueError that says what is wrong and what would be right."""
+        m = self.pixel_multiple
+        if not (isinstance(height, int) and isinstance(width, int)) or height <= 0 or width <= 0 or height % m or width % m:
+            raise ValueError(f"height and width must be positive multiples of {m} pixels for this model, "
+                             f"got {height}x{width} (e.g. {max(m, height // m * m)}x{max(m, width // m * m)})")
+        if not isinstance(video_length, int) or not 1 <= video_length <= MAX_FRAMES:
+            raise ValueError(f"video_length must be an integer from 1 to {MAX_FRAMES}, got {video_length!r}")
+        if timesteps is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if (timesteps is None and isinstance(self.scheduler, PNDMScheduler) and not self.scheduler.config.skip_prk_steps
+                and num_inference_steps < 4):
+            raise ValueError(f"num_inference_steps={num_inference_steps}: PNDM with its Runge-Kutta warm-up "
+                             "needs at least 4 steps")
+        if not isinstance(guidance_scale, (int, float)) or not np.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0 (1 or less disables guidance), "
+                             f"got {guidance_scale!r}")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("give exactly one of prompt and prompt_embeds")
+        if prompt is not None and not isinstance(prompt, (str, list)):
+            raise ValueError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+        if prompt is not None and self.text_encoder is None:
+            raise ValueError("this pipeline has no text encoder: pass prompt_embeds and prompt_attention_mask")
+        if prompt_embeds is not None and prompt_attention_mask is None:
+            raise ValueError("prompt_embeds need prompt_attention_mask")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("give at most one of negative_prompt and negative_prompt_embeds")
+        if negative_prompt_embeds is not None:
+            if negative_prompt_attention_mask is None:
+                raise ValueError("negative_prompt_embeds need negative_prompt_attention_mask")
+            if prompt_embeds is not None and prompt_embeds.shape != negative_prompt_embeds.shape:
+                raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
+                                 f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
+        if prompt_embeds is not None:
+            expected = self.transformer.config.caption_channels
+            if prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != expected:
+                raise ValueError(f"prompt_embeds must be (B, L, {expected}), got {tuple(prompt_embeds.shape)}")
+            if prompt_attention_mask.shape != prompt_embeds.shape[:2]:
+                raise ValueError(f"prompt_attention_mask must be {tuple(prompt_embeds.shape[:2])}, "
+                                 f"got {tuple(prompt_attention_mask.shape)}")
+        if latents is not None:
+            batch = (len(prompt) if isinstance(prompt, list) else 1) if prompt is not None else prompt_embeds.shape[0]
+            expected = (batch * num_images_per_prompt, self.transformer.config.in_channels, video_length,
+                        height // self.vae_scale_factor, width // self.vae_scale_factor)
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
+
+    # ------------------------------------------------------------------------------------------
+    # Steps
+
+    def encode_prompt(self, prompt: str | list[str] | None, do_classifier_free_guidance: bool = True,
+                      negative_prompt: str | list[str] | None = "", num_images_per_prompt: int = 1,
+                      device: torch.device | None = None, prompt_embeds: torch.Tensor | None = None,
+                      negative_prompt_embeds: torch.Tensor | None = None,
+                      prompt_attention_mask: torch.Tensor | None = None,
+                      negative_prompt_attention_mask: torch.Tensor | None = None,
+                      clean_caption: bool = True, max_sequence_length: int = 120,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """T5 states ``(B*n, L, D)`` and masks ``(B*n, L)`` for the prompt and (with guidance) the negative."""
+        device = device or self._execution_device
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds, prompt_attention_mask = self._encode_text(prompts, clean_caption, max_sequence_length, device)
+        batch = prompt_embeds.shape[0]
+        negative = None, None
+        if do_classifier_free_guidance:
+            if negative_prompt_embeds is None:
+                negatives = negative_prompt if isinstance(negative_prompt, list) else [negative_prompt or ""] * batch
+                if len(negatives) != batch:
+                    raise ValueError(f"{len(negatives)} negative prompts for {batch} prompts")
+                negative_prompt_embeds, negative_prompt_attention_mask = self._encode_text(
+                    negatives, clean_caption, prompt_embeds.shape[1], device)
+            negative = (_repeat(negative_prompt_embeds.to(device), num_images_per_prompt),
+                        _repeat(negative_prompt_attention_mask.to(device), num_images_per_prompt))
+        positive = (_repeat(prompt_embeds.to(device), num_images_per_prompt),
+                    _repeat(prompt_attention_mask.to(device), num_images_per_prompt))
+        return positive[0], positive[1], negative[0], negative[1]
+
+    @torch.no_grad()
+    def _encode_text(self, prompts: list[str], clean: bool, max_length: int,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if clean:
+            prompts = [clean_prompt(p) for p in prompts]
+        tokens = self.tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                                add_special_tokens=True, return_tensors="pt")
+        encoder_device = self.text_encoder.device
+        mask = tokens.attention_mask.to(encoder_device)
+        states = self.text_encoder(tokens.input_ids.to(encoder_device), attention_mask=mask)[0]
+        return states.to(device=device, dtype=self.text_encoder.dtype), mask.to(device)
+
+    def prepare_latents(self, batch_size: int, num_channels: int, video_length: int, height: int, width: int,
+                        dtype: torch.dtype, device: torch.device, generator: torch.Generator | list | None,
+                        latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Initial noise ``(B, C, F, H/8, W/8)`` times the scheduler's ``init_noise_sigma``."""
+        shape = (batch_size, num_channels, video_length, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def decode_latents(self, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """Latents ``(B, 4, F, h, w)`` -> video ``(B, 3, F, H, W)`` float32 in [0, 1], ``chunk_size`` frames at a time."""
+        chunk_size = chunk_size or self.vae_decode_chunk_size
+        batch = latents.shape[0]
+        frames = rearrange(latents, "b c f h w -> (b f) c h w") / self.vae.config.scaling_factor
+        frames = frames.to(self.vae.dtype)
+        decoded = [self.vae.decode(chunk).sample.float().cpu() for chunk in frames.split(chunk_size)]
+        video = rearrange(torch.cat(decoded), "(b f) c h w -> b c f h w", b=batch)
+        return (video / 2 + 0.5).clamp(0, 1)
+
+    def prepare_extra_step_kwargs(self, generator, eta: float) -> dict[str, Any]:
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        extra = {}
+        if "eta" in accepted:
+            extra["eta"] = eta
+        if "generator" in accepted:
+            extra["generator"] = generator
+        return extra
+
+    def _set_timesteps(self, num_inference_steps: int, timesteps: list[int] | None, device) -> torch.Tensor:
+        if timesteps is not None:
+            if "timesteps" not in inspect.signature(self.scheduler.set_timesteps).parameters:
+                raise ValueError(f"{type(self.scheduler).__name__} does not accept custom timesteps; "
+                                 "use num_inference_steps")
+            self.scheduler.set_timesteps(timesteps=timesteps, device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        return self.scheduler.timesteps
+
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
+                      prompt_attention_mask: torch.Tensor, guidance_scale: float,
+                      negative_prompt_embeds: torch.Tensor | None,
+                      negative_prompt_attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Guided epsilon ``(B, 4, F, h, w)``: guidance on the whole output, then the epsilon half."""
+        guided = negative_prompt_embeds is not None
+        model_input = torch.cat([latents, latents]) if guided else latents
+        model_input = self.scheduler.scale_model_input(model_input, t)
+        text = torch.cat([negative_prompt_embeds, prompt_embeds]) if guided else prompt_embeds
+        mask = torch.cat([negative_prompt_attention_mask, prompt_attention_mask]) if guided else prompt_attention_mask
+        timestep = t.expand(model_input.shape[0]) if torch.is_tensor(t) else torch.full((model_input.shape[0],), t)
+        output = self.transformer(model_input.to(self.transformer.dtype), text.to(self.transformer.dtype), mask,
+                                  timestep.to(model_input.device), return_dict=False)[0]
+        if guided:
+            uncond, cond = output.chunk(2)
+            output = uncond + guidance_scale * (cond - uncond)
+        if self.transformer.config.out_channels // 2 == latents.shape[1]:
+            output = output[:, : latents.shape[1]]  # learned sigma: keep epsilon
+        return output.to(latents.dtype)
+
+    # ------------------------------------------------------------------------------------------
+    # Generation
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        video_length: int | None = None,
+        negative_prompt: str | list[str] | None = "",
+        num_inference_steps: int = 20,
+        timesteps: list[int] | None = None,
+        guidance_scale: float = 4.5,
+        num_images_per_prompt: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        output_type: str = "pt",
+        return_dict: bool = True,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback_steps: int = 1,
+        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        clean_caption: bool = True,
+        max_sequence_length: int = 120,
+    ) -> EasyAnimatePipelineOutput | tuple:
+        """Generate videos from text.
+
+        Args:
+            prompt: text or list of texts.
+            video_length: frames F (default 16; 1 gives an image).
+            height, width: pixels, multiples of :attr:`pixel_multiple` (default: the model's sample size).
+            guidance_scale: classifier-free guidance weight; <= 1 disables guidance.
+            latents: optional initial noise ``(B, 4, F, H/8, W/8)`` (scaled by ``init_noise_sigma`` here).
+            callback: legacy ``callback(step, t, latents)`` every ``callback_steps`` steps.
+            callback_on_step_end: diffusers-style ``f(pipe, step, t, tensors) -> dict`` (may replace latents).
+
+        Returns:
+            :class:`EasyAnimatePipelineOutput` with ``videos`` (see ``output_type``).
+        """
+        height = self.default_size() if height is None else height
+        width = self.default_size() if width is None else width
+        video_length = 16 if video_length is None else video_length
+        if negative_prompt_embeds is not None and negative_prompt == "":
+            negative_prompt = None
+        self.check_inputs(prompt, height, width, video_length, num_inference_steps, guidance_scale, negative_prompt,
+                          prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+                          negative_prompt_attention_mask, output_type, num_images_per_prompt, latents, timesteps)
+        device = self._execution_device
+        guided = guidance_scale > 1.0
+
+        # 1. Text.
+        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = self.encode_prompt(
+            prompt, guided, negative_prompt, num_images_per_prompt, device, prompt_embeds, negative_prompt_embeds,
+            prompt_attention_mask, negative_prompt_attention_mask, clean_caption, max_sequence_length)
+        if self.free_text_encoder_after_encoding and self.text_encoder is not None:
+            self.text_encoder.to("cpu")
+
+        # 2. Timesteps and noise.
+        timesteps = self._set_timesteps(num_inference_steps, timesteps, device)
+        latents = self.prepare_latents(prompt_embeds.shape[0], self.transformer.config.in_channels, video_length,
+                                       height, width, prompt_embeds.dtype, device, generator, latents)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+
+        # 3. Denoising loop.
+        tensor_names = callback_on_step_end_tensor_inputs or ["latents"]
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                noise = self.predict_noise(latents, t, prompt_embeds, prompt_attention_mask, guidance_scale,
+                                           negative_prompt_embeds, negative_prompt_attention_mask)
+                latents = self.scheduler.step(noise, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "prompt_embeds": prompt_embeds,
+                             "negative_prompt_embeds": negative_prompt_embeds}
+                    updated = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_names}) or {}
+                    latents = updated.get("latents", latents)
+                if callback is not None and i % callback_steps == 0:
+                    callback(i, t, latents)
+                progress.update()
+
+        # 4. Decode.
+        videos = self._postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+        return EasyAnimatePipelineOutput(videos=videos) if return_dict else (videos,)
+
+    def _postprocess(self, latents: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return latents
+        video = self.decode_latents(latents)
+        if output_type == "pt":
+            return video
+        array = rearrange(video, "b c f h w -> b f h w c").numpy()
+        if output_type == "np":
+            return array
+        return [[Image.fromarray(np.round(frame * 255).astype(np.uint8)) for frame in clip] for clip in array]
+
+
+def _repeat(tensor: torch.Tensor, times: int) -> torch.Tensor:
+    return tensor.repeat_interleave(times, dim=0) if times > 1 else tensor

@@ -1,0 +1,81 @@
+"""predict_t2v.py: files it writes, its defaults, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import pytest
+
+import predict_t2v
+
+FAST = ["--steps", "2", "--frames", "4", "--device", "cpu"]
+
+
+def cli(tiny_models, out, *extra):
+    return predict_t2v.main(["--models-dir", str(tiny_models["root"]), "--model", str(tiny_models["model"]),
+                             "--output-dir", str(out), *FAST, *extra])
+
+
+def test_writes_a_playable_h264_mp4_and_its_sidecar(tiny_models, tmp_path):
+    assert cli(tiny_models, tmp_path, "--prompt", "a blue square moving up", "--fps", "10", "--seed", "7") == 0
+    (video,) = sorted(tmp_path.glob("*.mp4"))
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        frames = list(container.decode(stream))
+        assert stream.codec_context.name == "h264"
+        assert float(stream.average_rate) == 10
+    assert len(frames) == 4 and (frames[0].width, frames[0].height) == (64, 64)
+    record = json.loads(video.with_suffix(".json").read_text())
+    assert record["prompt"] == "a blue square moving up" and record["seed"] == 7 and record["steps"] == 2
+    assert record["sampler"] == "DPM++" and record["files"] == [video.name]
+
+
+def test_model_defaults_apply_without_flags_and_random_seed_is_recorded(tiny_models, tmp_path):
+    assert predict_t2v.main(["--models-dir", str(tiny_models["root"]), "--model", str(tiny_models["model"]),
+                             "--output-dir", str(tmp_path), "--steps", "2", "--seed", "-1"]) == 0
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert record["prompt"] == "a red circle moving left" and record["frames"] == 8 and record["height"] == 64
+    assert record["seed"] >= 0
+
+
+def test_prompts_file_writes_one_video_per_line_and_never_overwrites(tiny_models, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moving left\n\na green triangle moving down\n")
+    out = tmp_path / "out"
+    assert cli(tiny_models, out, "--prompts-file", str(prompts), "--format", "both") == 0
+    assert cli(tiny_models, out, "--prompt", "a yellow square moving right") == 0
+    assert len(list(out.glob("*.mp4"))) == 3 and len(list(out.glob("*.gif"))) == 2
+    records = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert sorted(records) == ["00000001", "00000002", "00000003"]
+    assert records["00000001"]["prompt"] == "a red circle moving left"
+    assert records["00000001"]["files"] == ["00000001.mp4", "00000001.gif"]
+    assert records["00000003"]["prompt"] == "a yellow square moving right"
+
+
+def test_one_frame_writes_an_image(tiny_models, tmp_path):
+    assert cli(tiny_models, tmp_path, "--frames", "1") == 0
+    assert [p.suffix for p in tmp_path.iterdir() if p.suffix != ".json"] == [".png"]
+
+
+def test_missing_weights_list_the_expected_paths_and_write_nothing(tmp_path, capsys):
+    code = predict_t2v.main(["--models-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "out")])
+    message = capsys.readouterr().err
+    assert code == 2
+    assert "PixArt-XL-2-512x512" in message and "easyanimate_v1_mm.safetensors" in message
+    assert "11.4 GB" in message  # the model-zoo table
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_size_is_an_error_and_writes_nothing(tiny_models, tmp_path):
+    with pytest.raises(ValueError, match="multiples of 32"):
+        cli(tiny_models, tmp_path / "out", "--height", "50")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_wrong_file_as_motion_module_is_refused(tiny_models, tmp_path):
+    from easyanimate.models import WeightLoadError
+
+    with pytest.raises(WeightLoadError, match="LoRA"):
+        cli(tiny_models, tmp_path / "out", "--motion-module", str(tiny_models["lora"]))
+    assert not (tmp_path / "out").exists()
