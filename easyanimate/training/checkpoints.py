@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TEMPORARY_PREFIX = ".incomplete-"
+COMPLETE_MARKER = "step.json"  # written last into a checkpoint folder
 
 
 def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
@@ -62,6 +63,8 @@ def temporary_folder(output_dir: Path, step: int) -> Path:
 def publish(output_dir: Path, step: int) -> Path:
     """Rename the complete temporary folder to ``checkpoint-<step>`` (atomic on one filesystem)."""
     final = output_dir / f"checkpoint-{step}"
+    if not (temporary_folder(output_dir, step) / COMPLETE_MARKER).is_file():
+        raise RuntimeError(f"checkpoint-{step} was not completely written; not publishing it")
     if final.exists():
         shutil.rmtree(final)
     os.replace(temporary_folder(output_dir, step), final)

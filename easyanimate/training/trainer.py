@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -298,7 +299,7 @@ class CheckpointIO:
             (folder / "transformer_ema" / "ema_state.json").write_text(
                 json.dumps({"optimization_step": self.ema.optimization_step, "decay": self.ema.decay}))
         (folder / "train_config.yaml").write_text(self.config.to_yaml())
-        (folder / "step.json").write_text(json.dumps({"global_step": step}))
+        (folder / checkpoints.COMPLETE_MARKER).write_text(json.dumps({"global_step": step}))
 
     def read(self, folder: Path) -> None:
         self.accelerator.load_state(str(folder))
@@ -370,8 +371,11 @@ def train(config: TrainConfig) -> TrainResult:
     """Train as configured; see the module docstring."""
     output_dir = Path(config.output_dir)
     tracker = None if config.report_to == "none" else config.report_to
+    # Launched as several processes on a machine without GPUs: data parallel on CPU over gloo.
+    cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision=config.mixed_precision,
+        cpu=cpu_only, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
         log_with=tracker,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)))
     if config.seed is not None:
@@ -461,7 +465,7 @@ def train(config: TrainConfig) -> TrainResult:
     progress = tqdm(total=max_steps, initial=global_step, desc="training", disable=not accelerator.is_main_process)
     first_epoch, skip = divmod(global_step, steps_per_epoch)
     batches_per_epoch = len(dataloader)
-    last_saved = global_step
+    last_saved, saving = global_step, False
     try:
         for epoch in range(first_epoch, math.ceil(max_steps / steps_per_epoch) + 1):
             if global_step >= max_steps:
@@ -495,8 +499,9 @@ def train(config: TrainConfig) -> TrainResult:
                 progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr_schedule.get_last_lr()[0]:.2e}")
                 accelerator.log({"loss": step_loss, "lr": lr_schedule.get_last_lr()[0]}, step=global_step)
                 if global_step % config.checkpointing_steps == 0:
+                    saving = True
                     save_checkpoint(accelerator, io, output_dir, global_step, config.checkpoints_total_limit)
-                    last_saved = global_step
+                    saving, last_saved = False, global_step
                 if config.validation_prompts and global_step % config.validation_steps == 0:
                     run_validation(accelerator, components, transformer, ema, trainable, config, global_step)
                 if global_step >= max_steps:
@@ -504,7 +509,9 @@ def train(config: TrainConfig) -> TrainResult:
             if batches_per_epoch == 0:
                 break
     except KeyboardInterrupt:
-        if global_step > last_saved:
+        # Interrupted between steps: keep the work done so far. Interrupted while saving: the
+        # half-written folder is never published, and the previous checkpoint stays the latest.
+        if global_step > last_saved and not saving:
             accelerator.print(f"interrupted: saving checkpoint-{global_step} before exiting")
             save_checkpoint(accelerator, io, output_dir, global_step, config.checkpoints_total_limit)
         raise

@@ -1,0 +1,217 @@
+"""The training core on the tiny model and a tiny generated dataset, on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from easyanimate.config import ConfigError
+from easyanimate.generation import apply_lora, load_pipeline, select_model
+from easyanimate.models import read_state_dict
+from easyanimate.training import checkpoints
+from easyanimate.training.config import config_from_sources, parse_config
+from easyanimate.training.trainer import train
+from easyanimate.video_io import save_image, save_video
+
+ROOT = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (220, 40, 40), "blue": (40, 40, 220)}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Four 8-frame clips of a square moving right, two colours, plus two images, in the json format."""
+    root = tmp_path_factory.mktemp("data")
+    items = []
+    for i, (name, rgb) in enumerate(list(COLOURS.items()) * 2):
+        frames = np.full((8, 64, 64, 3), 30, np.uint8)
+        for f in range(8):
+            frames[f, 24:40, 4 + 5 * f: 20 + 5 * f] = rgb
+        save_video(frames, root / "videos" / f"{i}.mp4", fps=8)
+        items.append({"file_path": f"videos/{i}.mp4", "text": f"a {name} square moving right", "type": "video"})
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        image = np.full((64, 64, 3), 30, np.uint8)
+        image[20:44, 20:44] = rgb
+        save_image(image, root / "images" / f"{i}.png")
+        items.append({"file_path": f"images/{i}.png", "text": f"a {name} square", "type": "image"})
+    (root / "meta.json").write_text(json.dumps(items))
+    (root / "videos_only.json").write_text(json.dumps([i for i in items if i["type"] == "video"]))
+    (root / "images_only.json").write_text(json.dumps([i for i in items if i["type"] == "image"]))
+    return root
+
+
+def settings(tiny_models, dataset, out, **overrides) -> dict:
+    base = dict(pretrained_model_name_or_path=str(tiny_models["model"]), config_path=str(tiny_models["config"]),
+                train_data_dir=str(dataset), train_data_meta=str(dataset / "videos_only.json"),
+                sample_size=64, sample_n_frames=4, sample_stride=1, train_batch_size=2, max_train_steps=4,
+                checkpointing_steps=1000, learning_rate=1e-3, lr_warmup_steps=0, seed=0, output_dir=str(out),
+                report_to="none", precompute=True)
+    return {**base, **overrides}
+
+
+def run(tiny_models, dataset, out, **overrides):
+    return train(config_from_sources(None, settings(tiny_models, dataset, out, **overrides)))
+
+
+def fixed_batch_loss_drop(result) -> tuple[float, float]:
+    first, last = np.mean(result.losses[:3]), np.mean(result.losses[-3:])
+    return first, last
+
+
+def test_motion_module_training_lowers_the_loss_and_keeps_the_rest_frozen(tiny_models, dataset, tmp_path):
+    before = read_state_dict(tiny_models["model"] / "transformer" / "diffusion_pytorch_model.safetensors")
+    # Overfit one batch: two clips, batch 2, fixed timesteps would be ideal; 40 steps at lr 1e-3 suffice.
+    result = run(tiny_models, dataset, tmp_path, max_train_steps=40, train_data_meta=str(dataset / "videos_only.json"))
+    first, last = fixed_batch_loss_drop(result)
+    assert last < first, (first, last)
+    after = load_file(str(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"))
+    for key, value in before.items():
+        assert torch.equal(after[key], value), f"frozen {key} changed"
+    motion = load_file(str(tmp_path / "motion_module.safetensors"))
+    assert motion and all(".attn_temporal." in k for k in motion)
+
+
+def test_image_training_trains_the_whole_pixart_model(tiny_models, dataset, tmp_path):
+    image_config = ROOT / "config" / "easyanimate_image_normal_v1.yaml"
+    result = run(tiny_models, dataset, tmp_path, config_path=str(image_config), trainable_modules=["."],
+                 train_data_meta=str(dataset / "images_only.json"), max_train_steps=40)
+    first, last = fixed_batch_loss_drop(result)
+    assert last < first, (first, last)
+    exported = load_file(str(result.exports["pixart_transformer"]))
+    base = read_state_dict(tiny_models["model"] / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert set(exported) == set(base)  # the PixArt key set: usable as a personalized base model
+    assert any(not torch.equal(exported[k], base[k]) for k in base)
+
+
+def test_lora_training_exports_a_kohya_file_that_changes_the_pipeline(tiny_models, dataset, tmp_path):
+    overrides = dict(lora={"rank": 4, "network_alpha": 4.0, "train_text_encoder": True}, precompute=False,
+                     max_train_steps=30, learning_rate=5e-3)
+    result = run(tiny_models, dataset, tmp_path, **overrides)
+    first, last = fixed_batch_loss_drop(result)
+    assert last < first, (first, last)
+    lora = load_file(str(result.exports["lora"]))
+    assert any(k.startswith("lora_unet__") for k in lora) and any(k.startswith("lora_te_") for k in lora)
+    assert not any("attn_temporal" in k for k in lora)
+    base = read_state_dict(tiny_models["model"] / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert not (tmp_path / "transformer").exists()  # the base is not re-exported
+
+    pipe = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(height=64, width=64, video_length=2, num_inference_steps=2)
+    plain = pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).videos
+    apply_lora(pipe, None, result.exports["lora"], 1.0)
+    styled = pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).videos
+    assert (styled - plain).abs().max() > 1e-4
+    assert base  # loaded for the assertion above to be meaningful
+
+
+def test_exported_motion_module_loads_in_the_pipeline_and_changes_it(tiny_models, dataset, tmp_path):
+    result = run(tiny_models, dataset, tmp_path, max_train_steps=3, learning_rate=1e-2)
+    kwargs = dict(height=64, width=64, video_length=4, num_inference_steps=2)
+    videos = []
+    for motion_module in (tiny_models["motion_module"], result.exports["motion_module"]):
+        pipe = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"],
+                                          motion_module=motion_module), device="cpu")
+        pipe.set_progress_bar_config(disable=True)
+        videos.append(pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).videos)
+    assert (videos[0] - videos[1]).abs().max() > 1e-4
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_models, dataset, tmp_path):
+    common = dict(precompute=False, use_ema=True, checkpointing_steps=2, train_data_meta=str(dataset / "meta.json"))
+    run(tiny_models, dataset, tmp_path / "straight", max_train_steps=5, **common)
+    run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=2, **common)
+    run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=5, resume_from_checkpoint="latest", **common)
+    straight = load_file(str(tmp_path / "straight" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_latest(tiny_models, dataset, tmp_path, monkeypatch):
+    from easyanimate.training import trainer
+
+    real_write = trainer.CheckpointIO.write
+    calls = {"n": 0}
+
+    def crash_on_second_save(self, folder, step):
+        calls["n"] += 1
+        real_write(self, folder, step) if calls["n"] == 1 else None
+        if calls["n"] == 2:
+            (folder / "partial.bin").write_bytes(b"half")
+            raise KeyboardInterrupt  # the process dies mid-save
+
+    monkeypatch.setattr(trainer.CheckpointIO, "write", crash_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_models, dataset, tmp_path, max_train_steps=6, checkpointing_steps=2)
+    monkeypatch.undo()
+    assert checkpoints.resolve_checkpoint(tmp_path, "latest").name == "checkpoint-2"
+    result = run(tiny_models, dataset, tmp_path, max_train_steps=4, checkpointing_steps=2,
+                 resume_from_checkpoint="latest")
+    assert result.global_step == 4
+    assert not list(tmp_path.glob(".incomplete-*"))
+
+
+def test_checkpoint_limit_prunes_old_checkpoints(tiny_models, dataset, tmp_path):
+    run(tiny_models, dataset, tmp_path, max_train_steps=6, checkpointing_steps=1, checkpoints_total_limit=2)
+    assert [p.name for _, p in checkpoints.list_checkpoints(tmp_path)] == ["checkpoint-5", "checkpoint-6"]
+    saved = tmp_path / "checkpoint-6"
+    assert (saved / "transformer" / "config.json").is_file() and (saved / "train_config.yaml").is_file()
+
+
+def test_validation_videos_and_resolved_config_are_written(tiny_models, dataset, tmp_path):
+    run(tiny_models, dataset, tmp_path, max_train_steps=2, validation_prompts=["a red square moving right"],
+        validation_steps=2, validation_inference_steps=2)
+    assert (tmp_path / "sample" / "sample-2-0.mp4").is_file()
+    assert "sample_n_frames: 4" in (tmp_path / "train_config.yaml").read_text()
+
+
+def test_bad_settings_are_refused_with_the_option_named(tiny_models, dataset, tmp_path):
+    with pytest.raises(ConfigError, match="sample_size"):
+        config_from_sources(None, settings(tiny_models, dataset, tmp_path, sample_size=100))
+    with pytest.raises(ConfigError, match="learning_rat"):
+        config_from_sources(None, {**settings(tiny_models, dataset, tmp_path), "learning_rat": 1.0})
+    with pytest.raises(ValueError, match="nothing would train"):
+        run(tiny_models, dataset, tmp_path, trainable_modules=["no_such_layer"])
+
+
+def test_flags_override_the_yaml_file(tmp_path):
+    yaml = tmp_path / "train.yaml"
+    yaml.write_text("pretrained_model_name_or_path: m\nsample_n_frames: 8\nlearning_rate: 0.5\n")
+    config = parse_config(["--train_config", str(yaml), "--learning_rate", "0.1", "--use_ema"], "test")
+    assert (config.sample_n_frames, config.learning_rate, config.use_ema) == (8, 0.1, True)
+
+
+def test_unusable_items_are_skipped_and_reported(tiny_models, dataset, tmp_path, capsys):
+    meta = json.loads((dataset / "videos_only.json").read_text())
+    meta.append({"file_path": "videos/missing.mp4", "text": "gone", "type": "video"})
+    (tmp_path / "broken.mp4").write_bytes(os.urandom(2000))
+    meta.append({"file_path": str(tmp_path / "broken.mp4"), "text": "corrupt", "type": "video"})
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    result = run(tiny_models, dataset, tmp_path / "out", train_data_meta=str(tmp_path / "meta.json"),
+                 validate_data=True, max_train_steps=2)
+    assert result.data_summary["missing"] == 1 and result.data_summary["corrupt"] == 1
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_two_process_accelerate_launch_trains_and_saves(tiny_models, dataset, tmp_path):
+    out = tmp_path / "ddp"
+    options = settings(tiny_models, dataset, out, max_train_steps=2, checkpointing_steps=2, train_batch_size=1)
+    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
+    # --multi_gpu selects accelerate's torchrun launcher; without GPUs the trainer uses CPU + gloo.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
+               str(ROOT / "train.py"), *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "checkpoint-2" / "noise_generator_1.safetensors").is_file()  # one state per process
+    assert (out / "motion_module.safetensors").is_file()
