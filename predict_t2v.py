@@ -9,6 +9,7 @@ Examples::
     python predict_t2v.py --prompt "a blue square moving up"
     python predict_t2v.py --prompts-file prompts.txt --format both --seed -1
     python predict_t2v.py --model models/Diffusion_Transformer/PixArt-XL-2-512x512 --memory-mode model_cpu_offload
+    python predict_t2v.py --frames 240 --context-frames 80 --context-overlap 20     # longer than trained
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Model zoo (put the files here):\n" + model_zoo_text())
     add = parser.add_argument
+    add("--context-frames", type=int, help="temporal window for long videos: the motion module sees at most this "
+        "many frames at once (e.g. 16 or the model's training length); default: the whole video")
+    add("--context-overlap", type=int, help="frames shared by consecutive windows (default: a quarter of the window)")
     add("--config", help="model yaml (default: the model's own, else config/easyanimate_video_motion_module_v1.yaml)")
     add("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
     add("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="weights dtype (auto: fp16 on GPU, fp32 on CPU)")
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         sampler=check_sampler(pick(args.sampler, d.sampler)), steps=pick(args.steps, d.steps),
         guidance_scale=pick(args.guidance_scale, d.guidance_scale), seed=pick(args.seed, d.seed),
         height=pick(args.height, d.height), width=pick(args.width, d.width), frames=pick(args.frames, d.frames),
-        fps=pick(args.fps, d.fps)) for prompt in prompts]
+        fps=pick(args.fps, d.fps), context_frames=args.context_frames, context_overlap=args.context_overlap)
+        for prompt in prompts]
     device = best_device() if args.device is None else __import__("torch").device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     lora_weight = pick(args.lora_weight, d.lora_weight)

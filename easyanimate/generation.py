@@ -256,6 +256,8 @@ class GenerationRequest:
     width: int = 512
     frames: int = 80
     fps: int = 12
+    context_frames: int | None = None
+    context_overlap: int | None = None
 
     def resolved_seed(self) -> int:
         if self.seed is None or self.seed < 0:
@@ -277,7 +279,8 @@ def generate(pipeline: EasyAnimatePipeline, request: GenerationRequest, seed: in
     output = pipeline(prompt=request.prompt, negative_prompt=request.negative_prompt,
                       num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
                       height=request.height, width=request.width, video_length=request.frames,
-                      generator=generator, output_type="pt", callback_on_step_end=callback_on_step_end)
+                      generator=generator, output_type="pt", callback_on_step_end=callback_on_step_end,
+                      context_frames=request.context_frames, context_overlap=request.context_overlap)
     return output.videos[0]
 
 
@@ -342,3 +345,18 @@ __all__ = [
     "ModelSelection", "WeightLoadError", "apply_lora", "best_device", "generate", "load_pipeline",
     "resolve_dtype", "save_result", "select_model", "set_sampler",
 ]
+
+
+def build_transformer(selection: ModelSelection, config: EasyAnimateConfig) -> Transformer3DModel:
+    """The video transformer on the CPU in the original load order: 2D base, personalized checkpoint, motion module.
+
+    Without a motion module the temporal layers keep their zero-initialised output projections, so
+    they are identities and every frame is generated independently.
+    """
+    transformer = Transformer3DModel.from_pretrained_2d(
+        selection.model, subfolder="transformer", transformer_additional_kwargs=config.transformer_additional_kwargs)
+    if selection.transformer_path is not None:
+        load_transformer_checkpoint(transformer, selection.transformer_path)
+    if selection.motion_module is not None:
+        load_motion_module(transformer, selection.motion_module)
+    return transformer

@@ -41,6 +41,9 @@ class PixArtBlock(nn.Module):
                                upcast_attention=upcast_attention)
         self.ff = FeedForward(dim, dropout=dropout, activation_fn=activation_fn)
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        # Frames per chunk for the per-frame/per-token parts (None: all at once). Chunking bounds
+        # the activation memory of long clips by the chunk, not the clip length.
+        self.frame_chunk: int | None = None
 
     def temporal(self, x: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
         """Frame mixing between self- and cross-attention; none in the plain block."""
@@ -62,22 +65,43 @@ class PixArtBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table[None] + timestep.reshape(batch, 6, -1)
         ).chunk(6, dim=1)
+        chunk = self._chunk_tokens(num_frames, height * width)
         # 2. Spatial self-attention.
         normed = self.norm1(hidden_states) * (1 + scale_msa) + shift_msa
         if self.per_frame_attention:
-            normed = rearrange(normed, "b (f s) c -> (b f) s c", f=num_frames)
-            attended = rearrange(self.attn1(normed), "(b f) s c -> b (f s) c", b=batch)
+            frames = rearrange(normed, "b (f s) c -> b f s c", f=num_frames)
+            attended = _in_chunks(lambda x: self._attend_frames(x), frames, chunk and chunk // (height * width), dim=1)
+            attended = rearrange(attended, "b f s c -> b (f s) c")
         else:
             attended = self.attn1(normed)
         hidden_states = hidden_states + gate_msa * attended
         # 3. Motion module.
         hidden_states = self.temporal(hidden_states, num_frames, height, width)
         # 4. Cross-attention to the text, no norm before it (PixArt).
-        hidden_states = hidden_states + self.attn2(hidden_states, encoder_hidden_states=encoder_hidden_states,
-                                                   attention_mask=encoder_attention_mask)
+        cross = lambda x: self.attn2(x, encoder_hidden_states=encoder_hidden_states,  # noqa: E731
+                                     attention_mask=encoder_attention_mask)
+        hidden_states = hidden_states + _in_chunks(cross, hidden_states, chunk, dim=1)
         # 5. Feed-forward.
-        normed = self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp
-        return hidden_states + gate_mlp * self.ff(normed)
+        feed_forward = lambda x: self.ff(self.norm2(x) * (1 + scale_mlp) + shift_mlp)  # noqa: E731
+        return hidden_states + gate_mlp * _in_chunks(feed_forward, hidden_states, chunk, dim=1)
+
+    def _attend_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """``attn1`` within each frame of ``(B, f, s, C)``."""
+        batch = frames.shape[0]
+        attended = self.attn1(rearrange(frames, "b f s c -> (b f) s c"))
+        return rearrange(attended, "(b f) s c -> b f s c", b=batch)
+
+    def _chunk_tokens(self, num_frames: int, tokens_per_frame: int) -> int | None:
+        if self.frame_chunk is None or num_frames <= self.frame_chunk or not self.per_frame_attention:
+            return None
+        return self.frame_chunk * tokens_per_frame
+
+
+def _in_chunks(fn, x: torch.Tensor, size: int | None, dim: int) -> torch.Tensor:
+    """``fn(x)`` computed on slices of ``size`` along ``dim`` (all at once when ``size`` is None)."""
+    if size is None or x.shape[dim] <= size:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(size, dim=dim)], dim=dim)
 
 
 class TemporalTransformerBlock(PixArtBlock):

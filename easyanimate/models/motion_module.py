@@ -18,6 +18,7 @@ never to the residual stream. Module and parameter names match the released
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -124,8 +125,28 @@ class TemporalTransformer3DModel(nn.Module):
         )
         self.proj_out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
-        """Update the block stream ``x`` ``(B, F*h*w, C)``; returns the same shape."""
+    def forward(self, x: torch.Tensor, num_frames: int, height: int, width: int,
+                context: TemporalContext | None = None) -> torch.Tensor:
+        """Update the block stream ``x`` ``(B, F*h*w, C)``; returns the same shape.
+
+        With a ``context`` shorter than the clip, frames are processed in overlapping windows (frame
+        positions restart at 0 in each window) and the windows' outputs are blended per frame with
+        :func:`window_weights` (FreeNoise-style attention fusion).
+        """
+        if context is None or num_frames <= context.frames:
+            return self._forward_clip(x, num_frames, height, width)
+        frames = rearrange(x, "b (f s) c -> b f s c", f=num_frames)
+        blended = torch.zeros_like(frames)
+        total = torch.zeros(num_frames, dtype=frames.dtype, device=frames.device)
+        weights = window_weights(context.frames).to(frames)
+        for start in context.window_starts(num_frames):
+            window = frames[:, start:start + context.frames]
+            updated = self._forward_clip(rearrange(window, "b f s c -> b (f s) c"), context.frames, height, width)
+            blended[:, start:start + context.frames] += weights[:, None, None] * updated.view_as(window)
+            total[start:start + context.frames] += weights
+        return rearrange(blended / total[:, None, None], "b f s c -> b (f s) c")
+
+    def _forward_clip(self, x: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
         residual = x
         # 1. GroupNorm over each frame image: (B*F, C, h*w) view of the per-frame tokens.
         frames = rearrange(x, "b (f s) c -> (b f) c s", f=num_frames)
@@ -151,6 +172,39 @@ class TemporalTransformer3DModel(nn.Module):
         return rearrange(sequences, "(b s) f c -> b (f s) c", s=h * w)
 
 
+@dataclass(frozen=True)
+class TemporalContext:
+    """Sliding temporal windows: ``frames`` per window, consecutive windows sharing ``overlap`` frames."""
+
+    frames: int
+    overlap: int
+
+    def __post_init__(self):
+        if self.frames < 1 or not 0 <= self.overlap < self.frames:
+            raise ValueError(f"temporal context needs frames >= 1 and 0 <= overlap < frames, "
+                             f"got frames={self.frames}, overlap={self.overlap}")
+
+    def window_starts(self, num_frames: int) -> list[int]:
+        """First frame of each window; the last window ends exactly at ``num_frames``."""
+        if num_frames <= self.frames:
+            return [0]
+        stride = self.frames - self.overlap
+        starts = list(range(0, num_frames - self.frames + 1, stride))
+        if starts[-1] + self.frames < num_frames:
+            starts.append(num_frames - self.frames)
+        return starts
+
+
+def window_weights(length: int) -> torch.Tensor:
+    """Blending weights of the frames of one window, ``(length,)``: a triangle peaking in the middle.
+
+    Frames near a window's edge saw the least temporal context, so overlapping windows hand over
+    gradually instead of switching at a seam.
+    """
+    position = torch.arange(length, dtype=torch.float32)
+    return torch.minimum(position + 1, length - position)
+
+
 class VanillaTemporalModule(nn.Module):
     """One motion module (``attn_temporal``): a :class:`TemporalTransformer3DModel`.
 
@@ -168,6 +222,7 @@ class VanillaTemporalModule(nn.Module):
             raise ValueError("cross_frame_attention_mode is not supported")
         head_dim = in_channels // num_attention_heads // temporal_attention_dim_div
         self.grid = grid
+        self.context: TemporalContext | None = None  # set by Transformer3DModel.set_temporal_context
         self.temporal_transformer = TemporalTransformer3DModel(
             in_channels, num_attention_heads, head_dim, num_transformer_block, len(attention_block_types),
             temporal_position_encoding, temporal_position_encoding_max_len, grid,
@@ -181,7 +236,7 @@ class VanillaTemporalModule(nn.Module):
         if self.grid and (height % GRID or width % GRID):
             raise ValueError(f"the grid motion module needs an even token grid, got {height}x{width} tokens; "
                              "pixel height and width must be multiples of 32")
-        return self.temporal_transformer(x, num_frames, height, width)
+        return self.temporal_transformer(x, num_frames, height, width, self.context)
 
 
 def get_motion_module(in_channels: int, motion_module_type: str, motion_module_kwargs: dict) -> VanillaTemporalModule:

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import ConfigError, TransformerAdditionalKwargs, MotionModuleKwargs, validate_transformer_kwargs
 from .attention import SelfAttentionTemporalTransformerBlock, TemporalTransformerBlock
-from .motion_module import GRID, sinusoid_table
+from .motion_module import GRID, TemporalContext, sinusoid_table
 
 # PixArt config keys that must keep these values: the model is only built for PixArt-alpha blocks.
 FIXED_PIXART_OPTIONS = {
@@ -139,6 +139,21 @@ class Transformer3DModel(ModelMixin, ConfigMixin):
                                             dict(c.motion_module_kwargs), **common)
         return SelfAttentionTemporalTransformerBlock(inner_dim, c.num_attention_heads, c.attention_head_dim,
                                                      c.cross_attention_dim, **common)
+
+    def set_temporal_context(self, frames: int | None, overlap: int = 0) -> None:
+        """Let the motion modules see at most ``frames`` frames at a time (None: the whole clip).
+
+        Clips longer than the window are processed in overlapping windows whose outputs are
+        blended per frame; spatial attention, cross-attention and the feed-forward then run in
+        chunks of ``frames`` frames, so activation memory follows the window, not the clip.
+        """
+        if frames is not None and not self.has_motion_module:
+            raise ValueError("temporal windows need motion modules; this model attends over the whole clip")
+        context = TemporalContext(frames, overlap) if frames is not None else None
+        for block in self.transformer_blocks:
+            block.frame_chunk = frames
+            if self.has_motion_module:
+                block.attn_temporal.context = context
 
     @property
     def has_motion_module(self) -> bool:

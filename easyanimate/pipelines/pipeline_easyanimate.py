@@ -180,6 +180,26 @@ class EasyAnimatePipeline(DiffusionPipeline):
             latents = latents.to(device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
 
+    @staticmethod
+    def reschedule_noise(latents: torch.Tensor, context_frames: int, context_overlap: int,
+                         generator: torch.Generator | list | None) -> torch.Tensor:
+        """FreeNoise-style initial noise for clips longer than the window, ``(B, C, F, h, w)``.
+
+        The first window keeps its noise; every later chunk of ``stride = frames - overlap``
+        frames repeats the noise one window earlier in a shuffled order, so each window starts from
+        the same kind of noise the model saw in training while frames stay distinct.
+        """
+        frames = latents.shape[2]
+        stride = context_frames - context_overlap
+        generator = generator[0] if isinstance(generator, list) else generator
+        device = generator.device if generator is not None else torch.device("cpu")
+        out = latents.clone()
+        for start in range(context_frames, frames, stride):
+            length = min(stride, frames - start)
+            order = torch.randperm(length, generator=generator, device=device).to(latents.device)
+            out[:, :, start:start + length] = out[:, :, start - context_frames:start - context_frames + length][:, :, order]
+        return out
+
     def decode_latents(self, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Latents ``(B, 4, F, h, w)`` -> video ``(B, 3, F, H, W)`` float32 in [0, 1], ``chunk_size`` frames at a time."""
         chunk_size = chunk_size or self.vae_decode_chunk_size
@@ -259,6 +279,8 @@ class EasyAnimatePipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         clean_caption: bool = True,
         max_sequence_length: int = 120,
+        context_frames: int | None = None,
+        context_overlap: int | None = None,
     ) -> EasyAnimatePipelineOutput | tuple:
         """Generate videos from text.
 
@@ -270,6 +292,9 @@ class EasyAnimatePipeline(DiffusionPipeline):
             latents: optional initial noise ``(B, 4, F, H/8, W/8)`` (scaled by ``init_noise_sigma`` here).
             callback: legacy ``callback(step, t, latents)`` every ``callback_steps`` steps.
             callback_on_step_end: diffusers-style ``f(pipe, step, t, tensors) -> dict`` (may replace latents).
+            context_frames: longest clip the motion modules see at once; longer videos are denoised with
+                overlapping temporal windows (default overlap ``context_frames // 4``) and FreeNoise
+                noise rescheduling. None (or a window at least as long as the video) is plain generation.
 
         Returns:
             :class:`EasyAnimatePipelineOutput` with ``videos`` (see ``output_type``).
@@ -282,6 +307,12 @@ class EasyAnimatePipeline(DiffusionPipeline):
         self.check_inputs(prompt, height, width, video_length, num_inference_steps, guidance_scale, negative_prompt,
                           prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
                           negative_prompt_attention_mask, output_type, num_images_per_prompt, latents, timesteps)
+        windowed = context_frames is not None and video_length > context_frames
+        if context_frames is not None:
+            context_overlap = context_frames // 4 if context_overlap is None else context_overlap
+            if context_frames < 1 or not 0 <= context_overlap < context_frames:
+                raise ValueError(f"context_frames must be >= 1 and 0 <= context_overlap < context_frames, "
+                                 f"got {context_frames} and {context_overlap}")
         device = self._execution_device
         guided = guidance_scale > 1.0
 
@@ -294,12 +325,33 @@ class EasyAnimatePipeline(DiffusionPipeline):
 
         # 2. Timesteps and noise.
         timesteps = self._set_timesteps(num_inference_steps, timesteps, device)
+        given_latents = latents is not None
         latents = self.prepare_latents(prompt_embeds.shape[0], self.transformer.config.in_channels, video_length,
                                        height, width, prompt_embeds.dtype, device, generator, latents)
+        if windowed and not given_latents:
+            latents = self.reschedule_noise(latents, context_frames, context_overlap, generator)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
-        # 3. Denoising loop.
+        # 3. Denoising loop (with temporal windows for long clips).
         tensor_names = callback_on_step_end_tensor_inputs or ["latents"]
+        if windowed:
+            self.transformer.set_temporal_context(context_frames, context_overlap)
+        try:
+            latents = self._denoise(latents, timesteps, prompt_embeds, prompt_attention_mask, guidance_scale,
+                                    negative_prompt_embeds, negative_prompt_attention_mask, extra_step_kwargs,
+                                    callback, callback_steps, callback_on_step_end, tensor_names)
+        finally:
+            if windowed:
+                self.transformer.set_temporal_context(None)
+
+        # 4. Decode.
+        videos = self._postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+        return EasyAnimatePipelineOutput(videos=videos) if return_dict else (videos,)
+
+    def _denoise(self, latents, timesteps, prompt_embeds, prompt_attention_mask, guidance_scale,
+                 negative_prompt_embeds, negative_prompt_attention_mask, extra_step_kwargs, callback,
+                 callback_steps, callback_on_step_end, tensor_names) -> torch.Tensor:
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 noise = self.predict_noise(latents, t, prompt_embeds, prompt_attention_mask, guidance_scale,
@@ -313,11 +365,7 @@ class EasyAnimatePipeline(DiffusionPipeline):
                 if callback is not None and i % callback_steps == 0:
                     callback(i, t, latents)
                 progress.update()
-
-        # 4. Decode.
-        videos = self._postprocess(latents, output_type)
-        self.maybe_free_model_hooks()
-        return EasyAnimatePipelineOutput(videos=videos) if return_dict else (videos,)
+        return latents
 
     def _postprocess(self, latents: torch.Tensor, output_type: str):
         if output_type == "latent":
