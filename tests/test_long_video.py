@@ -40,16 +40,18 @@ def test_windows_cover_the_clip_and_end_at_its_last_frame(frames, window, overla
     assert all(b - a <= window - overlap for a, b in zip(starts, starts[1:]))
 
 
-def test_windowed_motion_module_blends_per_window_results():
+@pytest.mark.parametrize("grad", [False, True])
+def test_windowed_motion_module_blends_per_window_results(grad):
     torch.manual_seed(0)
     module = get_motion_module(32, "VanillaGrid", TINY_MM).eval()
     randomize(module, seed=1)
     frames, h, w, window, overlap = 10, 2, 4, 4, 1
     x = torch.randn(1, frames * h * w, 32)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):  # training blends out of place, inference in place
         module.context = TemporalContext(window, overlap)
-        ours = module(x, frames, h, w)
+        ours = module(x.clone(), frames, h, w)
         module.context = None
+    with torch.no_grad():
         # Reference: run each window as its own clip, then average per frame with triangle weights.
         video = x.view(1, frames, h * w, 32)
         total, weight_sum = torch.zeros_like(video), torch.zeros(frames)

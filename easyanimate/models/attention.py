@@ -66,30 +66,28 @@ class PixArtBlock(nn.Module):
             self.scale_shift_table[None] + timestep.reshape(batch, 6, -1)
         ).chunk(6, dim=1)
         chunk = self._chunk_tokens(num_frames, height * width)
-        # 2. Spatial self-attention.
-        normed = self.norm1(hidden_states) * (1 + scale_msa) + shift_msa
-        if self.per_frame_attention:
-            frames = rearrange(normed, "b (f s) c -> b f s c", f=num_frames)
-            attended = _in_chunks(lambda x: self._attend_frames(x), frames, chunk and chunk // (height * width), dim=1)
-            attended = rearrange(attended, "b f s c -> b (f s) c")
-        else:
-            attended = self.attn1(normed)
-        hidden_states = hidden_states + gate_msa * attended
+        tokens_per_frame = height * width
+        # 2. Spatial self-attention (per frame, or over the whole clip).
+        self_attention = lambda x: self._self_attention(  # noqa: E731
+            self.norm1(x) * (1 + scale_msa) + shift_msa, tokens_per_frame)
+        hidden_states = _residual_update(hidden_states, self_attention, gate_msa, chunk)
         # 3. Motion module.
         hidden_states = self.temporal(hidden_states, num_frames, height, width)
         # 4. Cross-attention to the text, no norm before it (PixArt).
-        cross = lambda x: self.attn2(x, encoder_hidden_states=encoder_hidden_states,  # noqa: E731
-                                     attention_mask=encoder_attention_mask)
-        hidden_states = hidden_states + _in_chunks(cross, hidden_states, chunk, dim=1)
+        cross_attention = lambda x: self.attn2(  # noqa: E731
+            x, encoder_hidden_states=encoder_hidden_states, attention_mask=encoder_attention_mask)
+        hidden_states = _residual_update(hidden_states, cross_attention, None, chunk)
         # 5. Feed-forward.
         feed_forward = lambda x: self.ff(self.norm2(x) * (1 + scale_mlp) + shift_mlp)  # noqa: E731
-        return hidden_states + gate_mlp * _in_chunks(feed_forward, hidden_states, chunk, dim=1)
+        return _residual_update(hidden_states, feed_forward, gate_mlp, chunk)
 
-    def _attend_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """``attn1`` within each frame of ``(B, f, s, C)``."""
-        batch = frames.shape[0]
-        attended = self.attn1(rearrange(frames, "b f s c -> (b f) s c"))
-        return rearrange(attended, "(b f) s c -> b f s c", b=batch)
+    def _self_attention(self, normed: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+        """``attn1`` over ``(B, f*s, C)``: within each frame, or over all of it for the long-sequence block."""
+        if not self.per_frame_attention:
+            return self.attn1(normed)
+        batch = normed.shape[0]
+        attended = self.attn1(rearrange(normed, "b (f s) c -> (b f) s c", s=tokens_per_frame))
+        return rearrange(attended, "(b f) s c -> b (f s) c", b=batch)
 
     def _chunk_tokens(self, num_frames: int, tokens_per_frame: int) -> int | None:
         if self.frame_chunk is None or num_frames <= self.frame_chunk or not self.per_frame_attention:
@@ -97,11 +95,22 @@ class PixArtBlock(nn.Module):
         return self.frame_chunk * tokens_per_frame
 
 
-def _in_chunks(fn, x: torch.Tensor, size: int | None, dim: int) -> torch.Tensor:
-    """``fn(x)`` computed on slices of ``size`` along ``dim`` (all at once when ``size`` is None)."""
-    if size is None or x.shape[dim] <= size:
-        return fn(x)
-    return torch.cat([fn(part) for part in x.split(size, dim=dim)], dim=dim)
+def _residual_update(x: torch.Tensor, fn, gate: torch.Tensor | None, chunk: int | None) -> torch.Tensor:
+    """``x + gate * fn(x)``, optionally ``chunk`` tokens at a time.
+
+    ``fn`` must work token-wise (or frame-wise on whole frames, which the chunk size respects).
+    Without gradients the chunks are added into ``x`` in place, so a long clip costs one stream
+    tensor plus one chunk of intermediates.
+    """
+    gate = 1.0 if gate is None else gate
+    if chunk is None or x.shape[1] <= chunk:
+        return x + gate * fn(x)
+    if torch.is_grad_enabled():
+        return x + gate * torch.cat([fn(part) for part in x.split(chunk, dim=1)], dim=1)
+    for start in range(0, x.shape[1], chunk):
+        part = x[:, start:start + chunk]
+        part += gate * fn(part)
+    return x
 
 
 class TemporalTransformerBlock(PixArtBlock):

@@ -135,16 +135,44 @@ class TemporalTransformer3DModel(nn.Module):
         """
         if context is None or num_frames <= context.frames:
             return self._forward_clip(x, num_frames, height, width)
+        if torch.is_grad_enabled():
+            return self._forward_windows(x, num_frames, height, width, context)
+        return self._forward_windows_in_place(x, num_frames, height, width, context)
+
+    def _forward_windows(self, x: torch.Tensor, num_frames: int, height: int, width: int,
+                         context: TemporalContext) -> torch.Tensor:
+        """Blend the windows' outputs into a new tensor (differentiable)."""
         frames = rearrange(x, "b (f s) c -> b f s c", f=num_frames)
         blended = torch.zeros_like(frames)
-        total = torch.zeros(num_frames, dtype=frames.dtype, device=frames.device)
         weights = window_weights(context.frames).to(frames)
         for start in context.window_starts(num_frames):
             window = frames[:, start:start + context.frames]
             updated = self._forward_clip(rearrange(window, "b f s c -> b (f s) c"), context.frames, height, width)
             blended[:, start:start + context.frames] += weights[:, None, None] * updated.view_as(window)
-            total[start:start + context.frames] += weights
+        total = context.coverage(num_frames).to(frames)
         return rearrange(blended / total[:, None, None], "b f s c -> b (f s) c")
+
+    def _forward_windows_in_place(self, x: torch.Tensor, num_frames: int, height: int, width: int,
+                                  context: TemporalContext) -> torch.Tensor:
+        """The same blend, written into ``x`` as frames complete: memory is one window, not the clip.
+
+        Windows run in frame order; once window k is done, the frames before window k+1 starts are
+        covered by no later window, so their blended result replaces the input in place. Pending
+        sums live in a window-sized buffer.
+        """
+        frames = rearrange(x, "b (f s) c -> b f s c", f=num_frames)
+        weights = window_weights(context.frames).to(frames)
+        total = context.coverage(num_frames).to(frames)
+        starts = context.window_starts(num_frames)
+        pending = torch.zeros_like(frames[:, :context.frames])  # sums for frames [starts[k], starts[k] + W)
+        for k, start in enumerate(starts):
+            window = frames[:, start:start + context.frames]
+            updated = self._forward_clip(rearrange(window, "b f s c -> b (f s) c"), context.frames, height, width)
+            pending += weights[:, None, None] * updated.view_as(window)
+            done = (starts[k + 1] if k + 1 < len(starts) else num_frames) - start
+            frames[:, start:start + done] = pending[:, :done] / total[start:start + done, None, None]
+            pending = torch.cat([pending[:, done:], torch.zeros_like(pending[:, :done])], dim=1)
+        return x
 
     def _forward_clip(self, x: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
         residual = x
@@ -183,6 +211,13 @@ class TemporalContext:
         if self.frames < 1 or not 0 <= self.overlap < self.frames:
             raise ValueError(f"temporal context needs frames >= 1 and 0 <= overlap < frames, "
                              f"got frames={self.frames}, overlap={self.overlap}")
+
+    def coverage(self, num_frames: int) -> torch.Tensor:
+        """Sum of the blending weights each frame receives over all windows, ``(num_frames,)``."""
+        total = torch.zeros(num_frames)
+        for start in self.window_starts(num_frames):
+            total[start:start + self.frames] += window_weights(self.frames)
+        return total
 
     def window_starts(self, num_frames: int) -> list[int]:
         """First frame of each window; the last window ends exactly at ``num_frames``."""

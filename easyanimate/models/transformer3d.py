@@ -208,7 +208,19 @@ class Transformer3DModel(ModelMixin, ConfigMixin):
             encoder_attention_mask = (1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0
             encoder_attention_mask = encoder_attention_mask.unsqueeze(1)
         # 2. Patchify every frame with the 2D patch embedding and its 2D sincos table.
-        tokens = self.pos_embed(rearrange(hidden_states, "b c f h w -> (b f) c h w"))
+        frames = rearrange(hidden_states, "b c f h w -> (b f) c h w")
+        chunk = self.transformer_blocks[0].frame_chunk if self.transformer_blocks else None
+        if chunk is not None and num_frames > chunk:  # windowed long clip: bound the transient memory
+            parts = frames.split(chunk)
+            first = self.pos_embed(parts[0])
+            tokens = first.new_empty((frames.shape[0], *first.shape[1:]))
+            tokens[: len(first)] = first
+            offset = len(first)
+            for part in parts[1:]:  # filled chunk by chunk: never all chunks plus the result at once
+                tokens[offset:offset + len(part)] = self.pos_embed(part)
+                offset += len(part)
+        else:
+            tokens = self.pos_embed(frames)
         tokens = rearrange(tokens, "(b f) s c -> b (f s) c", b=batch)
         if self.t_pos is not None:
             tokens = self.t_pos(tokens, num_frames)
@@ -227,9 +239,13 @@ class Transformer3DModel(ModelMixin, ConfigMixin):
                 tokens = self._gradient_checkpointing_func(block, *args)
             else:
                 tokens = block(*args)
-        # 5. Output head and un-patchify.
+        # 5. Output head (in frame chunks for windowed long clips) and un-patchify.
         shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
-        tokens = self.proj_out(self.norm_out(tokens) * (1 + scale) + shift)
+        head = lambda x: self.proj_out(self.norm_out(x) * (1 + scale) + shift)  # noqa: E731
+        if chunk is not None and num_frames > chunk:
+            tokens = torch.cat([head(part) for part in tokens.split(chunk * h * w, dim=1)], dim=1)
+        else:
+            tokens = head(tokens)
         output = rearrange(tokens, "b (f h w) (p q c) -> b c f (h p) (w q)", f=num_frames, h=h, p=p, q=p)
         if not return_dict:
             return (output,)
