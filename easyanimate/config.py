@@ -83,6 +83,10 @@ class EasyAnimateConfig:
     noise_scheduler_kwargs: NoiseSchedulerKwargs = field(default_factory=NoiseSchedulerKwargs)
     vae_kwargs: VaeKwargs = field(default_factory=VaeKwargs)
 
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        """``noise_scheduler_kwargs`` as the keyword arguments every sampler is built from."""
+        return dataclasses.asdict(self.noise_scheduler_kwargs)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, as written back to yaml next to samples and checkpoints."""
         return dataclasses.asdict(self)

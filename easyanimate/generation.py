@@ -189,6 +189,21 @@ def _check_present(selection: ModelSelection) -> None:
                                   + model_zoo_text())
 
 
+def build_transformer(selection: ModelSelection, config: EasyAnimateConfig) -> Transformer3DModel:
+    """The video transformer on the CPU in the original load order: 2D base, personalized checkpoint, motion module.
+
+    Without a motion module the temporal layers keep their zero-initialised output projections, so
+    they are identities and every frame is generated independently.
+    """
+    transformer = Transformer3DModel.from_pretrained_2d(
+        selection.model, subfolder="transformer", transformer_additional_kwargs=config.transformer_additional_kwargs)
+    if selection.transformer_path is not None:
+        load_transformer_checkpoint(transformer, selection.transformer_path)
+    if selection.motion_module is not None:
+        load_motion_module(transformer, selection.motion_module)
+    return transformer
+
+
 def load_pipeline(selection: ModelSelection, sampler: str = "DPM++", device: torch.device | str | None = None,
                   dtype: torch.dtype = torch.float32, memory_mode: str = "none") -> EasyAnimatePipeline:
     """Load the pipeline in the original order: 2D base, personalized checkpoint, motion module, VAE, T5."""
@@ -199,28 +214,19 @@ def load_pipeline(selection: ModelSelection, sampler: str = "DPM++", device: tor
         raise ValueError(f"memory mode {memory_mode!r} moves weights between the CPU and an accelerator; "
                          "on a CPU-only run use 'none'")
     config = load_config(selection.config)
-    transformer = Transformer3DModel.from_pretrained_2d(
-        selection.model, subfolder="transformer", transformer_additional_kwargs=config.transformer_additional_kwargs)
-    if selection.transformer_path is not None:
-        load_transformer_checkpoint(transformer, selection.transformer_path)
-    if selection.motion_module is not None:
-        load_motion_module(transformer, selection.motion_module)
-    elif transformer.has_motion_module:
+    transformer = build_transformer(selection, config)
+    if selection.motion_module is None and transformer.has_motion_module:
         logger.warning("no motion module: the motion modules are identities, so every frame is generated "
                        "independently (no temporal coherence)")
     if transformer.dtype != dtype:
         transformer = transformer.to(dtype)
     pipeline = EasyAnimatePipeline.from_pretrained(
-        str(selection.model), transformer=transformer, scheduler=build_scheduler(sampler, _scheduler_kwargs(config)),
+        str(selection.model), transformer=transformer, scheduler=build_scheduler(sampler, config.scheduler_kwargs()),
         dtype=dtype)
     pipeline.set_progress_bar_config(desc="denoising")
     _place(pipeline, device, memory_mode)
     pipeline.easyanimate_config = config
     return pipeline
-
-
-def _scheduler_kwargs(config: EasyAnimateConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config.noise_scheduler_kwargs)
 
 
 def _place(pipeline: EasyAnimatePipeline, device: torch.device, memory_mode: str) -> None:
@@ -239,7 +245,7 @@ def _place(pipeline: EasyAnimatePipeline, device: torch.device, memory_mode: str
 
 def set_sampler(pipeline: EasyAnimatePipeline, sampler: str) -> None:
     """Swap the scheduler by name (the original's table), keeping the model yaml's kwargs."""
-    pipeline.scheduler = build_scheduler(sampler, _scheduler_kwargs(pipeline.easyanimate_config))
+    pipeline.scheduler = build_scheduler(sampler, pipeline.easyanimate_config.scheduler_kwargs())
 
 
 @dataclass
@@ -343,20 +349,6 @@ def apply_lora(pipeline: EasyAnimatePipeline, merger: LoraMerger | None, lora: P
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "MEMORY_MODES", "GenerationRequest", "MissingWeightsError",
     "ModelSelection", "WeightLoadError", "apply_lora", "best_device", "generate", "load_pipeline",
-    "resolve_dtype", "save_result", "select_model", "set_sampler",
+    "build_transformer", "resolve_dtype", "save_result", "select_model", "set_sampler",
 ]
 
-
-def build_transformer(selection: ModelSelection, config: EasyAnimateConfig) -> Transformer3DModel:
-    """The video transformer on the CPU in the original load order: 2D base, personalized checkpoint, motion module.
-
-    Without a motion module the temporal layers keep their zero-initialised output projections, so
-    they are identities and every frame is generated independently.
-    """
-    transformer = Transformer3DModel.from_pretrained_2d(
-        selection.model, subfolder="transformer", transformer_additional_kwargs=config.transformer_additional_kwargs)
-    if selection.transformer_path is not None:
-        load_transformer_checkpoint(transformer, selection.transformer_path)
-    if selection.motion_module is not None:
-        load_motion_module(transformer, selection.motion_module)
-    return transformer

@@ -35,7 +35,7 @@ from ..models import Transformer3DModel, load_motion_module, load_transformer_ch
 from ..models.loading import write_safetensors_atomic
 from ..pipelines import EasyAnimatePipeline
 from ..schedulers import build_scheduler
-from ..video_io import save_video
+from ..video_io import save_image, save_video
 from . import checkpoints
 from .config import TrainConfig
 from .diffusion import ImprovedDDPM
@@ -335,7 +335,7 @@ def validate(components: Components, transformer: Transformer3DModel, config: Tr
              device: torch.device) -> list[Path]:
     """Render the validation prompts with the model yaml's scheduler; returns the files written."""
     pipeline = EasyAnimatePipeline(components.tokenizer, components.text_encoder, components.vae, transformer,
-                                   build_scheduler(config.validation_sampler, vars_of(components.model_config)))
+                                   build_scheduler(config.validation_sampler, components.model_config.scheduler_kwargs()))
     pipeline.set_progress_bar_config(disable=True)
     frames = 1 if components.image_mode else (config.validation_frames or config.sample_n_frames)
     written = []
@@ -348,19 +348,12 @@ def validate(components: Components, transformer: Transformer3DModel, config: Tr
                          guidance_scale=config.validation_guidance_scale, generator=generator).videos[0]
         path = Path(config.output_dir) / "sample" / f"sample-{step}-{i}.{'png' if frames == 1 else 'mp4'}"
         if frames == 1:
-            from ..video_io import save_image
             save_image(video[:, 0], path)
         else:
             save_video(video, path, fps=8)
         written.append(path)
     transformer.train(was_training)
     return written
-
-
-def vars_of(model_config: EasyAnimateConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(model_config.noise_scheduler_kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
