@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with the pinned requirements. torch is installed first and pinned, so no other
-# requirement can pull a multi-GB CUDA build in its place.
+# requirement can pull a multi-GB CUDA build in its place. On Debian/Ubuntu, as root, it also
+# installs the chromium package that the browser test (tests/test_ui_browser.py) drives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -9,3 +10,13 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq chromium >/dev/null
+    else
+        echo "note: the browser test needs Debian's chromium at /usr/bin/chromium: sudo apt-get install chromium" >&2
+    fi
+fi

@@ -1,0 +1,240 @@
+"""The Gradio app through its API (gradio_client) and its controller: generation, errors, safety, LoRA switching."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+import app
+from easyanimate.generation import GenerationRequest, generate
+from easyanimate.tiny import write_tiny_model
+from easyanimate.ui import EasyAnimateController, UIError, WeightChoice, scan_models
+from easyanimate.ui.controller import NO_MOTION_MODULE_WARNING, BusyError
+
+MODEL = "tiny-easyanimate"
+MOTION_MODULE = "tiny-easyanimate_mm.safetensors"
+LORA = "tiny-easyanimate_lora.safetensors"
+SMALL = {"width": 64, "height": 64, "frames": 4, "steps": 2, "sampler": "DPM++", "cfg_scale": 6.0}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_app(models_dir: Path, samples_dir: Path):
+    """Launch ``app.py`` with its default host in this process; returns the running page."""
+    return app.main(["--models-dir", str(models_dir), "--samples-dir", str(samples_dir), "--device", "cpu",
+                     "--port", str(free_port())], block=False)
+
+
+def write_ui_models(root: Path) -> Path:
+    """The tiny model plus entries that point outside the models folder (which the UI must not list)."""
+    models = root / "models"
+    paths = write_tiny_model(models)
+    outside = root / "outside"
+    outside.mkdir()
+    shutil.copy(paths["motion_module"], outside / "secret.safetensors")
+    (models / "Motion_Module" / "linked_outside.safetensors").symlink_to(outside / "secret.safetensors")
+    (models / "Personalized_Model" / "escape.safetensors").symlink_to(Path("../../outside/secret.safetensors"))
+    (models / "Diffusion_Transformer" / "outside-model").symlink_to(outside, target_is_directory=True)
+    return models
+
+
+@pytest.fixture(scope="module")
+def ui_models(tmp_path_factory) -> Path:
+    return write_ui_models(tmp_path_factory.mktemp("ui"))
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("samples")
+
+
+@pytest.fixture(scope="module")
+def served(ui_models, samples):
+    page = start_app(ui_models, samples)
+    client = Client(page.local_url, verbose=False)
+    yield page, client
+    client.close()
+    page.close()
+
+
+@pytest.fixture
+def videos(monkeypatch) -> list[torch.Tensor]:
+    """The videos the served app generates during a test, before encoding (H.264 under load is not bit-exact)."""
+    generated = []
+
+    def recording(*args, **kwargs):
+        generated.append(generate(*args, **kwargs))
+        return generated[-1]
+
+    monkeypatch.setattr("easyanimate.ui.controller.generate", recording)
+    return generated
+
+
+def call(client: Client, model=MODEL, motion_module=MOTION_MODULE, base_model="none", lora="none", seed=7,
+         prompt="a red circle", **overrides):
+    """The generate endpoint, as the README documents it."""
+    return client.predict(model=model, motion_module=motion_module, base_model=base_model, lora=lora, lora_alpha=0.55,
+                          prompt=prompt, negative_prompt="", seed=seed, **{**SMALL, **overrides},
+                          api_name="/generate")
+
+
+def decode(path: str | Path) -> tuple[str, list[torch.Tensor]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [torch.from_numpy(frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)]
+        return stream.codec_context.name, frames
+
+
+def logs(samples: Path) -> list[dict]:
+    (log,) = samples.glob("Gradio-*/logs.json")
+    return json.loads(log.read_text())
+
+
+def test_api_generates_a_playable_mp4_with_its_log_record(served, samples):
+    _, client = served
+    video, image, seed, status = call(client, seed=11, prompt="a blue square moving up")
+    codec, frames = decode(video)
+    assert codec == "h264" and len(frames) == 4 and frames[0].shape == (64, 64, 3)
+    assert image is None and seed == 11 and "Loaded: model tiny-easyanimate" in status
+    record = logs(samples)[-1]
+    assert record["seed"] == 11 and record["prompt"] == "a blue square moving up"
+    assert (record["width"], record["height"], record["frames"], record["steps"]) == (64, 64, 4, 2)
+    assert record["motion_module"].endswith(MOTION_MODULE) and record["lora"] is None
+    (saved,) = samples.glob(f"Gradio-*/{record['file']}")
+    assert saved.parent.name == "sample" and len(decode(saved)[1]) == 4
+
+
+def test_seed_minus_one_draws_a_new_seed_each_time_and_records_it(served, samples):
+    _, client = served
+    seeds = [call(client, seed=-1)[2] for _ in range(2)]
+    assert seeds[0] != seeds[1] and min(seeds) >= 0
+    assert [r["seed"] for r in logs(samples)[-2:]] == seeds
+
+
+def test_one_frame_gives_an_image(served):
+    _, client = served
+    video, image, _, _ = call(client, frames=1)
+    assert video is None and Path(image).suffix == ".png"
+
+
+def test_no_model_is_an_error_message_and_the_app_keeps_serving(served):
+    _, client = served
+    with pytest.raises(AppError, match="No model selected"):
+        call(client, model="none")
+    with pytest.raises(AppError, match="multiples of 32"):
+        call(client, width=80)
+    assert call(client)[2] == 7
+
+
+def test_a_wrong_weight_file_is_an_error_message_and_changes_nothing(served, videos):
+    _, client = served
+    call(client, seed=9)
+    with pytest.raises(AppError, match="could not load the weights"):
+        call(client, base_model=LORA)  # a LoRA is not a transformer checkpoint
+    call(client, seed=9)
+    assert torch.equal(videos[0], videos[1])
+
+
+def test_out_of_memory_is_a_message_and_releases_the_lock(ui_models, tmp_path, monkeypatch):
+    controller = EasyAnimateController(ui_models, tmp_path, device="cpu")
+    request = GenerationRequest("a red circle", steps=2, height=64, width=64, frames=2)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr("easyanimate.ui.controller.generate", out_of_memory)
+    with pytest.raises(UIError, match="Out of memory at 64x64, 2 frames"):
+        controller.generate(WeightChoice(MODEL, MOTION_MODULE), request)
+    assert not controller.busy and not list(tmp_path.rglob("*.mp4"))
+
+
+def test_no_motion_module_warns_that_frames_are_independent(served):
+    _, client = served
+    assert NO_MOTION_MODULE_WARNING in call(client, motion_module="none")[3]
+    assert NO_MOTION_MODULE_WARNING not in call(client)[3]
+
+
+def test_selecting_a_model_applies_the_defaults_its_folder_carries(served):
+    _, client = served
+    (motion_module, lora, lora_alpha, sampler, steps, width, height, frames, cfg, prompt, negative,
+     status) = client.predict(model=MODEL, motion_module="none", base_model="none", lora="none", lora_alpha=1.0,
+                              prompt="", api_name="/select_model")
+    assert motion_module == MOTION_MODULE and lora == "none" and lora_alpha == 0.55
+    assert (sampler, steps, width, height, frames, cfg) == ("DPM++", 5, 64, 64, 8, 6.0)
+    assert prompt == "a red circle moving left" and negative == "" and "Loaded: model tiny-easyanimate" in status
+
+
+def test_model_lists_hold_only_entries_inside_the_models_folder(served, ui_models):
+    page, client = served
+    choices = scan_models(ui_models)
+    assert list(choices.models) == [MODEL]
+    assert list(choices.motion_modules) == [MOTION_MODULE]
+    assert list(choices.personalized) == [LORA]
+    listed = {block.label: block.choices for block in page.blocks.values() if getattr(block, "choices", None)}
+    assert [value for _, value in listed["Select motion module"]] == ["none", MOTION_MODULE]
+    for label in ("linked_outside.safetensors", "../outside/secret.safetensors", str(ui_models.parent / "outside")):
+        with pytest.raises(AppError, match="not in the list of choices"):
+            call(client, motion_module=label)
+    controller = EasyAnimateController(ui_models, device="cpu")
+    for label in ("linked_outside.safetensors", "../outside/secret.safetensors", str(ui_models / "Motion_Module")):
+        with pytest.raises(UIError, match="not in"):
+            controller.resolve("motion_modules", label)
+
+
+def test_default_server_listens_on_127_0_0_1_only(served):
+    page, _ = served
+    assert app.parse_args([]).host == "127.0.0.1" and page.server_name == "127.0.0.1"
+    addresses = {sock.getsockname()[0] for server in page.server.servers for sock in server.sockets}
+    assert addresses == {"127.0.0.1"}
+
+
+def test_lora_none_after_a_lora_restores_the_exact_output(served, videos):
+    _, client = served
+    for lora in ("none", LORA, "none"):
+        call(client, seed=5, lora=lora)
+    base, with_lora, again = videos
+    assert not torch.equal(base, with_lora) and torch.equal(base, again)
+
+
+def test_weights_switch_exactly_and_never_during_a_generation(ui_models, tmp_path):
+    controller = EasyAnimateController(ui_models, tmp_path, device="cpu")
+    plain = WeightChoice(MODEL, MOTION_MODULE)
+    controller.load(plain)
+    transformer = controller.pipeline.transformer
+    original = {k: v.clone() for k, v in transformer.state_dict().items()}
+    for choice in (WeightChoice(MODEL, MOTION_MODULE, lora=LORA), WeightChoice(MODEL, "none", lora=LORA),
+                   WeightChoice(MODEL, MOTION_MODULE, lora=LORA, lora_weight=1.5), plain):
+        controller.load(choice)
+    assert controller.pipeline.transformer is transformer
+    assert all(torch.equal(v, original[k]) for k, v in transformer.state_dict().items())
+
+    started, release = threading.Event(), threading.Event()
+
+    def hold(done, total):
+        started.set()
+        release.wait(30)
+
+    request = GenerationRequest("a red circle", negative_prompt="", steps=2, seed=3, height=64, width=64, frames=2)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(controller.generate(plain, request, on_step=hold)))
+    worker.start()
+    assert started.wait(30)
+    with pytest.raises(BusyError):
+        controller.load(WeightChoice(MODEL, "none", lora=LORA))
+    release.set()
+    worker.join(30)
+    assert results and results[0].warnings == [] and controller.describe().count("none") == 2  # base and LoRA
+    assert all(torch.equal(v, original[k]) for k, v in transformer.state_dict().items())
