@@ -238,3 +238,11 @@ def test_weights_switch_exactly_and_never_during_a_generation(ui_models, tmp_pat
     worker.join(30)
     assert results and results[0].warnings == [] and controller.describe().count("none") == 2  # base and LoRA
     assert all(torch.equal(v, original[k]) for k, v in transformer.state_dict().items())
+
+
+def test_a_long_video_with_a_temporal_window(served, samples):
+    _, client = served
+    video, _, _, _ = call(client, frames=12, context_frames=4, context_overlap=1)
+    assert len(decode(video)[1]) == 12
+    record = logs(samples)[-1]
+    assert (record["frames"], record["context_frames"], record["context_overlap"]) == (12, 4, 1)

@@ -23,7 +23,7 @@ MAX_SIZE = 1024
 SIZE_STEP = 32
 """Width/height slider step: the grid motion module needs multiples of 32 px (2x2 grid of 2x2 patches on 8x
 latents), which suits every v1 model; the pipeline checks the loaded model's own multiple."""
-MAX_FRAMES = 128
+MAX_FRAMES = 512  # beyond the trained length, use a temporal window
 MAX_SEED = 10**8
 
 
@@ -119,14 +119,17 @@ class _Handlers:
 
     def generate(self, model: str, motion_module: str, base_model: str, lora: str, lora_alpha: float, prompt: str,
                  negative_prompt: str, sampler: str, steps: float, width: float, height: float, frames: float,
-                 cfg_scale: float, seed: float, progress=gr.Progress()):  # noqa: B008 (gradio's progress idiom)
+                 cfg_scale: float, seed: float, context_frames: float = 0, context_overlap: float = 0,
+                 progress=gr.Progress()):  # noqa: B008 (gradio's progress idiom)
         """Generate one video (or an image for 1 frame); returns (video, image, seed used, status)."""
         try:
             request = GenerationRequest(
                 prompt=prompt or "", negative_prompt=negative_prompt or "", sampler=sampler,
                 steps=_whole(steps, "Sampling steps"), guidance_scale=float(cfg_scale), seed=_whole(seed, "Seed"),
                 height=_whole(height, "Height"), width=_whole(width, "Width"),
-                frames=_whole(frames, "Animation length"))
+                frames=_whole(frames, "Animation length"),
+                context_frames=_whole(context_frames, "Temporal window") or None,
+                context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None)
             progress(0, desc="loading weights")
             result = self.c.generate(WeightChoice(model, motion_module, base_model, lora, lora_alpha), request,
                                      on_step=lambda done, total: progress((done, total), desc="denoising"))
@@ -180,6 +183,11 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                     frames = gr.Slider(1, MAX_FRAMES, value=80, step=1, label="Animation length",
                                        info="frames; 1 gives an image")
                     cfg_scale = gr.Slider(0, 20, value=6.0, step=0.1, label="CFG Scale")
+                    with gr.Accordion("Longer videos (temporal window)", open=False):
+                        context_frames = gr.Slider(0, MAX_FRAMES, value=0, step=1, label="Temporal window",
+                                                   info="frames the motion module sees at once; 0: the whole video")
+                        context_overlap = gr.Slider(0, MAX_FRAMES - 1, value=4, step=1, label="Window overlap",
+                                                    info="frames shared by consecutive windows")
                     with gr.Row():
                         seed = gr.Number(value=-1, precision=0, minimum=-1, label="Seed", info="-1: random")
                         dice = gr.Button("Random", scale=0, min_width=80)
@@ -202,6 +210,7 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
         page.load(h.refresh, weights[:4], weights[:4], **private)  # a new visitor sees the current files
         dice.click(lambda: random.randint(1, MAX_SEED), None, seed, **private)
         generate.click(h.generate, [*weights, prompt, negative_prompt, sampler, steps, width, height, frames,
-                                    cfg_scale, seed], [video, image, seed_used, status], api_name="generate").then(
+                                    cfg_scale, seed, context_frames, context_overlap],
+                       [video, image, seed_used, status], api_name="generate").then(
             h.show_result, [video, image], [video, image], **private)
     return page
