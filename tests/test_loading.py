@@ -190,3 +190,21 @@ def test_motion_module_extraction_ignores_unrelated_temporal_names():
     selected = motion_module_state_dict(state)
     assert "temporal_embedding.weight" not in selected
     assert len(selected) == 2 * 28
+
+
+def test_extract_motion_module_script_writes_original_keys_and_never_overwrites(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "extract_motion_module.py"
+    model = trained_video_model()
+    model.save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "diffusion_pytorch_model.safetensors"
+    out = tmp_path / "mm.safetensors"
+    done = subprocess.run([sys.executable, str(script), str(weights), str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    extracted = read_state_dict(out)
+    assert set(extracted) == {k for k in model.state_dict() if ".attn_temporal." in k}
+    again = subprocess.run([sys.executable, str(script), str(weights), str(out)], capture_output=True, text=True)
+    assert again.returncode != 0 and "exists" in again.stderr

@@ -215,3 +215,29 @@ def test_two_process_accelerate_launch_trains_and_saves(tiny_models, dataset, tm
     assert (out / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     assert (out / "checkpoint-2" / "noise_generator_1.safetensors").is_file()  # one state per process
     assert (out / "motion_module.safetensors").is_file()
+
+
+def test_killing_the_process_at_any_moment_leaves_a_resumable_latest_checkpoint(tiny_models, dataset, tmp_path):
+    """SIGKILL a run that checkpoints every step, whatever it is doing, then resume from 'latest'."""
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    options = settings(tiny_models, dataset, out, max_train_steps=10_000, checkpointing_steps=1)
+    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *flags], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(checkpoints.list_checkpoints(out)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.137)  # land somewhere in the middle of the save / step cycle
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    latest = checkpoints.resolve_checkpoint(out, "latest")
+    assert (latest / checkpoints.COMPLETE_MARKER).is_file()
+    step = checkpoints.step_of(latest)
+    result = run(tiny_models, dataset, out, max_train_steps=step + 1, checkpointing_steps=1000,
+                 resume_from_checkpoint="latest")
+    assert result.global_step == step + 1
