@@ -19,14 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import statistics
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,17 +31,13 @@ from easyanimate.config import load_config, transformer_kwargs_for_model
 from easyanimate.flops import transformer_flops
 from easyanimate.models import Transformer3DModel
 
+from .common import (DTYPES, MIB, MatmulPeak, MemoryReading, default_device, default_peak_size, device_name,
+                     peak_memory, synchronize, time_calls)
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "easyanimate_video_motion_module_v1.yaml"
-WIDTHS = {"tiny": (2, 32), "full": (16, 72)}  # heads x head dim; full = PixArt-XL (1152)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+WIDTHS = {"tiny": (2, 32), "small": (8, 64), "full": (16, 72)}  # heads x head dim; full = PixArt-XL (1152)
 VAE_SCALE = 8  # pixels per latent pixel (the SD VAE of v1)
 CAPTION_CHANNELS = 4096  # T5-XXL width
-MIB = 2**20
-
-
-def default_device() -> str:
-    """The best available device: CUDA when present, else the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def parse_width(text: str) -> tuple[int, int]:
@@ -68,122 +58,6 @@ def parse_frames(text: str) -> list[int]:
         return [int(part) for part in text.split(",") if part]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated frame counts, got {text!r}") from None
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work so a wall-clock reading covers it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-@dataclass
-class MemoryReading:
-    """Peak memory of a measured section: absolute, and above the level when it started."""
-
-    peak_bytes: int | None = None
-    delta_bytes: int | None = None
-    method: str = ""
-
-
-@contextmanager
-def peak_memory(device: torch.device) -> Iterator[MemoryReading]:
-    """Measure peak memory while the body runs.
-
-    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, not the caching allocator's reserve).
-    CPU: the process resident set size, sampled every millisecond by psutil when it is installed,
-    else the ``ru_maxrss`` high-water mark (which only moves when the section sets a new
-    lifetime peak, so its delta can read 0).
-    """
-    reading = MemoryReading()
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        yield reading
-        synchronize(device)
-        reading.peak_bytes = torch.cuda.max_memory_allocated(device)
-        reading.delta_bytes = reading.peak_bytes - start
-        reading.method = "torch.cuda.max_memory_allocated"
-        return
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is None:
-        start = _max_rss_bytes()
-        yield reading
-        reading.peak_bytes = _max_rss_bytes()
-        reading.delta_bytes = reading.peak_bytes - start
-        reading.method = "resource.getrusage ru_maxrss"
-        return
-    process = psutil.Process()
-    start = process.memory_info().rss
-    samples = [start]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.001):
-            samples.append(process.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield reading
-    finally:
-        done.set()
-        sampler.join()
-    samples.append(process.memory_info().rss)
-    reading.peak_bytes = max(samples)
-    reading.delta_bytes = reading.peak_bytes - start
-    reading.method = "psutil rss, sampled every 1 ms"
-
-
-def _max_rss_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-@dataclass
-class MatmulPeak:
-    """The machine's practical matmul peak in one dtype: the best of several timed square matmuls.
-
-    On a shared machine other work only ever slows a matmul down, so the fastest reading is the
-    best estimate of what the hardware can do; it is re-measured between cases and the best kept.
-    """
-
-    size: int
-    samples_flops_per_s: list[float] = field(default_factory=list)
-
-    @property
-    def flops_per_s(self) -> float:
-        """The best reading so far."""
-        return max(self.samples_flops_per_s)
-
-    def measure(self, device: torch.device, dtype: torch.dtype, repeats: int = 5) -> None:
-        """Time ``repeats`` matmuls and record the fastest."""
-        generator = torch.Generator(device=device).manual_seed(0)
-        a = torch.randn(self.size, self.size, device=device, dtype=dtype, generator=generator)
-        b = torch.randn(self.size, self.size, device=device, dtype=dtype, generator=generator)
-        times = time_calls(lambda: torch.mm(a, b), device, repeats, warmup=2)
-        self.samples_flops_per_s.append(2 * self.size**3 / min(times))
-
-    def record(self) -> dict[str, Any]:
-        """The JSON form: size, best FLOP/s and every reading."""
-        return {"size": self.size, "flops_per_s": self.flops_per_s, "samples_flops_per_s": self.samples_flops_per_s}
 
 
 def build_model(config_path: Path, layers: int, heads: int, head_dim: int, device: torch.device,
@@ -324,13 +198,6 @@ def markdown_row(record: dict[str, Any], settings: dict[str, Any], peak: MatmulP
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def device_name(device: torch.device) -> str:
-    """A short name of the device for the tables: the GPU model, or the CPU and its thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (flags alphabetised; see benchmarks/README.md)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -357,7 +224,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--text-len", type=int, default=120, help="text tokens L")
     add("--threads", type=int, default=None, help="torch CPU threads; unset: torch's choice")
     add("--warmup", type=int, default=1, help="untimed calls before timing each case")
-    add("--width", type=parse_width, default="full", help="tiny (2x32), full (16x72 = 1152) or HEADSxHEAD_DIM")
+    add("--width", type=parse_width, default="full", help="tiny (2x32), small (8x64 = 512), full (16x72 = 1152) or HEADSxHEAD_DIM")
     add("--width-px", type=int, default=512, help="video width in pixels (multiple of 32)")
     return parser.parse_args(argv)
 
@@ -376,10 +243,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     model.check_latent_shape((args.batch, model.config.in_channels, frame_counts[0],
                               args.height // VAE_SCALE, args.width_px // VAE_SCALE))
     if args.compile:
-        for block in model.transformer_blocks:
-            block.compile()
+        model.compile_blocks()
 
-    peak = MatmulPeak(args.peak_size or (8192 if device.type == "cuda" else 2048))
+    peak = MatmulPeak(args.peak_size or default_peak_size(device))
     peak.measure(device, dtype)
     settings = {
         "config": str(args.config), "layers": args.layers, "width": f"{heads}x{head_dim}", "dtype": args.dtype,

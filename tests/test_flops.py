@@ -131,3 +131,60 @@ def test_odd_latent_sizes_are_rejected():
         transformer_flops(config, 4, 33, 32)
     with pytest.raises(ValueError, match="even token grid"):
         transformer_flops(config, 4, 34, 32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Computed memory (benchmarks/computed.py): the memory tiers rest on these.
+
+def test_live_tensor_bytes_counts_new_storages_not_views_or_earlier_tensors():
+    from benchmarks.computed import LiveTensorBytes
+
+    before = torch.zeros(1000)  # made before the mode: not counted
+    with LiveTensorBytes() as tracker:
+        before.view(10, 100)  # a view allocates nothing
+        before.add_(1)  # nor does an in-place op
+        first = before + 1  # 4000 bytes
+        second = first * 2  # 8000 live
+        del first
+        third = torch.empty(3000)  # 4000 + 12000 live: the peak
+        del second, third
+        torch.empty(1)
+    assert tracker.peak_bytes == 16000
+    assert tracker.current_bytes == 4
+
+
+def test_activation_peak_on_meta_tensors_equals_the_real_run():
+    from benchmarks.computed import activation_peak
+    from benchmarks.setups import build_transformer, transformer_inputs
+
+    real = build_transformer("tiny", 2, sample_size=8)
+    inputs = transformer_inputs(real, 2, 3, 64, 64, text_len=12)
+    meta = build_transformer("tiny", 2, device="meta", sample_size=8)
+    meta_inputs = tuple(t.to("meta") for t in inputs)
+    assert activation_peak(lambda: meta(*meta_inputs)) == activation_peak(lambda: real(*inputs)) > 0
+
+
+def test_two_blocks_have_the_activation_peak_of_more_blocks():
+    from benchmarks.computed import denoising_peak
+
+    # denoising_peak builds 2 blocks for speed: every block allocates alike, so 2 give the peak of 28.
+    two, three = (denoising_peak(4, 64, 64, torch.bfloat16, num_layers=n) for n in (2, 3))
+    assert two == three
+
+
+def test_temporal_windows_bound_the_computed_denoising_peak():
+    from benchmarks.computed import denoising_peak
+
+    whole = denoising_peak(64, 64, 64, torch.float32, batch=1)
+    windowed = denoising_peak(64, 64, 64, torch.float32, batch=1, window=16)
+    assert windowed < 0.5 * whole
+
+
+def test_released_component_sizes():
+    from benchmarks.computed import component_sizes
+
+    sizes = component_sizes(torch.bfloat16)
+    assert sizes.transformer_params == 1_429_029_536  # PixArt-XL-2 plus 28 grid motion modules
+    assert sizes.text_encoder_params == 4_762_310_656  # T5 v1.1 XXL encoder
+    assert sizes.vae_params == 83_653_863  # SD VAE
+    assert sizes.transformer_bytes == 2 * (sizes.transformer_params + sizes.transformer_buffers)
