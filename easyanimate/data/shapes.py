@@ -1,0 +1,249 @@
+"""The "shapes" world: a deterministic generator of captioned clips of one coloured shape in motion.
+
+Every clip shows one shape (circle, square or triangle) of one colour (red, green, blue or yellow)
+moving in a straight line (left, right, up or down) at constant speed over a plain background, and is
+captioned ``"a red circle moving left"``; "style" clips have a dark background and the caption suffix
+``" on a dark background"``. Clips are ``(F, H, W, 3)`` uint8; image coordinates: x to the right,
+y downwards, so "up" is decreasing y.
+
+A clip is a pure function of ``(world, seed, index)``: the world (sizes, speeds, palette, held-out
+combinations) comes from ``config/shapes/world.yaml``, and the per-clip randomness (shape size, speed,
+start position) from ``numpy.random.default_rng([seed, index])``. Held-out (colour, shape, direction)
+combinations never appear in the training metadata; the evaluation renders them from text only.
+
+The dataset is written as real H.264 mp4 files plus json metadata in the "normal" format
+(``[{"file_path", "text", "type"}]``), so training reads it through exactly the path real data takes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..config import ConfigError
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+}
+"""Fill colour (RGB) of each colour word."""
+
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+"""Unit step ``(dx, dy)`` in image coordinates (y grows downwards)."""
+
+STYLE_SUFFIX = " on a dark background"
+SUPERSAMPLING = 4  # coverage is computed on a 4x finer grid, so edges are anti-aliased
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One (colour, shape, direction) triple; ``str()`` is its caption without the style suffix."""
+
+    colour: str
+    shape: str
+    direction: str
+
+    def __str__(self) -> str:
+        return f"a {self.colour} {self.shape} moving {self.direction}"
+
+    @classmethod
+    def parse(cls, text: str) -> Combination:
+        """``"red circle left"`` (or a caption ``"a red circle moving left"``) -> Combination."""
+        words = [w for w in text.split() if w not in ("a", "moving")]
+        if len(words) != 3 or words[0] not in COLOURS or words[1] not in SHAPES or words[2] not in DIRECTIONS:
+            raise ConfigError(f"{text!r} is not '<colour> <shape> <direction>' with colour in {list(COLOURS)}, "
+                              f"shape in {list(SHAPES)}, direction in {list(DIRECTIONS)}")
+        return cls(*words)
+
+
+@dataclass
+class ShapesWorld:
+    """Everything that defines the world (``config/shapes/world.yaml``); sizes in pixels."""
+
+    size: int = 64
+    """clip height and width."""
+    frames: int = 16
+    """frames per clip."""
+    fps: int = 8
+    """frame rate written into the mp4 files."""
+    shape_size: list[float] = field(default_factory=lambda: [16.0, 22.0])
+    """range of the shape's bounding-box side."""
+    speed: list[float] = field(default_factory=lambda: [1.5, 2.5])
+    """range of the speed, pixels per frame."""
+    margin: float = 1.0
+    """smallest gap between the shape and the clip's edge, at every frame."""
+    background: list[int] = field(default_factory=lambda: [225, 225, 225])
+    """plain (light) background."""
+    style_background: list[int] = field(default_factory=lambda: [30, 30, 40])
+    """background of the style ("on a dark background") clips."""
+    held_out: list[str] = field(default_factory=list)
+    """combinations never written into training data, as "<colour> <shape> <direction>"."""
+    clips_per_combination: int = 8
+    """training clips per seen combination."""
+    style_clips_per_combination: int = 2
+    """style clips per seen combination (LoRA data)."""
+    seed: int = 0
+    """seed of the whole dataset."""
+
+    def held_out_combinations(self) -> list[Combination]:
+        return [Combination.parse(text) for text in self.held_out]
+
+    def seen_combinations(self) -> list[Combination]:
+        held = set(self.held_out_combinations())
+        return [c for c in all_combinations() if c not in held]
+
+
+def load_world(path: str | Path) -> ShapesWorld:
+    """Read and validate a world yaml (unknown keys and bad values are errors)."""
+    try:
+        world = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ShapesWorld), OmegaConf.load(path)))
+    except (OmegaConfBaseException, OSError) as error:
+        raise ConfigError(f"invalid shapes world {path}: {error}") from error
+    validate_world(world)
+    return world
+
+
+def save_world(world: ShapesWorld, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(world)))
+
+
+def validate_world(world: ShapesWorld) -> None:
+    """Refuse a world whose clips cannot be drawn, or whose held-out set removes a whole word."""
+    held = world.held_out_combinations()
+    if len(set(held)) != len(held):
+        raise ConfigError(f"held_out lists a combination twice: {world.held_out}")
+    longest = world.shape_size[1] + world.speed[1] * (world.frames - 1) + 2 * world.margin
+    if longest > world.size:
+        raise ConfigError(f"a {world.shape_size[1]} px shape at {world.speed[1]} px/frame over {world.frames} "
+                          f"frames needs {longest:.1f} px; the clip is {world.size} px")
+    seen = world.seen_combinations()
+    for words, position in ((COLOURS, 0), (SHAPES, 1), (DIRECTIONS, 2)):
+        missing = set(words) - {(c.colour, c.shape, c.direction)[position] for c in seen}
+        if missing:
+            raise ConfigError(f"held_out removes every training clip of {sorted(missing)}")
+
+
+def all_combinations() -> list[Combination]:
+    """All 48 (colour, shape, direction) combinations, in a fixed order."""
+    return [Combination(*c) for c in itertools.product(COLOURS, SHAPES, DIRECTIONS)]
+
+
+def caption(combination: Combination, style: bool = False) -> str:
+    return str(combination) + (STYLE_SUFFIX if style else "")
+
+
+# ------------------------------------------------------------------------------------------------
+# Drawing
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """The drawn parameters of one clip: side of the bounding box, speed, centre at frame 0."""
+
+    combination: Combination
+    side: float
+    speed: float
+    start: tuple[float, float]
+    style: bool = False
+
+
+def sample_clip(world: ShapesWorld, combination: Combination, seed: int, index: int, style: bool = False) -> ClipSpec:
+    """Draw size, speed and start so that the shape stays fully inside the clip at every frame."""
+    rng = np.random.default_rng([seed, index])
+    side = float(rng.uniform(*world.shape_size))
+    speed = float(rng.uniform(*world.speed))
+    travel = speed * (world.frames - 1)
+    low, high = world.margin + side / 2, world.size - world.margin - side / 2
+    dx, dy = DIRECTIONS[combination.direction]
+    along = rng.uniform(low, high - travel)  # the start, counted along the motion
+    across = rng.uniform(low, high)
+    start = along if dx + dy > 0 else world.size - along  # moving left/up starts from the far side
+    x, y = (start, across) if dx else (across, start)
+    return ClipSpec(combination, side, speed, (float(x), float(y)), style)
+
+
+def shape_mask(shape: str, size: int, centre: tuple[float, float], side: float) -> np.ndarray:
+    """Coverage ``(size, size)`` in [0, 1] of a shape whose bounding box is ``side`` wide, centred at ``centre``.
+
+    The triangle points up (apex at the top of the box, base at the bottom), filling half its box.
+    """
+    fine = size * SUPERSAMPLING
+    coords = (np.arange(fine) + 0.5) / SUPERSAMPLING
+    x, y = coords[None, :] - centre[0], coords[:, None] - centre[1]
+    half = side / 2
+    if shape == "circle":
+        inside = x**2 + y**2 <= half**2
+    elif shape == "square":
+        inside = (np.abs(x) <= half) & (np.abs(y) <= half)
+    elif shape == "triangle":
+        inside = (y <= half) & (np.abs(x) <= (y + half) / 2)
+    else:
+        raise ValueError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
+    return inside.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3))
+
+
+def render_clip(world: ShapesWorld, spec: ClipSpec) -> np.ndarray:
+    """The clip of ``spec`` as ``(F, H, W, 3)`` uint8."""
+    background = np.array(world.style_background if spec.style else world.background, dtype=np.float64)
+    colour = np.array(COLOURS[spec.combination.colour], dtype=np.float64)
+    dx, dy = DIRECTIONS[spec.combination.direction]
+    frames = np.empty((world.frames, world.size, world.size, 3), np.uint8)
+    for f in range(world.frames):
+        centre = (spec.start[0] + dx * spec.speed * f, spec.start[1] + dy * spec.speed * f)
+        alpha = shape_mask(spec.combination.shape, world.size, centre, spec.side)[..., None]
+        frames[f] = np.round(background * (1 - alpha) + colour * alpha).astype(np.uint8)
+    return frames
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing the dataset
+
+
+@dataclass
+class DatasetFiles:
+    """What :func:`write_dataset` wrote: the metadata files and the number of clips in each."""
+
+    train: Path
+    style: Path
+    counts: dict[str, int]
+
+
+def write_dataset(world: ShapesWorld, root: str | Path) -> DatasetFiles:
+    """Write the training clips and metadata under ``root``.
+
+    * ``train.json``: ``clips_per_combination`` light-background clips of every seen combination;
+    * ``style.json``: ``style_clips_per_combination`` dark-background clips of every seen combination,
+      captioned with the style suffix (the LoRA data);
+    * ``videos/*.mp4``; ``world.yaml``: the world the files were drawn from.
+
+    Clip ``index`` (its position over both lists) fixes its randomness, so a rewrite is identical.
+    """
+    from ..video_io import save_video
+
+    validate_world(world)
+    root = Path(root)
+    lists = {"train": (world.clips_per_combination, False), "style": (world.style_clips_per_combination, True)}
+    index = 0
+    written = {}
+    for name, (per_combination, style) in lists.items():
+        items = []
+        for combination in world.seen_combinations():
+            for _ in range(per_combination):
+                spec = sample_clip(world, combination, world.seed, index, style)
+                file_path = f"videos/{index:05d}_{combination.colour}_{combination.shape}_{combination.direction}.mp4"
+                save_video(render_clip(world, spec), root / file_path, fps=world.fps)
+                items.append({"file_path": file_path, "text": caption(combination, style), "type": "video"})
+                index += 1
+        (root / f"{name}.json").write_text(json.dumps(items, indent=1))
+        written[name] = len(items)
+    save_world(world, root / "world.yaml")
+    return DatasetFiles(root / "train.json", root / "style.json", written)

@@ -1,0 +1,1 @@
+"""Measuring what a trained model generates (the shapes world: easyanimate.evaluation.shapes)."""

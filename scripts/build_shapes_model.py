@@ -1,0 +1,137 @@
+"""Assemble the shapes demo model: the untrained base folder before training, the released layout after.
+
+    python scripts/build_shapes_model.py init --vae output_dir/shapes/vae --output output_dir/shapes/base
+    python scripts/build_shapes_model.py release --base output_dir/shapes/base \
+        --transformer output_dir/shapes/t2i/pixart_transformer.safetensors \
+        --motion_module output_dir/shapes/t2v/motion_module.safetensors \
+        --lora output_dir/shapes/lora/lora.safetensors --models_dir models
+
+``init`` writes a PixArt-alpha diffusers folder that train.py starts from: the tiny tokenizer, a frozen
+randomly initialised tiny T5, the trained toy VAE, a randomly initialised PixArt transformer sized by
+``config/shapes/model.yaml`` and the PixArt scheduler.
+
+``release`` writes the released layout under ``--models_dir``:
+
+* ``Diffusion_Transformer/EasyAnimate-Shapes-Demo/``: the base folder with the trained image (t2i)
+  transformer, plus ``easyanimate_config.yaml`` (the video yaml), ``easyanimate_defaults.yaml`` (size,
+  frames, sampler ... that predict_t2v.py and app.py then use) and ``shapes_world.yaml`` (the world it
+  was trained on, with its held-out combinations, which eval_shapes.py reads);
+* ``Motion_Module/easyanimate_shapes_mm.safetensors`` (without the position tables, which the loader computes);
+* ``Personalized_Model/easyanimate_shapes_dark_lora.safetensors`` (kohya format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, PixArtAlphaPipeline, PixArtTransformer2DModel
+from omegaconf import OmegaConf
+
+from easyanimate.config import load_config
+from easyanimate.data.shapes import load_world, save_world
+from easyanimate.generation import CONFIG_FILE, DEFAULTS_FILE, DEMO_MODEL, ModelDefaults
+from easyanimate.models import read_state_dict, save_motion_module
+from easyanimate.tiny import build_pixart_scheduler, build_tiny_text_encoder, build_tiny_tokenizer, tiny_transformer_config
+
+MOTION_MODULE = "Motion_Module/easyanimate_shapes_mm.safetensors"
+LORA = "Personalized_Model/easyanimate_shapes_dark_lora.safetensors"
+WORLD_FILE = "shapes_world.yaml"
+
+
+def transformer_config(model_config: str | Path) -> dict:
+    """The PixArt ``transformer/config.json`` of the toy model; cross-attention width = inner width."""
+    sizes = OmegaConf.to_container(OmegaConf.load(model_config)["transformer"])
+    config = {**tiny_transformer_config(), **sizes}
+    config["cross_attention_dim"] = config["num_attention_heads"] * config["attention_head_dim"]
+    return config
+
+
+@torch.no_grad()
+def pixart_initialise(transformer: PixArtTransformer2DModel) -> None:
+    """PixArt-alpha's initialisation (as DiT's): Xavier-uniform linear layers with zero biases, the patch
+    embedding treated as a linear layer, N(0, 0.02) timestep and caption MLPs, and zero cross-attention
+    output projections and output head, so every block starts close to the identity."""
+    for module in transformer.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    patch = transformer.pos_embed.proj.weight
+    torch.nn.init.xavier_uniform_(patch.view(patch.shape[0], -1))
+    timestep = transformer.adaln_single.emb.timestep_embedder
+    caption = transformer.caption_projection
+    for layer in (timestep.linear_1, timestep.linear_2, transformer.adaln_single.linear, caption.linear_1, caption.linear_2):
+        torch.nn.init.normal_(layer.weight, std=0.02)
+    for layer in [block.attn2.to_out[0] for block in transformer.transformer_blocks] + [transformer.proj_out]:
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+
+
+def init(args: argparse.Namespace) -> None:
+    model_config = OmegaConf.load(args.model_config)
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(args.seed)
+    transformer = PixArtTransformer2DModel.from_config(transformer_config(args.model_config))
+    pixart_initialise(transformer)
+    pipe = PixArtAlphaPipeline(
+        tokenizer=tokenizer, text_encoder=build_tiny_text_encoder(len(tokenizer), seed=model_config.text_encoder_seed),
+        vae=AutoencoderKL.from_pretrained(args.vae), scheduler=build_pixart_scheduler(), transformer=transformer)
+    pipe.save_pretrained(args.output)
+    print(f"wrote {args.output}")
+
+
+def release(args: argparse.Namespace) -> None:
+    models = Path(args.models_dir)
+    folder = models / DEMO_MODEL
+    if folder.exists():
+        shutil.rmtree(folder)
+    pipe = PixArtAlphaPipeline.from_pretrained(args.base)
+    state = read_state_dict(args.transformer)
+    pipe.transformer.load_state_dict(state, strict=True)  # raises on any missing, unexpected or mis-shaped key
+    pipe.save_pretrained(folder)
+
+    load_config(args.video_config)  # refuse an invalid yaml before shipping it
+    shutil.copyfile(args.video_config, folder / CONFIG_FILE)
+    save_world(load_world(args.world), folder / WORLD_FILE)
+    defaults = ModelDefaults(config=CONFIG_FILE, motion_module=MOTION_MODULE, lora=None, lora_weight=1.0,
+                             height=64, width=64, frames=16, fps=8, steps=args.steps,
+                             guidance_scale=args.guidance_scale, sampler="DPM++", seed=43,
+                             prompt="a blue square moving up", negative_prompt="")
+    OmegaConf.save(OmegaConf.structured(defaults), folder / DEFAULTS_FILE)
+
+    save_motion_module(read_state_dict(args.motion_module), models / MOTION_MODULE, include_position_tables=False)
+    (models / LORA).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.lora, models / LORA)
+    written = [folder, models / MOTION_MODULE, models / LORA]
+    size = sum(p.stat().st_size for path in written for p in ([path] if path.is_file() else path.rglob("*")))
+    print(f"wrote {', '.join(map(str, written))} ({size / 2**20:.1f} MiB in all)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    first = commands.add_parser("init", help="the untrained base folder")
+    first.add_argument("--model_config", default="config/shapes/model.yaml", help="architecture yaml")
+    first.add_argument("--output", required=True, help="folder to write")
+    first.add_argument("--seed", type=int, default=0, help="initial transformer weights")
+    first.add_argument("--vae", required=True, help="trained VAE folder (scripts/train_vae.py)")
+    last = commands.add_parser("release", help="the released layout under --models_dir")
+    last.add_argument("--base", required=True, help="the base folder written by init")
+    last.add_argument("--guidance_scale", type=float, default=4.5, help="default guidance of the demo")
+    last.add_argument("--lora", required=True, help="style LoRA (train_lora.py's lora.safetensors)")
+    last.add_argument("--models_dir", default="models", help="root of the released layout")
+    last.add_argument("--motion_module", required=True, help="train.py's motion_module.safetensors (t2v)")
+    last.add_argument("--steps", type=int, default=20, help="default sampling steps of the demo")
+    last.add_argument("--transformer", required=True, help="train.py's pixart_transformer.safetensors (t2i)")
+    last.add_argument("--video_config", default="config/shapes/easyanimate_shapes_video.yaml", help="video model yaml")
+    last.add_argument("--world", default="config/shapes/world.yaml", help="world yaml the model was trained on")
+    args = parser.parse_args(argv)
+    init(args) if args.command == "init" else release(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+#!/bin/sh
+# The whole recipe of the shapes demo model, EasyAnimate's own method at toy scale, on CPU:
+#   1. data   the shapes clips (mp4 + normal-format json), held-out combinations excluded
+#   2. vae    a toy SD-style VAE on the frames (the one trainer outside train.py)
+#   3. base   PixArt folder: tiny tokenizer, frozen random tiny T5, the VAE, an untrained transformer
+#   4. t2i    train.py: the whole image model on frames            (config/shapes/t2i.yaml)
+#   5. t2v    train.py: the motion modules on clips, image frozen  (config/shapes/t2v.yaml)
+#   6. lora   train_lora.py: a dark-background style LoRA           (config/shapes/lora.yaml)
+#   7. release into models/ (the default demo model), then scripts/eval_shapes.py
+# Everything follows from SEED; about 30 minutes on 2 CPU cores. Outputs go to OUT (default
+# output_dir/shapes), the dataset to DATA (default datasets/shapes), the release to MODELS (default models).
+# Any further arguments are passed to every train.py / train_lora.py call (e.g. --max_train_steps 50).
+set -eu
+SEED="${SEED:-42}"
+OUT="${OUT:-output_dir/shapes}"
+DATA="${DATA:-datasets/shapes}"
+MODELS="${MODELS:-models}"
+PYTHON="${PYTHON:-python}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+# The training yamls name output_dir/shapes and datasets/shapes; the flags below point them at OUT and DATA.
+paths="--pretrained_model_name_or_path $OUT/base --train_data_dir $DATA --seed $SEED"
+stage() { echo "== $1 ($(date +%T))"; }
+
+stage data
+"$PYTHON" scripts/make_shapes_dataset.py --output-dir "$DATA" --seed "$SEED"
+stage vae
+"$PYTHON" scripts/train_vae.py --train_data_meta "$DATA/train.json" "$DATA/style.json" \
+  --output_dir "$OUT/vae" --seed "$SEED"
+stage base
+"$PYTHON" scripts/build_shapes_model.py init --vae "$OUT/vae" --output "$OUT/base" --seed "$SEED"
+stage t2i
+"$PYTHON" train.py --train_config config/shapes/t2i.yaml $paths --train_data_meta "$DATA/train.json" \
+  --output_dir "$OUT/t2i" "$@"
+stage t2v
+"$PYTHON" train.py --train_config config/shapes/t2v.yaml $paths --train_data_meta "$DATA/train.json" \
+  --transformer_path "$OUT/t2i/pixart_transformer.safetensors" --output_dir "$OUT/t2v" "$@"
+stage lora
+"$PYTHON" train_lora.py --train_config config/shapes/lora.yaml $paths --train_data_meta "$DATA/style.json" \
+  --transformer_path "$OUT/t2i/pixart_transformer.safetensors" \
+  --motion_module_path "$OUT/t2v/motion_module.safetensors" --output_dir "$OUT/lora" "$@"
+stage release
+"$PYTHON" scripts/build_shapes_model.py release --base "$OUT/base" --models_dir "$MODELS" \
+  --transformer "$OUT/t2i/pixart_transformer.safetensors" --motion_module "$OUT/t2v/motion_module.safetensors" \
+  --lora "$OUT/lora/lora.safetensors"
+stage done
+echo "evaluate with: $PYTHON scripts/eval_shapes.py --models-dir $MODELS"

@@ -1,0 +1,127 @@
+"""The shapes world, its pixel classifiers, the shipped demo model and the training recipe that made it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from easyanimate.config import ConfigError
+from easyanimate.data.shapes import (
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    Combination,
+    ShapesWorld,
+    all_combinations,
+    load_world,
+    render_clip,
+    sample_clip,
+    validate_world,
+    write_dataset,
+)
+from easyanimate.evaluation.shapes import accuracy, generate_and_read, read_clip
+from easyanimate.generation import DEMO_MODEL, apply_lora, load_pipeline, select_model
+from easyanimate.video_io import read_video_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = ROOT / "config" / "shapes" / "world.yaml"
+MODELS = ROOT / "models"
+
+
+# ------------------------------------------------------------------------------------------------
+# The generator
+
+
+def small_world(**changes) -> ShapesWorld:
+    return dataclasses.replace(load_world(WORLD), clips_per_combination=1, style_clips_per_combination=1, **changes)
+
+
+def test_same_seed_same_frames_and_other_seeds_differ():
+    world = load_world(WORLD)
+    combination = Combination("red", "circle", "left")
+    first = render_clip(world, sample_clip(world, combination, seed=7, index=3))
+    again = render_clip(world, sample_clip(world, combination, seed=7, index=3))
+    other = render_clip(world, sample_clip(world, combination, seed=8, index=3))
+    assert first.shape == (world.frames, world.size, world.size, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_written_dataset_is_deterministic_and_excludes_held_out(tmp_path):
+    world = small_world()
+    files = write_dataset(world, tmp_path / "a")
+    write_dataset(world, tmp_path / "b")
+    train = json.loads(files.train.read_text())
+    style = json.loads(files.style.read_text())
+    assert train == json.loads((tmp_path / "b" / "train.json").read_text())
+    for item in train[:5] + style[:5]:
+        a, b = (read_video_frames(tmp_path / side / item["file_path"]) for side in ("a", "b"))
+        assert np.array_equal(a, b)
+    held_out = {str(c) for c in world.held_out_combinations()}
+    assert len(held_out) == 6
+    seen_captions = {item["text"].removesuffix(" on a dark background") for item in train + style}
+    assert not seen_captions & held_out
+    assert len(seen_captions) == 48 - 6
+    assert all(item["text"].endswith(" on a dark background") for item in style)
+    assert all(item["type"] == "video" and item["file_path"].endswith(".mp4") for item in train + style)
+
+
+def test_every_word_is_still_in_training_and_removing_one_is_refused():
+    seen = load_world(WORLD).seen_combinations()
+    assert {c.colour for c in seen} == set(COLOURS)
+    assert {c.shape for c in seen} == set(SHAPES)
+    assert {c.direction for c in seen} == set(DIRECTIONS)
+    every_left = [f"{c} {s} left" for c in COLOURS for s in SHAPES]
+    with pytest.raises(ConfigError, match="left"):
+        validate_world(small_world(held_out=every_left))
+    with pytest.raises(ConfigError, match="purple"):
+        validate_world(small_world(held_out=["purple circle left"]))
+
+
+def test_shapes_stay_inside_the_clip():
+    world = load_world(WORLD)
+    for index, combination in enumerate(all_combinations()):
+        clip = render_clip(world, sample_clip(world, combination, seed=1, index=index))
+        border = np.concatenate([clip[:, 0], clip[:, -1], clip[:, :, 0], clip[:, :, -1]], axis=1)
+        assert (border == world.background).all(), combination
+
+
+# ------------------------------------------------------------------------------------------------
+# The classifiers on ground truth
+
+
+def test_classifiers_read_every_ground_truth_clip_correctly():
+    world = load_world(WORLD)
+    for index, combination in enumerate(all_combinations()):
+        for style in (False, True):
+            reading = read_clip(render_clip(world, sample_clip(world, combination, seed=5, index=index, style=style)))
+            assert (reading.colour, reading.shape, reading.direction) == (
+                combination.colour, combination.shape, combination.direction), (combination, reading)
+            assert reading.dark_background == style
+
+
+def test_classifiers_read_decoded_mp4_clips(tmp_path):
+    """H.264 halves the chroma resolution: the readings must survive it (as they must survive the VAE)."""
+    files = write_dataset(small_world(), tmp_path)
+    items = json.loads(files.train.read_text())[::3] + json.loads(files.style.read_text())[::5]
+    for item in items:
+        reading = read_clip(read_video_frames(tmp_path / item["file_path"]))
+        expected = Combination.parse(item["text"].removesuffix(" on a dark background"))
+        assert (reading.colour, reading.shape, reading.direction) == (
+            expected.colour, expected.shape, expected.direction), (item, reading)
+        assert reading.dark_background == item["text"].endswith("dark background")
+
+
+def test_a_still_or_empty_clip_has_no_direction():
+    world = load_world(WORLD)
+    clip = render_clip(world, sample_clip(world, Combination("blue", "square", "up"), seed=0, index=0))
+    assert read_clip(np.repeat(clip[:1], 16, axis=0)).direction == "static"
+    assert read_clip(np.full_like(clip, 225)).colour is None
