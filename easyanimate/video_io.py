@@ -126,7 +126,9 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: float, crf: int) -> None:
         stream = container.add_stream("libx264", rate=rate)
         stream.height, stream.width = frames.shape[1], frames.shape[2]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
+        # One encoder thread: libx264 output is then byte-for-byte repeatable (threaded runs under load
+        # were seen to differ), which makes written datasets and samples reproducible.
+        stream.options = {"crf": str(crf), "threads": "1"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
