@@ -1,8 +1,9 @@
 """Evaluate the shapes demo model from the pixels it generates.
 
-    python scripts/eval_shapes.py                          # the shipped model, 4 seeds, every mode
+    python scripts/eval_shapes.py                          # the shipped model, 4 seeds, every mode but long
     python scripts/eval_shapes.py --seeds 0 --modes video  # quicker
     python scripts/eval_shapes.py --json results.json --samples samples/shapes-eval
+    python scripts/eval_shapes.py --modes long             # 64-frame clips in 16-frame windows (slow)
 
 Generates one 16-frame clip for every (colour, shape, direction) combination and seed, reads its colour,
 shape and direction of motion from the pixels (easyanimate/evaluation/shapes.py) and prints accuracy
@@ -13,7 +14,14 @@ Modes:
 * ``no_motion_module``: the same without the motion module (every frame generated independently), so
   the direction accuracy shows whether the motion comes from the motion module (chance: 25%);
 * ``lora``: prompts with " on a dark background" and the style LoRA at weights 0 and 1; "dark" is the
-  fraction of clips with a dark background.
+  fraction of clips with a dark background;
+* ``long`` (only when asked for: slow): one ``--long-frames`` clip per combination and seed, the motion
+  module attending over windows of ``--context-frames`` frames that overlap by ``--context-overlap``
+  (the pipeline's sliding temporal windows). Each window is read as a clip of its own: "colour kept" /
+  "shape kept" is the fraction of clips whose every window shows the prompted colour / shape,
+  "direction" the fraction of windows moving the prompted way, "seam median" / "seam max" the median
+  and max over clips of the seam ratio (mean frame-to-frame change where windows hand over divided by
+  the mean inside windows: ~1 is seamless; see easyanimate.evaluation.shapes.read_long_clip).
 """
 
 from __future__ import annotations
@@ -27,12 +35,14 @@ from pathlib import Path
 import torch
 
 from easyanimate.data.shapes import all_combinations, load_world
-from easyanimate.evaluation.shapes import accuracy, generate_and_read
+from easyanimate.evaluation.shapes import accuracy, generate_and_read, long_clip_scores
 from easyanimate.generation import apply_lora, load_pipeline, select_model
 from easyanimate.video_io import save_video
 
-MODES = ("video", "no_motion_module", "lora")
+DEFAULT_MODES = ("video", "no_motion_module", "lora")
+MODES = DEFAULT_MODES + ("long",)
 COLUMNS = ("colour", "shape", "direction", "all", "dark", "clips")
+LONG_COLUMNS = ("colour kept", "shape kept", "direction", "seam median", "seam max", "clips")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,12 +50,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--batch-size", type=int, default=16, help="clips generated at once")
     add("--config", help="model yaml (default: the model's own)")
+    add("--context-frames", type=int, default=16, help="long mode: frames the motion module sees at once")
+    add("--context-overlap", type=int, default=4, help="long mode: frames shared by consecutive windows")
     add("--guidance-scale", type=float, help="classifier-free guidance (default: the model's)")
     add("--json", help="write the per-mode accuracies here")
+    add("--long-frames", type=int, default=64, help="long mode: frames per clip")
     add("--lora", help="style LoRA (default: the one in the model's defaults, else the shipped file)")
     add("--model", help="model folder (default: the released weights, else the shipped demo model)")
     add("--models-dir", default="models", help="root of the model layout")
-    add("--modes", nargs="+", default=list(MODES), choices=MODES, help="what to evaluate")
+    add("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
+        help=f"what to evaluate (default: {' '.join(DEFAULT_MODES)})")
     add("--motion-module", help="motion-module file (default: the model's own)")
     add("--negative-prompt", help="negative prompt (default: the model's)")
     add("--samples", help="save every clip as mp4 here, named <mode>_<colour>_<shape>_<direction>_<seed>.mp4")
@@ -54,15 +68,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--threads", type=int, help="torch CPU threads")
     add("--transformer-path", help="image-model checkpoint loaded over the model's (e.g. a t2i stage's output)")
     add("--world", help="world yaml with the held-out combinations (default: the model's shapes_world.yaml)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0 <= args.context_overlap < args.context_frames:
+        parser.error(f"need 0 <= --context-overlap < --context-frames, got {args.context_overlap} and {args.context_frames}")
+    return args
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """Markdown table, one row per (mode, split), percentages."""
-    lines = ["| mode | combinations | " + " | ".join(COLUMNS) + " |", "|" + " --- |" * (len(COLUMNS) + 2)]
+def format_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """Markdown table, one row per (mode, split): percentages, seam ratios as numbers, clip counts."""
+    cell = lambda c, v: str(v) if c == "clips" else f"{v:.2f}" if c.startswith("seam") else f"{v:.0%}"
+    lines = ["| mode | combinations | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
     for name, scores in rows.items():
         mode, split = name.split("/")
-        cells = [f"{scores[c]:.0%}" if c != "clips" else str(scores[c]) for c in COLUMNS]
+        cells = [cell(c, scores[c]) for c in columns]
         lines.append(f"| {mode} | {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -73,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     choice = dict(model=args.model, config=args.config, transformer_path=args.transformer_path)
-    with_motion = "video" in args.modes or "lora" in args.modes
+    with_motion = any(mode in args.modes for mode in ("video", "lora", "long"))
     selection = select_model(Path(args.models_dir), motion_module=args.motion_module, use_motion_module=with_motion, **choice)
     defaults = selection.defaults
     world = load_world(args.world or selection.model / "shapes_world.yaml")
@@ -83,9 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(steps=pick(args.steps, defaults.steps), guidance_scale=pick(args.guidance_scale, defaults.guidance_scale),
                     negative_prompt=pick(args.negative_prompt, defaults.negative_prompt), frames=world.frames,
                     size=world.size, batch_size=args.batch_size)
+    long_settings = dict(settings, frames=args.long_frames, context_frames=args.context_frames,
+                         context_overlap=args.context_overlap)
     rows: dict[str, dict[str, float]] = {}
+    long_rows: dict[str, dict[str, float]] = {}
 
-    def run(mode: str, pipeline, style: bool = False) -> None:
+    def run(mode: str, pipeline, style: bool = False, long: bool = False) -> None:
         start = time.time()
 
         def save(result, video) -> None:
@@ -94,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                        fps=defaults.fps)
 
         results = generate_and_read(pipeline, combinations, args.seeds, held_out, style=style,
-                                    on_clip=save if args.samples else None, **settings)
-        rows[f"{mode}/seen"] = accuracy([r for r in results if not r.held_out])
-        rows[f"{mode}/held-out"] = accuracy([r for r in results if r.held_out])
+                                    on_clip=save if args.samples else None, **(long_settings if long else settings))
+        table, score = (long_rows, long_clip_scores) if long else (rows, accuracy)
+        table[f"{mode}/seen"] = score([r for r in results if not r.held_out])
+        table[f"{mode}/held-out"] = score([r for r in results if r.held_out])
         print(f"{mode}: {len(results)} clips in {time.time() - start:.0f}s", flush=True)
 
     if with_motion:
@@ -104,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.set_progress_bar_config(disable=True)
         if "video" in args.modes:
             run("video", pipeline)
+        if "long" in args.modes:  # before the LoRA is merged into the pipeline
+            run("long", pipeline, long=True)
         if "lora" in args.modes:
             lora = Path(args.lora) if args.lora else selection.lora or Path(args.models_dir) / "Personalized_Model" / "easyanimate_shapes_dark_lora.safetensors"
             merger = None
@@ -116,9 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.set_progress_bar_config(disable=True)
         run("no motion module", pipeline)
 
-    print(format_table(rows))
+    for table, columns in ((rows, COLUMNS), (long_rows, LONG_COLUMNS)):
+        if table:
+            print(format_table(table, columns))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({**rows, **long_rows}, indent=1))
     return 0
 
 

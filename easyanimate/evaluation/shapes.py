@@ -6,12 +6,17 @@ No learned classifier: each answer is a short measurement, so a wrong answer can
 * foreground: per pixel, ``alpha = |pixel - background| / |colour - background|`` clipped to [0, 1] for the
   nearest palette colour, i.e. the fraction of the pixel the shape covers;
 * colour: the palette colour nearest (RGB) to the mean of the pixels that clearly differ from the background;
-* shape: the median over frames of the fill ratio ``area / bounding-box area`` (square 1, circle pi/4,
-  triangle 1/2); the box spans the rows and columns holding at least half a pixel of shape;
+* shape: the median over frames of the fill ratio ``area / bounding-box area`` of the pixels with
+  ``alpha > 0.5`` (square 1, circle pi/4, triangle 1/2); the half-coverage contour is where a symmetric
+  blur (H.264 chroma, the VAE) leaves an edge, so the ratio survives both;
 * direction: the least-squares velocity of the alpha-weighted centroid over the frames; the larger of its
   two components, with its sign. A clip whose centroid moves less than ``MIN_TRAVEL`` px is "static".
 
 Clips are ``(F, H, W, 3)`` uint8 or float ``(3, F, H, W)`` in [0, 1] (the pipeline's output).
+
+Long clips (more frames than the motion modules attend over at once) are read window by window
+(:func:`read_long_clip`): each temporal window the pipeline used gets its own reading, and the seam
+ratio compares the frame-to-frame change where windows hand over with the change inside them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from ..data.shapes import COLOURS, Combination, caption
+from ..models.motion_module import TemporalContext
 
 DARK_LUMA = 0.35
 FOREGROUND_DISTANCE = 0.25  # RGB distance (0..sqrt(3)) from the background that counts as "clearly shape"
@@ -63,7 +69,11 @@ def background_colour(frames: np.ndarray) -> np.ndarray:
 
 def read_clip(video: np.ndarray | torch.Tensor) -> ClipReading:
     """Colour, shape, direction and background of one clip (see the module docstring)."""
-    frames = as_frames(video)
+    return read_frames(as_frames(video))
+
+
+def read_frames(frames: np.ndarray) -> ClipReading:
+    """:func:`read_clip` of frames already ``(F, H, W, 3)`` float in [0, 1] (see :func:`as_frames`)."""
     background = background_colour(frames)
     dark = float(background @ np.array([0.299, 0.587, 0.114])) < DARK_LUMA
     distance = np.linalg.norm(frames - background, axis=-1)
@@ -116,6 +126,81 @@ def _direction(velocity: tuple[float, float], num_frames: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+# Long clips: sliding temporal windows
+
+
+def temporal_windows(frames: int, context_frames: int, context_overlap: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` frame ranges of the windows the pipeline's motion modules attend over in a
+    ``frames``-frame clip (:meth:`TemporalContext.window_starts`, as ``EasyAnimatePipeline`` uses it;
+    the VAE does not compress time, so latent frames are video frames). One window when the clip fits."""
+    context = TemporalContext(context_frames, context_overlap)
+    return [(start, min(start + context_frames, frames)) for start in context.window_starts(frames)]
+
+
+def seam_transitions(windows: list[tuple[int, int]], frames: int) -> list[int]:
+    """The frames ``t`` whose transition ``t-1 -> t`` is at a seam, i.e. where blending starts or stops:
+    ``t`` is the first frame of a window after the first (``t = start``), or ``t-1`` is the last frame of a
+    window before the last (``t = stop``). Sorted, without duplicates, ``0 < t < frames``."""
+    starts = {start for start, _ in windows[1:]}
+    stops = {stop for _, stop in windows[:-1]}
+    return sorted(t for t in starts | stops if 0 < t < frames)
+
+
+@dataclass
+class LongClipReading:
+    """What :func:`read_long_clip` saw: one :class:`ClipReading` per window, and the seam statistic."""
+
+    windows: list[tuple[int, int]]
+    readings: list[ClipReading]
+    """``readings[k]`` reads frames ``windows[k][0]:windows[k][1]`` as a clip of their own."""
+    seam_difference: float
+    """mean over the seam transitions (:func:`seam_transitions`) of ``mean |frame t - frame t-1|``."""
+    inside_difference: float
+    """the same mean over every other transition (the ones inside windows)."""
+
+    @property
+    def seam_ratio(self) -> float:
+        """``seam_difference / inside_difference``: about 1 for steady motion, above 1 when the clip jumps
+        where windows hand over. NaN without seams (a single window) or without any change at all."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.float64(self.seam_difference) / self.inside_difference)
+
+    @property
+    def directions(self) -> list[str | None]:
+        return [r.direction for r in self.readings]
+
+    def colour_kept(self, colour: str) -> float:
+        """Fraction of windows that read ``colour``."""
+        return float(np.mean([r.colour == colour for r in self.readings]))
+
+    def shape_kept(self, shape: str) -> float:
+        """Fraction of windows that read ``shape``."""
+        return float(np.mean([r.shape == shape for r in self.readings]))
+
+    def direction_kept(self, direction: str) -> float:
+        """Fraction of windows that move in ``direction``."""
+        return float(np.mean([d == direction for d in self.directions]))
+
+
+def read_long_clip(video: np.ndarray | torch.Tensor, windows: list[tuple[int, int]]) -> LongClipReading:
+    """Read each temporal window of a long clip (see :func:`temporal_windows`) and measure its seams.
+
+    Frame-to-frame difference of transition ``t-1 -> t``: ``mean |frame t - frame t-1|`` over all pixels and
+    channels, float pixels in [0, 1]. Seam transitions are those of :func:`seam_transitions` (for 64 frames
+    in windows of 16 overlapping by 4: ``t`` in 12, 16, 24, 28, 36, 40, 48, 52); inside: all the others.
+    """
+    frames = as_frames(video)
+    if not windows or any(not 0 <= start < stop <= len(frames) for start, stop in windows):
+        raise ValueError(f"windows {windows} do not fit a clip of {len(frames)} frames")
+    readings = [read_frames(frames[start:stop]) for start, stop in windows]
+    differences = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))  # [t - 1]: transition t-1 -> t
+    at_seam = np.zeros(len(differences), bool)
+    at_seam[[t - 1 for t in seam_transitions(windows, len(frames))]] = True
+    mean = lambda values: float(values.mean()) if len(values) else float("nan")
+    return LongClipReading(list(windows), readings, mean(differences[at_seam]), mean(differences[~at_seam]))
+
+
+# ------------------------------------------------------------------------------------------------
 # Generating and scoring
 
 
@@ -127,6 +212,9 @@ class ClipResult:
     seed: int
     held_out: bool
     reading: ClipReading
+    """the whole clip read at once."""
+    windows: LongClipReading | None = None
+    """per temporal window, when the clip was generated with ``context_frames``."""
 
     @property
     def correct(self) -> dict[str, bool]:
@@ -137,13 +225,20 @@ class ClipResult:
 def generate_and_read(pipeline, combinations: list[Combination], seeds: list[int], held_out: set[Combination],
                       style: bool = False, steps: int = 20, guidance_scale: float = 4.5, frames: int = 16,
                       size: int = 64, negative_prompt: str = "", batch_size: int = 16,
+                      context_frames: int | None = None, context_overlap: int | None = None,
                       on_clip=None) -> list[ClipResult]:
     """Generate one clip per (combination, seed) with ``pipeline`` and read each from its pixels.
 
     Clip ``(c, s)`` starts from the noise of ``torch.Generator().manual_seed(s)``, whatever the batch it
     runs in, so results do not depend on ``batch_size``. ``on_clip(result, video)`` sees every clip
-    (``video`` is ``(3, F, H, W)`` in [0, 1]), e.g. to save samples.
+    (``video`` is ``(3, F, H, W)`` in [0, 1]), e.g. to save samples. With ``context_frames`` the pipeline
+    denoises in temporal windows (``context_overlap`` defaults to ``context_frames // 4``, as the
+    pipeline's) and each result also reads every window (:attr:`ClipResult.windows`).
     """
+    windows = None
+    if context_frames is not None:
+        context_overlap = context_frames // 4 if context_overlap is None else context_overlap
+        windows = temporal_windows(frames, context_frames, context_overlap)
     jobs = [(c, s) for s in seeds for c in combinations]
     results = []
     for start in range(0, len(jobs), batch_size):
@@ -151,9 +246,11 @@ def generate_and_read(pipeline, combinations: list[Combination], seeds: list[int
         generators = [torch.Generator().manual_seed(s) for _, s in batch]
         videos = pipeline([caption(c, style) for c, _ in batch], negative_prompt=[negative_prompt] * len(batch),
                           video_length=frames, height=size, width=size, num_inference_steps=steps,
-                          guidance_scale=guidance_scale, generator=generators, output_type="pt").videos
+                          guidance_scale=guidance_scale, generator=generators, output_type="pt",
+                          context_frames=context_frames, context_overlap=context_overlap).videos
         for (combination, seed), video in zip(batch, videos):
-            result = ClipResult(combination, seed, combination in held_out, read_clip(video))
+            result = ClipResult(combination, seed, combination in held_out, read_clip(video),
+                                read_long_clip(video, windows) if windows else None)
             results.append(result)
             if on_clip is not None:
                 on_clip(result, video)
@@ -169,3 +266,24 @@ def accuracy(results: list[ClipResult]) -> dict[str, float]:
     scores["dark"] = float(np.mean([r.reading.dark_background for r in results]))
     scores["clips"] = len(results)
     return scores
+
+
+def long_clip_scores(results: list[ClipResult]) -> dict[str, float]:
+    """Scores of long clips (generated with ``context_frames``), plus the count:
+
+    * "colour kept" / "shape kept": fraction of clips whose every window reads the prompted colour / shape;
+    * "direction": fraction of windows (over all clips) moving in the prompted direction;
+    * "seam median" / "seam max": median and max over the clips of :attr:`LongClipReading.seam_ratio`
+      (NaN ratios, from clips without seams or change, are left out).
+    """
+    if not results:
+        return {"clips": 0}
+    clips = [(r.windows, r.combination) for r in results]
+    ratios = np.array([w.seam_ratio for w, _ in clips])
+    ratios = ratios[~np.isnan(ratios)]
+    return {"colour kept": float(np.mean([w.colour_kept(c.colour) == 1 for w, c in clips])),
+            "shape kept": float(np.mean([w.shape_kept(c.shape) == 1 for w, c in clips])),
+            "direction": float(np.mean([d == c.direction for w, c in clips for d in w.directions])),
+            "seam median": float(np.median(ratios)) if len(ratios) else float("nan"),
+            "seam max": float(ratios.max()) if len(ratios) else float("nan"),
+            "clips": len(results)}
