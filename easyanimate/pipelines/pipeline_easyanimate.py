@@ -137,11 +137,12 @@ class EasyAnimatePipeline(DiffusionPipeline):
                       negative_prompt_embeds: torch.Tensor | None = None,
                       prompt_attention_mask: torch.Tensor | None = None,
                       negative_prompt_attention_mask: torch.Tensor | None = None,
-                      clean_caption: bool = True, max_sequence_length: int = 120,
+                      clean_caption: bool = True, max_sequence_length: int | None = None,
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """T5 states ``(B*n, L, D)`` and masks ``(B*n, L)`` for the prompt and (with guidance) the negative."""
         device = device or self._execution_device
         if prompt_embeds is None:
+            max_sequence_length = max_sequence_length or self.default_max_sequence_length()
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
             prompt_embeds, prompt_attention_mask = self._encode_text(prompts, clean_caption, max_sequence_length, device)
         batch = prompt_embeds.shape[0]
@@ -158,6 +159,11 @@ class EasyAnimatePipeline(DiffusionPipeline):
         positive = (_repeat(prompt_embeds.to(device), num_images_per_prompt),
                     _repeat(prompt_attention_mask.to(device), num_images_per_prompt))
         return positive[0], positive[1], negative[0], negative[1]
+
+    def default_max_sequence_length(self) -> int:
+        """PixArt-alpha's 120 T5 tokens, or fewer where the tokenizer says its model takes fewer (the
+        shapes demo model's tokenizer says 24: its captions are short, and padding costs compute)."""
+        return min(120, self.tokenizer.model_max_length)
 
     @torch.no_grad()
     def _encode_text(self, prompts: list[str], clean: bool, max_length: int,
@@ -293,7 +299,7 @@ class EasyAnimatePipeline(DiffusionPipeline):
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         clean_caption: bool = True,
-        max_sequence_length: int = 120,
+        max_sequence_length: int | None = None,
         context_frames: int | None = None,
         context_overlap: int | None = None,
     ) -> EasyAnimatePipelineOutput | tuple:

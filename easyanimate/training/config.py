@@ -149,7 +149,7 @@ class TrainConfig:
     train_sampling_steps: int = 1000
     """diffusion steps of the training process."""
     tokenizer_max_length: int = 120
-    """T5 tokens."""
+    """T5 tokens (at most the tokenizer's ``model_max_length``)."""
     trainable_modules: list[str] = field(default_factory=lambda: ["attn_temporal"])
     """parameter-name substrings to train ("." = everything)."""
     trainable_modules_low_learning_rate: list[str] = field(default_factory=list)

@@ -208,6 +208,8 @@ def make_batch_sampler(dataset, sampler: EpochSampler, batch_size: int, grouped:
 def encode_text(tokenizer, text_encoder: T5EncoderModel, texts: list[str], max_length: int,
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """T5 states ``(B, L, D)`` and mask ``(B, L)``; raw captions (no cleaning), as in the original trainers."""
+    # The tokenizer may say its model takes fewer tokens (the shapes demo's: 24); padding is wasted compute.
+    max_length = min(max_length, tokenizer.model_max_length)
     tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     mask = tokens.attention_mask.to(device)
     return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0], mask
