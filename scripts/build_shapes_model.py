@@ -12,8 +12,8 @@ randomly initialised tiny T5, the trained toy VAE, a randomly initialised PixArt
 
 ``release`` writes the released layout under ``--models_dir``:
 
-* ``Diffusion_Transformer/EasyAnimate-Shapes-Demo/``: the base folder with the trained image (t2i)
-  transformer, plus ``easyanimate_config.yaml`` (the video yaml), ``easyanimate_defaults.yaml`` (size,
+* ``Diffusion_Transformer/EasyAnimate-Shapes-Demo/``: the base folder with the trained image
+  transformer (the t2i stage's), plus ``easyanimate_config.yaml`` (the video yaml), ``easyanimate_defaults.yaml`` (size,
   frames, sampler ... that predict_t2v.py and app.py then use) and ``shapes_world.yaml`` (the world it
   was trained on, with its held-out combinations, which eval_shapes.py reads);
 * ``Motion_Module/easyanimate_shapes_mm.safetensors`` (without the position tables, which the loader computes);
@@ -39,6 +39,7 @@ from easyanimate.tiny import build_pixart_scheduler, build_tiny_text_encoder, bu
 MOTION_MODULE = "Motion_Module/easyanimate_shapes_mm.safetensors"
 LORA = "Personalized_Model/easyanimate_shapes_dark_lora.safetensors"
 WORLD_FILE = "shapes_world.yaml"
+TEXT_TOKENS = 24
 
 
 def transformer_config(model_config: str | Path) -> dict:
@@ -73,6 +74,7 @@ def pixart_initialise(transformer: PixArtTransformer2DModel) -> None:
 def init(args: argparse.Namespace) -> None:
     model_config = OmegaConf.load(args.model_config)
     tokenizer = build_tiny_tokenizer()
+    tokenizer.model_max_length = TEXT_TOKENS  # captions are short: training and sampling pad to this, not to 120
     torch.manual_seed(args.seed)
     transformer = PixArtTransformer2DModel.from_config(transformer_config(args.model_config))
     pixart_initialise(transformer)
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     first.add_argument("--vae", required=True, help="trained VAE folder (scripts/train_vae.py)")
     last = commands.add_parser("release", help="the released layout under --models_dir")
     last.add_argument("--base", required=True, help="the base folder written by init")
-    last.add_argument("--guidance_scale", type=float, default=4.5, help="default guidance of the demo")
+    last.add_argument("--guidance_scale", type=float, default=1.5, help="default guidance of the demo")
     last.add_argument("--lora", required=True, help="style LoRA (train_lora.py's lora.safetensors)")
     last.add_argument("--models_dir", default="models", help="root of the released layout")
     last.add_argument("--motion_module", required=True, help="train.py's motion_module.safetensors (t2v)")

@@ -31,15 +31,15 @@ from easyanimate.video_io import read_video_frames
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--crop_size", type=int, default=32, help="training crop in pixels (the VAE is convolutional)")
+    add("--crop_size", type=int, default=64, help="training crop in pixels (the VAE is convolutional)")
     add("--foreground_weight", type=float, default=4.0, help="extra loss weight of pixels that are not background")
     add("--kl_weight", type=float, default=1e-4, help="weight of the mean per-element KL term")
-    add("--learning_rate", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay to 0)")
-    add("--max_train_steps", type=int, default=600, help="optimizer steps")
+    add("--learning_rate", type=float, default=3e-3, help="peak AdamW learning rate (cosine decay to 0)")
+    add("--max_train_steps", type=int, default=800, help="optimizer steps")
     add("--model_config", default="config/shapes/model.yaml", help="yaml whose vae: section sizes the VAE")
     add("--output_dir", required=True, help="where the VAE folder is written")
     add("--seed", type=int, default=0, help="weights, crops and batches depend only on this seed")
-    add("--train_batch_size", type=int, default=32, help="crops per step")
+    add("--train_batch_size", type=int, default=8, help="crops per step")
     add("--train_data_meta", nargs="+", required=True, help="normal-format json files of the clips")
     return parser.parse_args(argv)
 

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from easyanimate.config import ConfigError
 from easyanimate.data.shapes import (
@@ -27,8 +23,7 @@ from easyanimate.data.shapes import (
     validate_world,
     write_dataset,
 )
-from easyanimate.evaluation.shapes import accuracy, generate_and_read, read_clip
-from easyanimate.generation import DEMO_MODEL, apply_lora, load_pipeline, select_model
+from easyanimate.evaluation.shapes import read_clip
 from easyanimate.video_io import read_video_frames
 
 ROOT = Path(__file__).resolve().parents[1]

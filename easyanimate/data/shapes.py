@@ -75,9 +75,9 @@ class ShapesWorld:
     """frames per clip."""
     fps: int = 8
     """frame rate written into the mp4 files."""
-    shape_size: list[float] = field(default_factory=lambda: [16.0, 22.0])
+    shape_size: list[float] = field(default_factory=lambda: [28.0, 32.0])
     """range of the shape's bounding-box side."""
-    speed: list[float] = field(default_factory=lambda: [1.5, 2.5])
+    speed: list[float] = field(default_factory=lambda: [1.0, 1.8])
     """range of the speed, pixels per frame."""
     margin: float = 1.0
     """smallest gap between the shape and the clip's edge, at every frame."""

@@ -1,0 +1,144 @@
+"""The shapes recipe (scripts/train_shapes.sh) at reduced size: every stage lowers its loss.
+
+Opt-in (``pytest --run-slow tests/test_shapes_recipe.py``, about 5 minutes on 2 cores).
+
+The stages run exactly as the script runs them (the same scripts, yamls and trainer), on a smaller
+dataset, with smaller batches and a few hundred steps. "Lowers the loss" is measured where training
+noise cannot fake it: the VAE's reconstruction error, and for the diffusion stages the loss on a fixed
+batch with fixed noise and timesteps, before against after the stage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from easyanimate.config import load_config
+from easyanimate.generation import ModelSelection, build_transformer
+from easyanimate.lora import LoraMerger
+from easyanimate.training.config import parse_config
+from easyanimate.training.diffusion import ImprovedDDPM
+from easyanimate.training.trainer import encode_text, train
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import build_shapes_model
+import make_shapes_dataset
+import train_vae
+
+SHAPES = REPO / "config" / "shapes"
+
+pytestmark = pytest.mark.slow  # several minutes of training: opt in with --run-slow
+
+
+def fixed_batch_loss(base: Path, config_yaml: Path, metadata: Path, frames: int, transformer_path: Path | None = None,
+                     motion_module: Path | None = None, lora: Path | None = None, clips: int = 8) -> float:
+    """Improved-DDPM loss on the first ``clips`` clips of ``metadata`` with noise and timesteps fixed by seed."""
+    from diffusers import AutoencoderKL
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from easyanimate.data import load_entries
+    from easyanimate.video_io import read_video_frames
+
+    selection = ModelSelection(model=base, config=config_yaml, motion_module=motion_module,
+                               transformer_path=transformer_path)
+    transformer = build_transformer(selection, load_config(config_yaml)).eval()
+    if lora is not None:
+        LoraMerger(transformer).merge(lora, multiplier=1.0, transformer_only=True)
+    vae = AutoencoderKL.from_pretrained(base / "vae").eval()
+    tokenizer = AutoTokenizer.from_pretrained(base / "tokenizer")
+    text_encoder = T5EncoderModel.from_pretrained(base / "text_encoder").eval()
+    entries = load_entries("normal", str(metadata))[:clips]
+    pixels = torch.stack([torch.from_numpy(read_video_frames(e.path)[:frames]) for e in entries])  # B F H W C
+    pixels = pixels.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # B C F H W
+    generator = torch.Generator().manual_seed(0)
+    diffusion = ImprovedDDPM(num_timesteps=1000)
+    with torch.no_grad():
+        flat = pixels.transpose(1, 2).flatten(0, 1)
+        latents = vae.encode(flat).latent_dist.mean * vae.config.scaling_factor
+        latents = latents.unflatten(0, (len(entries), frames)).transpose(1, 2)
+        states, mask = encode_text(tokenizer, text_encoder, [e.text for e in entries], 120, torch.device("cpu"))
+        losses = []
+        for _ in range(4):
+            t = torch.randint(0, 1000, (len(entries),), generator=generator)
+            noise = torch.randn(latents.shape, generator=generator)
+            noisy = diffusion.q_sample(latents, t, noise)
+            output = transformer(noisy, states, mask, t, return_dict=False)[0]
+            losses.append(diffusion.training_losses(output.float(), latents, noisy, t, noise)["loss"].mean().item())
+    return float(np.mean(losses))
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """Run every stage of scripts/train_shapes.sh at reduced size; returns the folder of its outputs."""
+    root = tmp_path_factory.mktemp("shapes_recipe")
+    data, out = root / "data", root / "out"
+    assert make_shapes_dataset.main(["--output-dir", str(data), "--clips-per-combination", "1",
+                                     "--style-clips-per-combination", "1", "--seed", "3"]) == 0
+    assert train_vae.main(["--train_data_meta", str(data / "train.json"), str(data / "style.json"), "--output_dir",
+                           str(out / "vae"), "--max_train_steps", "150", "--train_batch_size", "8", "--seed", "3"]) == 0
+    assert build_shapes_model.main(["init", "--vae", str(out / "vae"), "--output", str(out / "base"), "--seed", "3"]) == 0
+    common = ["--pretrained_model_name_or_path", str(out / "base"), "--train_data_dir", str(data), "--seed", "3",
+              "--checkpointing_steps", "100000"]
+    stages = {
+        "t2i": (train, SHAPES / "t2i.yaml", False, ["--train_data_meta", str(data / "train.json"), "--max_train_steps",
+                                                     "200", "--train_batch_size", "8"]),
+        "t2v": (train, SHAPES / "t2v.yaml", False, ["--train_data_meta", str(data / "train.json"), "--transformer_path",
+                                                     str(out / "t2i" / "pixart_transformer.safetensors"),
+                                                     "--max_train_steps", "150", "--train_batch_size", "2",
+                                                     "--sample_n_frames", "8"]),
+        "lora": (train, SHAPES / "lora.yaml", True, ["--train_data_meta", str(data / "style.json"), "--transformer_path",
+                                                      str(out / "t2i" / "pixart_transformer.safetensors"),
+                                                      "--motion_module_path", str(out / "t2v" / "motion_module.safetensors"),
+                                                      "--max_train_steps", "150", "--train_batch_size", "2",
+                                                      "--sample_n_frames", "8"]),
+    }
+    for name, (run, yaml, lora, flags) in stages.items():
+        config = parse_config(["--train_config", str(yaml), *common, "--output_dir", str(out / name), *flags],
+                              "shapes stage", lora=lora)
+        run(config)
+    return data, out
+
+
+def test_vae_stage_lowers_reconstruction_error(recipe):
+    _, out = recipe
+    losses = json.loads((out / "vae" / "train_vae.json").read_text())["losses"]
+    assert len(losses) == 150
+    assert np.mean(losses[-20:]) < 0.3 * np.mean(losses[:20])
+
+
+def test_image_stage_lowers_the_loss_on_a_fixed_batch(recipe):
+    data, out = recipe
+    video_yaml = SHAPES / "easyanimate_shapes_video.yaml"
+    before = fixed_batch_loss(out / "base", video_yaml, data / "train.json", frames=1)
+    after = fixed_batch_loss(out / "base", video_yaml, data / "train.json", frames=1,
+                             transformer_path=out / "t2i" / "pixart_transformer.safetensors")
+    assert after < 0.5 * before, (before, after)
+
+
+def test_motion_module_stage_lowers_the_loss_on_a_fixed_batch(recipe):
+    data, out = recipe
+    video_yaml = SHAPES / "easyanimate_shapes_video.yaml"
+    before = fixed_batch_loss(out / "base", video_yaml, data / "train.json", frames=8,
+                              transformer_path=out / "t2i" / "pixart_transformer.safetensors")
+    after = fixed_batch_loss(out / "base", video_yaml, data / "train.json", frames=8,
+                             transformer_path=out / "t2i" / "pixart_transformer.safetensors",
+                             motion_module=out / "t2v" / "motion_module.safetensors")
+    assert after < 0.95 * before, (before, after)
+
+
+def test_lora_stage_lowers_the_loss_on_a_fixed_batch_of_styled_clips(recipe):
+    data, out = recipe
+    video_yaml = SHAPES / "easyanimate_shapes_video.yaml"
+    image, motion = out / "t2i" / "pixart_transformer.safetensors", out / "t2v" / "motion_module.safetensors"
+    before = fixed_batch_loss(out / "base", video_yaml, data / "style.json", frames=8, transformer_path=image,
+                              motion_module=motion)
+    after = fixed_batch_loss(out / "base", video_yaml, data / "style.json", frames=8, transformer_path=image,
+                             motion_module=motion, lora=out / "lora" / "lora.safetensors")
+    assert after < 0.9 * before, (before, after)
