@@ -1,12 +1,15 @@
 """Computed, not measured: GPU memory and FLOPs of the released model's generation.
 
-Memory is weights plus the peak of live activations. Nothing here allocates real memory. The released components are built on the ``meta`` device
-(shapes without storage) to count their parameters and buffers, and the activation peaks come from
-running the real forward code on meta tensors under :class:`LiveTensorBytes`, which adds up the
-bytes of every tensor an op creates and drops them when the last reference dies. That is the
-number ``torch.cuda.max_memory_allocated`` reports for the same code, up to the caching
-allocator's rounding and the workspaces kernels allocate internally (cuBLAS, cuDNN); the CUDA
-context itself is outside both and is added as a stated margin (:data:`CUDA_OVERHEAD_BYTES`).
+Memory is weights plus the peak of live activations. Nothing here allocates real memory. The
+released components are built on the ``meta`` device (shapes without storage) to count their
+parameters and buffers, and the activation peaks come from running the real forward code on meta
+tensors under :class:`LiveTensorBytes`, which adds up the bytes of every tensor an op creates and
+drops them when the last reference dies. That is the number ``torch.cuda.max_memory_allocated``
+reports for the same code, up to the caching allocator's rounding and the workspaces kernels
+allocate internally (cuBLAS, cuDNN); the CUDA context itself is outside both and is added as a
+stated margin (:data:`CUDA_OVERHEAD_BYTES`). On the CPU the same computation matched the measured
+peak resident set of the transformer sweep within 2% in six of seven cases and within 10% in the
+smallest (``docs/benchmarks.md``).
 
 Attention runs as a fused kernel on meta tensors (output and log-sum-exp only, as PyTorch's
 flash and memory-efficient kernels on a GPU); ``sdpa="math"`` swaps in PyTorch's reference
@@ -38,6 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from easyanimate.config import load_config, transformer_kwargs_for_model
+from easyanimate.generation import MEMORY_MODES
 from easyanimate.models import Transformer3DModel
 
 from .common import GIB
@@ -236,8 +240,6 @@ def text_peak(batch: int, dtype: torch.dtype) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # Settings and tiers
-
-MEMORY_MODES = ("none", "text_encoder_cpu", "model_cpu_offload", "sequential_cpu_offload")
 
 
 @dataclass(frozen=True)

@@ -57,12 +57,12 @@ def fast_path_table(rows: list[dict[str, Any]], plain: dict[str, Any]) -> str:
         if r.get("skipped"):
             out.append([r["path"], r["what"]] + ["-"] * 8)
             continue
-        rate = f"{pct(r['fraction_of_matmul_peak'])} / {pct(r['best_fraction_of_matmul_peak'])}" \
-            if "fraction_of_matmul_peak" in r else "-"
+        rate = (f"{pct(r['fraction_of_matmul_peak'])} / {pct(r['best_fraction_of_matmul_peak'])} / "
+                f"{pct(r.get('quiet_fraction_of_matmul_peak'))}" if "fraction_of_matmul_peak" in r else "-")
         out.append([r["path"], r["what"], f"{r['median_s']:.3f}", f"{r['best_s']:.3f}",
                     f"{plain['median_s'] / r['median_s']:.2f}x", rate, mib(r["peak_memory_delta_bytes"]),
                     "yes" if r["changes_outputs"] else "no", f"{r['max_abs_diff']:.2e}", _db(r["psnr_db"])])
-    return table(["path", "what", "median s", "best s", "speed vs plain (median)", "% of peak (median / best)",
+    return table(["path", "what", "median s", "best s", "speed vs plain (median)", "% of peak (median / best / quiet)",
                   "peak mem delta MiB", "can change outputs", "max abs diff", "PSNR"], out)
 
 

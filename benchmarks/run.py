@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import time
 from pathlib import Path
@@ -77,13 +76,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--out", type=Path, default=Path("benchmarks/results"), help="folder for the JSON, markdown and PNGs")
     add("--pipeline-frames", type=parse_ints, default=[16, 32, 48, 80], help="generation: frame counts")
     add("--pipelines", default="tiny,small", help=f"generation: comma-separated, from {', '.join(PIPELINES)}")
-    add("--repeats", type=int, default=3, help="timed calls per case")
+    add("--repeats", type=int, default=3,
+        help="timed calls per case; interleaved rounds of the fast paths; target: timed calls at 16 and 80 frames")
     add("--resolutions", type=parse_ints, default=[128, 256, 384, 512],
         help="transformer: pixel sizes (square, multiples of 32) of the resolution sweep")
     add("--size", type=int, default=256, help="transformer: pixel size of the frame sweep and the fast paths")
     add("--steps", type=int, default=10, help="generation: denoising steps")
     add("--suites", type=parse_suites, default=list(SUITES), help=f"all, or comma-separated from {SUITES}")
-    add("--target-repeats", type=int, default=7, help="target: timed calls per variant")
+    add("--target-repeats", type=int, default=7, help="target: interleaved rounds (one timed call per variant each)")
     add("--threads", type=int, default=None, help="torch CPU threads; unset: torch's choice")
     add("--warmup", type=int, default=1, help="untimed calls before each case")
     add("--width", choices=sorted(WIDTHS), default="full", help="transformer width: tiny 64, small 512, full 1152")
@@ -189,14 +189,14 @@ def run_generation(args: argparse.Namespace, device: torch.device) -> None:
 def run_fast_paths(args: argparse.Namespace, device: torch.device, peaks: MatmulPeaks) -> None:
     frames = args.frames[0]
     print(f"transformer fast paths: {args.width}, {args.layers} block(s), {frames} frames, {args.size}px", flush=True)
-    transformer_rows = measure.transformer_fast_paths(args.width, args.layers, frames, args.size, device,
-                                                      args.repeats, args.warmup, args.malloc, peaks)
+    transformer_rows, transformer_rounds = measure.transformer_fast_paths(
+        args.width, args.layers, frames, args.size, device, args.repeats, args.warmup, args.malloc, peaks)
     transformer_rows = [row if row.get("skipped") else measure.add_rates(row, peaks) for row in transformer_rows]
     pipeline_name = args.pipelines.split(",")[-1]
     size = NATIVE_SIZE[pipeline_name]
     print(f"pipeline fast paths: {pipeline_name}, {frames} frames, {size}px", flush=True)
     pipeline_rows = measure.pipeline_fast_paths(pipeline_name, frames, size, args.steps, args.guidance, device,
-                                                args.repeats, args.warmup, args.malloc)
+                                                args.repeats, args.malloc, peaks)
     offload_rows = measure.offload_modes(frames, NATIVE_SIZE["tiny"], args.steps, args.guidance, device,
                                          args.repeats, args.warmup)
     generation = [r for r in pipeline_rows if r["path"].startswith("generation")]  # plain first
@@ -204,10 +204,14 @@ def run_fast_paths(args: argparse.Namespace, device: torch.device, peaks: Matmul
     offload = report.table(["memory mode", "status", "median s", "peak memory MiB"],
                            [[r["memory_mode"], r["status"], f"{r['median_s']:.3f}" if "median_s" in r else "-",
                              report.mib(r.get("peak_memory_bytes"))] for r in offload_rows])
+    quiet = len(measure.quiet_rounds(transformer_rounds, peaks.best(torch.float32)))
     markdown = (f"# Fast paths against the plain path, same run\n\n{header(args, device, peaks)}\n"
+                f"Every group is timed in {args.repeats} interleaved rounds (one call of every path per round); "
+                "'quiet' rounds are those whose matmul readings before and after are within 10% of the best.\n\n"
                 f"## Transformer forward: {args.width} width, {args.layers} block(s), {frames} frames of "
-                f"{args.size}x{args.size}\n\nDifferences are of the transformer output; PSNR uses the plain "
-                f"output's range as the peak.\n\n{report.fast_path_table(transformer_rows, transformer_rows[0])}\n\n"
+                f"{args.size}x{args.size}\n\n{quiet} of {args.repeats} rounds quiet. Differences are of the transformer "
+                f"output; PSNR uses the plain output's range as the peak.\n\n"
+                f"{report.fast_path_table(transformer_rows, transformer_rows[0])}\n\n"
                 f"## Whole generation: {pipeline_name} pipeline, {frames} frames of {size}x{size}, {args.steps} "
                 f"steps, guidance {args.guidance}\n\nDifferences are of the decoded video in [0, 1] (PSNR peak 1).\n\n"
                 f"{report.fast_path_table(generation, generation[0])}\n\n"
@@ -215,7 +219,8 @@ def run_fast_paths(args: argparse.Namespace, device: torch.device, peaks: Matmul
                 f"## Memory modes (tiny pipeline)\n\n{offload}\n")
     write(args.out, "fast-paths", {"machine": machine_info(device), "settings": vars_of(args),
                                    "matmul_peaks": peaks.record(), "transformer": transformer_rows,
-                                   "pipeline": pipeline_rows, "memory_modes": offload_rows}, markdown)
+                                   "transformer_rounds": transformer_rounds, "pipeline": pipeline_rows,
+                                   "memory_modes": offload_rows}, markdown)
 
 
 TARGET_VARIANTS = (("plain", "default", False), ("compiled", "default", True), ("malloc retain", "retain", False),
@@ -223,12 +228,11 @@ TARGET_VARIANTS = (("plain", "default", False), ("compiled", "default", True), (
 
 
 def run_target(args: argparse.Namespace, device: torch.device, peaks: MatmulPeaks) -> None:
-    """Full width, one block, 16 frames of 256x256, fp32 forward: the variants interleaved call by call.
+    """Full width, one block, 16 frames of 256x256, fp32 forward: plain, compiled, ``retain`` allocator, both.
 
-    Each round reads the matmul peak, times one call of every variant (in an order that switches
-    the allocator mode only twice per round, with an untimed call after each switch), and reads the
-    matmul peak again; contention from other work then falls on every variant alike. A round is
-    *quiet* when both of its matmul readings are within 10% of the best reading of the run.
+    The variants are timed in interleaved rounds (:func:`benchmarks.measure.interleaved_rounds`), so
+    contention from other work falls on all of them alike; medians over all rounds, the fastest
+    call, and medians over the quiet rounds are reported.
     """
     if device.type != "cpu":
         raise SystemExit("the target suite is the CPU target; on a GPU run the transformer suite "
@@ -243,44 +247,20 @@ def run_target(args: argparse.Namespace, device: torch.device, peaks: MatmulPeak
     started = time.perf_counter()
     steps[True]()
     compile_s = time.perf_counter() - started
-    steps[False]()
-    rounds = []
-    current_malloc = None
-    for round_index in range(args.target_repeats):
-        record: dict[str, Any] = {"round": round_index, "matmul_before": peaks.measure(torch.float32)}
-        for name, malloc, use_compiled in TARGET_VARIANTS:
-            if malloc != current_malloc:
-                set_malloc(malloc)
-                current_malloc = malloc
-                steps[use_compiled]()  # untimed: the allocator's first call in the new mode
-            start = time.perf_counter()
-            steps[use_compiled]()
-            record[name] = time.perf_counter() - start
-        record["matmul_after"] = peaks.measure(torch.float32)
-        record["load_average_1min"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        rounds.append(record)
-        print(f"round {round_index}: " + ", ".join(f"{name} {record[name]:.3f}s" for name, _, _ in TARGET_VARIANTS)
-              + f", matmul {record['matmul_before'] / 1e9:.1f} / {record['matmul_after'] / 1e9:.1f} GFLOP/s", flush=True)
+    variants = [measure.Variant(name, steps[use_compiled], malloc) for name, malloc, use_compiled in TARGET_VARIANTS]
+    rounds = measure.interleaved_rounds(variants, device, args.target_repeats, peaks)
     scaling = target_frame_scaling(eager, compiled, args, peaks)
     set_malloc(args.malloc)
     peak = peaks.best(torch.float32)
-    quiet = [r for r in rounds if min(r["matmul_before"], r["matmul_after"]) >= 0.9 * peak]
-    rows = []
-    for name, malloc, use_compiled in TARGET_VARIANTS:
-        times = [r[name] for r in rounds]
-        quiet_times = [r[name] for r in quiet]
-        rows.append({"variant": name, "malloc": malloc, "compiled": use_compiled, "times_s": times, "flops": flops,
-                     "median_s": statistics.median(times), "best_s": min(times),
-                     "fraction_of_matmul_peak": flops / statistics.median(times) / peak,
-                     "best_fraction_of_matmul_peak": flops / min(times) / peak,
-                     "quiet_rounds": len(quiet),
-                     "quiet_median_fraction_of_matmul_peak":
-                         flops / statistics.median(quiet_times) / peak if quiet_times else None})
+    rows = [measure.add_rates({"variant": name, "malloc": malloc, "compiled": use_compiled, "flops": flops,
+                               "dtype": "fp32", **measure.round_times(rounds, name, peak)}, peaks)
+            for name, malloc, use_compiled in TARGET_VARIANTS]
+    quiet = rows[0]["quiet_rounds"]
     table = report.table(
         ["variant", "median s", "best s", "% of peak (median, all rounds)", "% of peak (best call)",
-         f"% of peak (median of the {len(quiet)} quiet rounds)"],
+         f"% of peak (median of the {quiet} quiet rounds)"],
         [[r["variant"], f"{r['median_s']:.3f}", f"{r['best_s']:.3f}", report.pct(r["fraction_of_matmul_peak"]),
-          report.pct(r["best_fraction_of_matmul_peak"]), report.pct(r["quiet_median_fraction_of_matmul_peak"])]
+          report.pct(r["best_fraction_of_matmul_peak"]), report.pct(r.get("quiet_fraction_of_matmul_peak"))]
          for r in rows])
     scaling_table = report.table(
         ["variant", "s/frame at 16 frames (median / best)", "s/frame at 80 frames (median / best)",
@@ -290,7 +270,7 @@ def run_target(args: argparse.Namespace, device: torch.device, peaks: MatmulPeak
           f"{r['ratio_median']:.3f}x / {r['ratio_best']:.3f}x"] for r in scaling])
     markdown = (f"# CPU target: full-width single block, {frames} frames of {size}x{size}, fp32 forward\n\n"
                 f"{header(args, device, peaks)}\n{flops / 1e9:.1f} GFLOP per forward (analytic); "
-                f"{args.target_repeats} interleaved rounds, {len(quiet)} quiet (both matmul readings of the round "
+                f"{args.target_repeats} interleaved rounds, {quiet} quiet (both matmul readings of the round "
                 f"within 10% of the best); compilation took {compile_s:.1f} s.\n\n{table}\n\n"
                 f"## Time per frame, 80 against 16 frames (same block, {size}x{size})\n\n{scaling_table}\n")
     write(args.out, "target", {"machine": machine_info(device), "settings": vars_of(args),
@@ -299,14 +279,16 @@ def run_target(args: argparse.Namespace, device: torch.device, peaks: MatmulPeak
 
 
 def target_frame_scaling(eager, compiled, args: argparse.Namespace, peaks: MatmulPeaks) -> list[dict[str, Any]]:
-    """Seconds per frame at 16 and 80 frames for the plain and the fastest variant (3 timed calls each)."""
+    """Seconds per frame at 16 and 80 frames for the plain and the fastest variant (``--repeats`` timed calls each,
+    after one untimed call, which recompiles the compiled blocks for the new shape)."""
     results = []
     for name, malloc, model in (("plain", "default", eager), ("compiled + malloc retain", "retain", compiled)):
         set_malloc(malloc)
         result: dict[str, Any] = {"variant": name}
         for frames in (16, 80):
             inputs = transformer_inputs(model, 1, frames, 256, 256)
-            times = time_calls(measure.transformer_step(model, inputs, False), model.device, 3, warmup=1)
+            times = time_calls(measure.transformer_step(model, inputs, False), model.device, args.repeats,
+                               warmup=1)
             result[str(frames)] = {"times_s": times, "median_s": statistics.median(times), "best_s": min(times)}
             peaks.measure(torch.float32)
         result["ratio_median"] = (result["80"]["median_s"] / 80) / (result["16"]["median_s"] / 16)
