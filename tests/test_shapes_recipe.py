@@ -1,6 +1,6 @@
 """The shapes recipe (scripts/train_shapes.sh) at reduced size: every stage lowers its loss.
 
-Opt-in (``pytest --run-slow tests/test_shapes_recipe.py``, about 5 minutes on 2 cores).
+About a minute on 2 cores.
 
 The stages run exactly as the script runs them (the same scripts, yamls and trainer), on a smaller
 dataset, with smaller batches and a few hundred steps. "Lowers the loss" is measured where training
@@ -34,7 +34,6 @@ import train_vae
 
 SHAPES = REPO / "config" / "shapes"
 
-pytestmark = pytest.mark.slow  # several minutes of training: opt in with --run-slow
 
 
 def fixed_batch_loss(base: Path, config_yaml: Path, metadata: Path, frames: int, transformer_path: Path | None = None,
@@ -110,6 +109,7 @@ def test_vae_stage_lowers_reconstruction_error(recipe):
     _, out = recipe
     losses = json.loads((out / "vae" / "train_vae.json").read_text())["losses"]
     assert len(losses) == 150
+    print(f"vae reconstruction {np.mean(losses[:20]):.4f} -> {np.mean(losses[-20:]):.4f}")
     assert np.mean(losses[-20:]) < 0.3 * np.mean(losses[:20])
 
 
@@ -119,6 +119,7 @@ def test_image_stage_lowers_the_loss_on_a_fixed_batch(recipe):
     before = fixed_batch_loss(out / "base", video_yaml, data / "train.json", frames=1)
     after = fixed_batch_loss(out / "base", video_yaml, data / "train.json", frames=1,
                              transformer_path=out / "t2i" / "pixart_transformer.safetensors")
+    print(f"t2i fixed-batch loss {before:.4f} -> {after:.4f}")
     assert after < 0.5 * before, (before, after)
 
 
@@ -130,6 +131,7 @@ def test_motion_module_stage_lowers_the_loss_on_a_fixed_batch(recipe):
     after = fixed_batch_loss(out / "base", video_yaml, data / "train.json", frames=8,
                              transformer_path=out / "t2i" / "pixart_transformer.safetensors",
                              motion_module=out / "t2v" / "motion_module.safetensors")
+    print(f"t2v fixed-batch loss {before:.4f} -> {after:.4f}")
     assert after < 0.95 * before, (before, after)
 
 
@@ -141,4 +143,5 @@ def test_lora_stage_lowers_the_loss_on_a_fixed_batch_of_styled_clips(recipe):
                               motion_module=motion)
     after = fixed_batch_loss(out / "base", video_yaml, data / "style.json", frames=8, transformer_path=image,
                              motion_module=motion, lora=out / "lora" / "lora.safetensors")
+    print(f"lora fixed-batch loss {before:.4f} -> {after:.4f}")
     assert after < 0.9 * before, (before, after)
