@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..data.shapes import COLOURS, Combination, caption
-from ..models.motion_module import TemporalContext
+from ..models.motion_module import TemporalContext, default_context_overlap
 
 DARK_LUMA = 0.35
 FOREGROUND_DISTANCE = 0.25  # RGB distance (0..sqrt(3)) from the background that counts as "clearly shape"
@@ -232,12 +232,14 @@ def generate_and_read(pipeline, combinations: list[Combination], seeds: list[int
     Clip ``(c, s)`` starts from the noise of ``torch.Generator().manual_seed(s)``, whatever the batch it
     runs in, so results do not depend on ``batch_size``. ``on_clip(result, video)`` sees every clip
     (``video`` is ``(3, F, H, W)`` in [0, 1]), e.g. to save samples. With ``context_frames`` the pipeline
-    denoises in temporal windows (``context_overlap`` defaults to ``context_frames // 4``, as the
-    pipeline's) and each result also reads every window (:attr:`ClipResult.windows`).
+    denoises in temporal windows (``context_overlap`` defaults to the pipeline's,
+    :func:`default_context_overlap`) and each result also reads every window
+    (:attr:`ClipResult.windows`).
     """
     windows = None
     if context_frames is not None:
-        context_overlap = context_frames // 4 if context_overlap is None else context_overlap
+        if context_overlap is None:
+            context_overlap = default_context_overlap(context_frames)
         windows = temporal_windows(frames, context_frames, context_overlap)
     jobs = [(c, s) for s in seeds for c in combinations]
     results = []

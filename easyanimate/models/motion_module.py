@@ -200,6 +200,11 @@ class TemporalTransformer3DModel(nn.Module):
         return rearrange(sequences, "(b s) f c -> b (f s) c", s=h * w)
 
 
+def default_context_overlap(context_frames: int) -> int:
+    """Overlap of consecutive temporal windows when none is given: a quarter of the window."""
+    return context_frames // 4
+
+
 @dataclass(frozen=True)
 class TemporalContext:
     """Sliding temporal windows: ``frames`` per window, consecutive windows sharing ``overlap`` frames."""

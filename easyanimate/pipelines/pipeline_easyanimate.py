@@ -23,6 +23,7 @@ from einops import rearrange
 from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..models.motion_module import default_context_overlap
 from ..models.transformer3d import Transformer3DModel
 
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")
@@ -330,7 +331,8 @@ class EasyAnimatePipeline(DiffusionPipeline):
                           negative_prompt_attention_mask, output_type, num_images_per_prompt, latents, timesteps)
         windowed = context_frames is not None and video_length > context_frames
         if context_frames is not None:
-            context_overlap = context_frames // 4 if context_overlap is None else context_overlap
+            if context_overlap is None:
+                context_overlap = default_context_overlap(context_frames)
             if context_frames < 1 or not 0 <= context_overlap < context_frames:
                 raise ValueError(f"context_frames must be >= 1 and 0 <= context_overlap < context_frames, "
                                  f"got {context_frames} and {context_overlap}")
