@@ -10,6 +10,7 @@ batch with fixed noise and timesteps, before against after the stage.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -36,37 +37,46 @@ SHAPES = REPO / "config" / "shapes"
 
 
 
-def fixed_batch_loss(base: Path, config_yaml: Path, metadata: Path, frames: int, transformer_path: Path | None = None,
-                     motion_module: Path | None = None, lora: Path | None = None, clips: int = 8) -> float:
-    """Improved-DDPM loss on the first ``clips`` clips of ``metadata`` with noise and timesteps fixed by seed."""
+@functools.lru_cache
+def fixed_batch(base: Path, metadata: Path, frames: int, clips: int = 8):
+    """Latents and text of the first ``clips`` clips of ``metadata``, and 4 draws of (timesteps, noise),
+    all fixed by seed; encoded once and shared by the before/after losses of a stage."""
     from diffusers import AutoencoderKL
     from transformers import AutoTokenizer, T5EncoderModel
 
     from easyanimate.data import load_entries
     from easyanimate.video_io import read_video_frames
 
-    selection = ModelSelection(model=base, config=config_yaml, motion_module=motion_module,
-                               transformer_path=transformer_path)
-    transformer = build_transformer(selection, load_config(config_yaml)).eval()
-    if lora is not None:
-        LoraMerger(transformer).merge(lora, multiplier=1.0, transformer_only=True)
     vae = AutoencoderKL.from_pretrained(base / "vae").eval()
     tokenizer = AutoTokenizer.from_pretrained(base / "tokenizer")
     text_encoder = T5EncoderModel.from_pretrained(base / "text_encoder").eval()
     entries = load_entries("normal", str(metadata))[:clips]
     pixels = torch.stack([torch.from_numpy(read_video_frames(e.path)[:frames]) for e in entries])  # B F H W C
-    pixels = pixels.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # B C F H W
+    pixels = pixels.permute(0, 1, 4, 2, 3).flatten(0, 1).float() / 127.5 - 1  # B*F C H W
     generator = torch.Generator().manual_seed(0)
     diffusion = ImprovedDDPM(num_timesteps=1000)
-    with torch.no_grad():
-        flat = pixels.transpose(1, 2).flatten(0, 1)
-        latents = vae.encode(flat).latent_dist.mean * vae.config.scaling_factor
+    with torch.no_grad():  # the posterior mean (not a sample, as training draws): the batch is fixed
+        latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
         latents = latents.unflatten(0, (len(entries), frames)).transpose(1, 2)
         states, mask = encode_text(tokenizer, text_encoder, [e.text for e in entries], 120, torch.device("cpu"))
-        losses = []
-        for _ in range(4):
-            t = torch.randint(0, 1000, (len(entries),), generator=generator)
-            noise = torch.randn(latents.shape, generator=generator)
+    draws = [(diffusion.sample_timesteps(len(entries), generator), torch.randn(latents.shape, generator=generator))
+             for _ in range(4)]
+    return latents, states, mask, draws
+
+
+def fixed_batch_loss(base: Path, config_yaml: Path, metadata: Path, frames: int, transformer_path: Path | None = None,
+                     motion_module: Path | None = None, lora: Path | None = None) -> float:
+    """Improved-DDPM loss of the given weights on :func:`fixed_batch`."""
+    selection = ModelSelection(model=base, config=config_yaml, motion_module=motion_module,
+                               transformer_path=transformer_path)
+    transformer = build_transformer(selection, load_config(config_yaml)).eval()
+    if lora is not None:
+        LoraMerger(transformer).merge(lora, multiplier=1.0, transformer_only=True)
+    latents, states, mask, draws = fixed_batch(base, metadata, frames)
+    diffusion = ImprovedDDPM(num_timesteps=1000)
+    losses = []
+    with torch.no_grad():
+        for t, noise in draws:
             noisy = diffusion.q_sample(latents, t, noise)
             output = transformer(noisy, states, mask, t, return_dict=False)[0]
             losses.append(diffusion.training_losses(output.float(), latents, noisy, t, noise)["loss"].mean().item())
