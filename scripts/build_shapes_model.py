@@ -32,12 +32,22 @@ from omegaconf import OmegaConf
 
 from easyanimate.config import load_config
 from easyanimate.data.shapes import load_world, save_world
-from easyanimate.generation import CONFIG_FILE, DEFAULTS_FILE, DEMO_MODEL, ModelDefaults
+from easyanimate.generation import (
+    CONFIG_FILE,
+    DEFAULTS_FILE,
+    DEMO_LORA,
+    DEMO_MODEL,
+    DEMO_MOTION_MODULE,
+    ModelDefaults,
+)
 from easyanimate.models import read_state_dict, save_motion_module
-from easyanimate.tiny import build_pixart_scheduler, build_tiny_text_encoder, build_tiny_tokenizer, tiny_transformer_config
+from easyanimate.tiny import (
+    build_pixart_scheduler,
+    build_tiny_text_encoder,
+    build_tiny_tokenizer,
+    tiny_transformer_config,
+)
 
-MOTION_MODULE = "Motion_Module/easyanimate_shapes_mm.safetensors"
-LORA = "Personalized_Model/easyanimate_shapes_dark_lora.safetensors"
 WORLD_FILE = "shapes_world.yaml"
 TEXT_TOKENS = 24
 
@@ -98,16 +108,16 @@ def release(args: argparse.Namespace) -> None:
     load_config(args.video_config)  # refuse an invalid yaml before shipping it
     shutil.copyfile(args.video_config, folder / CONFIG_FILE)
     save_world(load_world(args.world), folder / WORLD_FILE)
-    defaults = ModelDefaults(config=CONFIG_FILE, motion_module=MOTION_MODULE, lora=None, lora_weight=1.0,
+    defaults = ModelDefaults(config=CONFIG_FILE, motion_module=DEMO_MOTION_MODULE, lora=None, lora_weight=1.0,
                              height=64, width=64, frames=16, fps=8, steps=args.steps,
                              guidance_scale=args.guidance_scale, sampler="DPM++", seed=43,
                              prompt="a blue square moving up", negative_prompt="")
     OmegaConf.save(OmegaConf.structured(defaults), folder / DEFAULTS_FILE)
 
-    save_motion_module(read_state_dict(args.motion_module), models / MOTION_MODULE, include_position_tables=False)
-    (models / LORA).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.lora, models / LORA)
-    written = [folder, models / MOTION_MODULE, models / LORA]
+    save_motion_module(read_state_dict(args.motion_module), models / DEMO_MOTION_MODULE, include_position_tables=False)
+    (models / DEMO_LORA).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.lora, models / DEMO_LORA)
+    written = [folder, models / DEMO_MOTION_MODULE, models / DEMO_LORA]
     size = sum(p.stat().st_size for path in written for p in ([path] if path.is_file() else path.rglob("*")))
     print(f"wrote {', '.join(map(str, written))} ({size / 2**20:.1f} MiB in all)")
 

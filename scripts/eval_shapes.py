@@ -36,7 +36,7 @@ import torch
 
 from easyanimate.data.shapes import all_combinations, load_world
 from easyanimate.evaluation.shapes import accuracy, generate_and_read, long_clip_scores
-from easyanimate.generation import apply_lora, load_pipeline, select_model
+from easyanimate.generation import DEMO_LORA, apply_lora, load_pipeline, select_model
 from easyanimate.video_io import save_video
 
 DEFAULT_MODES = ("video", "no_motion_module", "lora")
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     world = load_world(args.world or selection.model / "shapes_world.yaml")
     held_out = set(world.held_out_combinations())
     combinations = all_combinations()
-    pick = lambda value, default: default if value is None else value  # noqa: E731
+    pick = lambda value, default: default if value is None else value
     settings = dict(steps=pick(args.steps, defaults.steps), guidance_scale=pick(args.guidance_scale, defaults.guidance_scale),
                     negative_prompt=pick(args.negative_prompt, defaults.negative_prompt), frames=world.frames,
                     size=world.size, batch_size=args.batch_size)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         if "long" in args.modes:  # before the LoRA is merged into the pipeline
             run("long", pipeline, long=True)
         if "lora" in args.modes:
-            lora = Path(args.lora) if args.lora else selection.lora or Path(args.models_dir) / "Personalized_Model" / "easyanimate_shapes_dark_lora.safetensors"
+            lora = Path(args.lora) if args.lora else selection.lora or Path(args.models_dir) / DEMO_LORA
             merger = None
             for weight in (0.0, 1.0):
                 merger = apply_lora(pipeline, merger, lora, weight)

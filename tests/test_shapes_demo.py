@@ -9,13 +9,20 @@ import pytest
 
 from easyanimate.data.shapes import Combination, all_combinations, load_world
 from easyanimate.evaluation.shapes import accuracy, generate_and_read
-from easyanimate.generation import DEMO_MODEL, apply_lora, load_pipeline, select_model
+from easyanimate.generation import (
+    DEMO_LORA,
+    DEMO_MODEL,
+    DEMO_MOTION_MODULE,
+    apply_lora,
+    load_pipeline,
+    select_model,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 DEMO = MODELS / DEMO_MODEL
-LORA = MODELS / "Personalized_Model" / "easyanimate_shapes_dark_lora.safetensors"
-MOTION_MODULE = MODELS / "Motion_Module" / "easyanimate_shapes_mm.safetensors"
+LORA = MODELS / DEMO_LORA
+MOTION_MODULE = MODELS / DEMO_MOTION_MODULE
 
 
 def every_nth(combinations: list[Combination], n: int, offset: int = 0) -> list[Combination]:
