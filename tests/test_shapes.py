@@ -57,11 +57,17 @@ def test_written_dataset_is_deterministic_and_excludes_held_out(tmp_path):
     train = json.loads(files.train.read_text())
     style = json.loads(files.style.read_text())
     assert train == json.loads((tmp_path / "b" / "train.json").read_text())
-    for item in train[:5] + style[:5]:
-        a, b = (read_video_frames(tmp_path / side / item["file_path"]).astype(np.int16) for side in ("a", "b"))
-        # The rendered frames are identical (test above); the H.264 encoder is not always bit-exact
-        # from run to run inside one long test process, so the decoded clips are compared closely.
-        assert np.abs(a - b).mean() < 0.5
+    # The clips are drawn and rendered identically (test above); H.264 is lossy and libx264 is not
+    # bit-exact from run to run, so each written clip is compared with its rendered frames (measured:
+    # at most 2.6 levels on average; another clip of the same combination is off by far more).
+    clips = [(item, False) for item in train] + [(item, True) for item in style]
+    combinations = {str(c): c for c in world.seen_combinations()}
+    for index, (item, is_style) in enumerate(clips):
+        combination = combinations[item["text"].removesuffix(" on a dark background")]
+        rendered = render_clip(world, sample_clip(world, combination, world.seed, index, is_style)).astype(np.int16)
+        for side in ("a", "b"):
+            error = np.abs(read_video_frames(tmp_path / side / item["file_path"]).astype(np.int16) - rendered)
+            assert error.mean() < 4, (item["file_path"], side, error.mean())
     held_out = {str(c) for c in world.held_out_combinations()}
     assert len(held_out) == 6
     seen_captions = {item["text"].removesuffix(" on a dark background") for item in train + style}
