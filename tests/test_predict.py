@@ -79,3 +79,26 @@ def test_wrong_file_as_motion_module_is_refused(tiny_models, tmp_path):
     with pytest.raises(WeightLoadError, match="LoRA"):
         cli(tiny_models, tmp_path / "out", "--motion-module", str(tiny_models["lora"]))
     assert not (tmp_path / "out").exists()
+
+
+def test_compile_flag_compiles_the_blocks_and_keeps_the_video(tiny_models, tmp_path, monkeypatch):
+    from easyanimate.models.transformer3d import Transformer3DModel
+    from easyanimate.video_io import read_video_frames
+
+    backends = []
+    original = Transformer3DModel.compile_blocks
+
+    def spy(self, **kwargs):
+        backends.append(kwargs.get("backend"))
+        original(self, **kwargs)
+        assert all(block._compiled_call_impl is not None for block in self.transformer_blocks)
+
+    monkeypatch.setattr(Transformer3DModel, "compile_blocks", spy)
+    assert cli(tiny_models, tmp_path / "plain", "--seed", "3") == 0
+    assert backends == []
+    assert cli(tiny_models, tmp_path / "compiled", "--seed", "3", "--compile", "eager") == 0
+    assert backends == ["eager"]
+    (plain,), (compiled,) = (sorted((tmp_path / side).glob("*.mp4")) for side in ("plain", "compiled"))
+    assert json.loads(compiled.with_suffix(".json").read_text())["compile"] == "eager"
+    difference = read_video_frames(plain).astype(int) - read_video_frames(compiled).astype(int)
+    assert abs(difference).max() <= 2  # float rounding of the compiled graph, then H.264
