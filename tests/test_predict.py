@@ -82,8 +82,10 @@ def test_wrong_file_as_motion_module_is_refused(tiny_models, tmp_path):
 
 
 def test_compile_flag_compiles_the_blocks_and_keeps_the_video(tiny_models, tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
     from easyanimate.models.transformer3d import Transformer3DModel
-    from easyanimate.video_io import read_video_frames
 
     backends = []
     original = Transformer3DModel.compile_blocks
@@ -94,11 +96,12 @@ def test_compile_flag_compiles_the_blocks_and_keeps_the_video(tiny_models, tmp_p
         assert all(block._compiled_call_impl is not None for block in self.transformer_blocks)
 
     monkeypatch.setattr(Transformer3DModel, "compile_blocks", spy)
-    assert cli(tiny_models, tmp_path / "plain", "--seed", "3") == 0
+    # One frame is written as a lossless png, so the comparison is not blurred by H.264.
+    assert cli(tiny_models, tmp_path / "plain", "--seed", "3", "--frames", "1") == 0
     assert backends == []
-    assert cli(tiny_models, tmp_path / "compiled", "--seed", "3", "--compile", "eager") == 0
+    assert cli(tiny_models, tmp_path / "compiled", "--seed", "3", "--frames", "1", "--compile", "eager") == 0
     assert backends == ["eager"]
-    (plain,), (compiled,) = (sorted((tmp_path / side).glob("*.mp4")) for side in ("plain", "compiled"))
+    (plain,), (compiled,) = (sorted((tmp_path / side).glob("*.png")) for side in ("plain", "compiled"))
     assert json.loads(compiled.with_suffix(".json").read_text())["compile"] == "eager"
-    difference = read_video_frames(plain).astype(int) - read_video_frames(compiled).astype(int)
-    assert abs(difference).max() <= 2  # float rounding of the compiled graph, then H.264
+    difference = np.asarray(Image.open(plain), dtype=int) - np.asarray(Image.open(compiled), dtype=int)
+    assert abs(difference).max() <= 1  # float rounding of the compiled graph, then 8-bit rounding
