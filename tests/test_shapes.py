@@ -14,6 +14,7 @@ from easyanimate.data.shapes import (
     COLOURS,
     DIRECTIONS,
     SHAPES,
+    STYLE_SUFFIX,
     Combination,
     ShapesWorld,
     all_combinations,
@@ -61,9 +62,8 @@ def test_written_dataset_is_deterministic_and_excludes_held_out(tmp_path):
     # bit-exact from run to run, so each written clip is compared with its rendered frames (measured:
     # at most 2.6 levels on average; another clip of the same combination is off by far more).
     clips = [(item, False) for item in train] + [(item, True) for item in style]
-    combinations = {str(c): c for c in world.seen_combinations()}
     for index, (item, is_style) in enumerate(clips):
-        combination = combinations[item["text"].removesuffix(" on a dark background")]
+        combination = Combination.parse(item["text"].removesuffix(STYLE_SUFFIX))
         rendered = render_clip(world, sample_clip(world, combination, world.seed, index, is_style)).astype(np.int16)
         for side in ("a", "b"):
             error = np.abs(read_video_frames(tmp_path / side / item["file_path"]).astype(np.int16) - rendered)
