@@ -246,6 +246,14 @@ def test_sample_timesteps_uniform_over_all_steps(diffusion):
     assert torch.equal(t, again)
 
 
+def test_sample_timesteps_from_a_lower_bound(diffusion):
+    t = diffusion.sample_timesteps(20000, torch.Generator().manual_seed(0), low=200)
+    assert t.min().item() == 200 and t.max().item() == 999
+    assert abs(t.double().mean().item() - 599.5) < 10
+    with pytest.raises(ValueError, match="low"):
+        diffusion.sample_timesteps(4, low=1000)
+
+
 def test_mismatched_shapes_raise(diffusion):
     x0 = torch.zeros(2, 4, 1, 2, 2)
     t = torch.tensor([1, 2])

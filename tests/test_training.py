@@ -178,6 +178,8 @@ def test_bad_settings_are_refused_with_the_option_named(tiny_models, dataset, tm
         config_from_sources(None, settings(tiny_models, dataset, tmp_path, sample_size=100))
     with pytest.raises(ConfigError, match="learning_rat"):
         config_from_sources(None, {**settings(tiny_models, dataset, tmp_path), "learning_rat": 1.0})
+    with pytest.raises(ConfigError, match="min_train_timestep"):
+        config_from_sources(None, settings(tiny_models, dataset, tmp_path, min_train_timestep=1000))
     with pytest.raises(ValueError, match="nothing would train"):
         run(tiny_models, dataset, tmp_path, trainable_modules=["no_such_layer"])
 

@@ -148,6 +148,10 @@ class TrainConfig:
     """x0 target for t <= 249 (the original's option)."""
     train_sampling_steps: int = 1000
     """diffusion steps of the training process."""
+    min_train_timestep: int = 0
+    """train on timesteps drawn uniformly from [min_train_timestep, train_sampling_steps) only (0: all). For a
+    motion module on a frozen image model: at low noise each frame is denoised from itself, and only the
+    noisier steps, where the frames' layout is decided, carry a signal for the motion."""
     tokenizer_max_length: int = 120
     """T5 tokens (at most the tokenizer's ``model_max_length``)."""
     trainable_modules: list[str] = field(default_factory=lambda: ["attn_temporal"])
@@ -187,6 +191,9 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("train_batch_size, gradient_accumulation_steps and sample_n_frames must be >= 1")
     if config.max_train_steps is None and config.num_train_epochs < 1:
         raise ConfigError("set max_train_steps or num_train_epochs >= 1")
+    if not 0 <= config.min_train_timestep < config.train_sampling_steps:
+        raise ConfigError(f"min_train_timestep must be in [0, train_sampling_steps = {config.train_sampling_steps}), "
+                          f"got {config.min_train_timestep}")
     if config.lora is None and not config.trainable_modules:
         raise ConfigError("nothing to train: give trainable_modules (e.g. attn_temporal) or a lora section")
 

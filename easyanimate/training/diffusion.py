@@ -140,13 +140,16 @@ class ImprovedDDPM:
         batch_size: int,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        low: int = 0,
     ) -> torch.Tensor:
-        """One timestep per sample, uniform in {0, ..., num_timesteps - 1}: int64 ``(batch_size,)``.
+        """One timestep per sample, uniform in {low, ..., num_timesteps - 1}: int64 ``(batch_size,)``.
 
         Drawn on the generator's device (CPU without one), then moved to ``device`` (default: the same).
         """
+        if not 0 <= low < self.num_timesteps:
+            raise ValueError(f"low must be in [0, {self.num_timesteps}), got {low}")
         draw_device = generator.device if generator is not None else torch.device("cpu")
-        t = torch.randint(0, self.num_timesteps, (batch_size,), generator=generator, device=draw_device)
+        t = torch.randint(low, self.num_timesteps, (batch_size,), generator=generator, device=draw_device)
         return t.to(device) if device is not None else t
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
