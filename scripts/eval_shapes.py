@@ -15,6 +15,9 @@ Modes:
   the direction accuracy shows whether the motion comes from the motion module (chance: 25%);
 * ``lora``: prompts with " on a dark background" and the style LoRA at weights 0 and 1; "dark" is the
   fraction of clips with a dark background;
+* in every mode but ``long``, "facing" is the fraction of clips whose darker front half (in worlds that
+  draw one) is on the prompted side: the direction as the image model draws it in single frames, even
+  where nothing moves;
 * ``long`` (only when asked for: slow): one ``--long-frames`` clip per combination and seed, the motion
   module attending over windows of ``--context-frames`` frames that overlap by ``--context-overlap``
   (the pipeline's sliding temporal windows). Each window is read as a clip of its own: "colour kept" /
@@ -41,7 +44,7 @@ from easyanimate.video_io import save_video
 
 DEFAULT_MODES = ("video", "no_motion_module", "lora")
 MODES = DEFAULT_MODES + ("long",)
-COLUMNS = ("colour", "shape", "direction", "all", "dark", "clips")
+COLUMNS = ("colour", "shape", "direction", "all", "facing", "dark", "clips")
 LONG_COLUMNS = ("colour kept", "shape kept", "direction", "seam median", "seam max", "clips")
 
 
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     pick = lambda value, default: default if value is None else value
     settings = dict(steps=pick(args.steps, defaults.steps), guidance_scale=pick(args.guidance_scale, defaults.guidance_scale),
                     negative_prompt=pick(args.negative_prompt, defaults.negative_prompt), frames=world.frames,
-                    size=world.size, batch_size=args.batch_size)
+                    size=world.size, front_shade=world.front_shade, batch_size=args.batch_size)
     long_settings = dict(settings, frames=args.long_frames, context_frames=args.context_frames,
                          context_overlap=args.context_overlap)
     rows: dict[str, dict[str, float]] = {}

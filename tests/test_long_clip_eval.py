@@ -58,11 +58,12 @@ def test_every_window_of_a_ground_truth_clip_is_read_correctly_and_seamless():
     ratios = []
     for index, combination in enumerate(all_combinations()):
         for style in (False, True) if index % 4 == 0 else (False,):
-            reading = read_long_clip(long_clip(combination, index, style), WINDOWS)
+            reading = read_long_clip(long_clip(combination, index, style), WINDOWS, long_world().front_shade)
             assert reading.windows == WINDOWS and len(reading.readings) == len(WINDOWS)
             for window in reading.readings:
-                assert (window.colour, window.shape, window.direction, window.dark_background) == (
-                    combination.colour, combination.shape, combination.direction, style), (combination, window)
+                assert (window.colour, window.shape, window.direction, window.facing, window.dark_background) == (
+                    combination.colour, combination.shape, combination.direction, combination.direction, style), (
+                    combination, window)
             assert reading.colour_kept(combination.colour) == reading.shape_kept(combination.shape) == 1.0
             assert reading.direction_kept(combination.direction) == 1.0
             assert reading.colour_kept("purple") == 0.0

@@ -89,6 +89,25 @@ def test_every_word_is_still_in_training_and_removing_one_is_refused():
         validate_world(small_world(held_out=["purple circle left"]))
 
 
+def test_the_darker_front_half_shows_the_direction_in_every_single_frame():
+    world = load_world(WORLD)
+    assert world.front_shade < 1, "the shipped world draws the front half darker"
+    plain = dataclasses.replace(world, front_shade=1.0)
+    for index, combination in enumerate(all_combinations()):
+        spec = sample_clip(world, combination, seed=2, index=index)
+        clip = render_clip(world, spec)
+        facing = [read_clip(frame[None], world.front_shade).facing for frame in clip]
+        assert facing == [combination.direction] * world.frames, combination
+        without = render_clip(plain, spec)
+        assert read_clip(without, world.front_shade).facing is None  # one tone: nothing is darker
+        assert read_clip(clip).facing is None  # not asked for
+        # only pixels inside the shape change: the outline (and so the shape reading) is the same
+        outline = (without != world.background).any(-1)
+        assert np.array_equal((clip != world.background).any(-1), outline), combination
+    with pytest.raises(ConfigError, match="front_shade"):
+        validate_world(small_world(front_shade=0.0))
+
+
 def test_shapes_stay_inside_the_clip():
     world = load_world(WORLD)
     for index, combination in enumerate(all_combinations()):
@@ -105,21 +124,23 @@ def test_classifiers_read_every_ground_truth_clip_correctly():
     world = load_world(WORLD)
     for index, combination in enumerate(all_combinations()):
         for style in (False, True):
-            reading = read_clip(render_clip(world, sample_clip(world, combination, seed=5, index=index, style=style)))
-            assert (reading.colour, reading.shape, reading.direction) == (
-                combination.colour, combination.shape, combination.direction), (combination, reading)
+            reading = read_clip(render_clip(world, sample_clip(world, combination, seed=5, index=index, style=style)),
+                                world.front_shade)
+            assert (reading.colour, reading.shape, reading.direction, reading.facing) == (
+                combination.colour, combination.shape, combination.direction, combination.direction), (combination, reading)
             assert reading.dark_background == style
 
 
 def test_classifiers_read_decoded_mp4_clips(tmp_path):
     """H.264 halves the chroma resolution: the readings must survive it (as they must survive the VAE)."""
-    files = write_dataset(small_world(), tmp_path)
+    world = small_world()
+    files = write_dataset(world, tmp_path)
     items = json.loads(files.train.read_text())[::3] + json.loads(files.style.read_text())[::5]
     for item in items:
-        reading = read_clip(read_video_frames(tmp_path / item["file_path"]))
+        reading = read_clip(read_video_frames(tmp_path / item["file_path"]), world.front_shade)
         expected = Combination.parse(item["text"].removesuffix(" on a dark background"))
-        assert (reading.colour, reading.shape, reading.direction) == (
-            expected.colour, expected.shape, expected.direction), (item, reading)
+        assert (reading.colour, reading.shape, reading.direction, reading.facing) == (
+            expected.colour, expected.shape, expected.direction, expected.direction), (item, reading)
         assert reading.dark_background == item["text"].endswith("dark background")
 
 

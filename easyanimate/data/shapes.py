@@ -85,6 +85,10 @@ class ShapesWorld:
     """plain (light) background."""
     style_background: list[int] = field(default_factory=lambda: [30, 30, 40])
     """background of the style ("on a dark background") clips."""
+    front_shade: float = 1.0
+    """brightness of the shape's front half (the half facing its motion) relative to the rest: 1 draws one
+    tone; below 1 a darker front, which shows in a single frame which way the shape moves (like a face or
+    headlights), so an image model trained on frames learns the direction word (see :func:`front_mask`)."""
     held_out: list[str] = field(default_factory=list)
     """combinations never written into training data, as "<colour> <shape> <direction>"."""
     clips_per_combination: int = 8
@@ -121,6 +125,8 @@ def validate_world(world: ShapesWorld) -> None:
     held = world.held_out_combinations()
     if len(set(held)) != len(held):
         raise ConfigError(f"held_out lists a combination twice: {world.held_out}")
+    if not 0 < world.front_shade <= 1:
+        raise ConfigError(f"front_shade is a brightness factor in (0, 1], got {world.front_shade}")
     longest = world.shape_size[1] + world.speed[1] * (world.frames - 1) + 2 * world.margin
     if longest > world.size:
         raise ConfigError(f"a {world.shape_size[1]} px shape at {world.speed[1]} px/frame over {world.frames} "
@@ -191,16 +197,36 @@ def shape_mask(shape: str, size: int, centre: tuple[float, float], side: float) 
     return inside.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3))
 
 
+def front_mask(shape: str, size: int, centre: tuple[float, float], side: float, direction: str) -> np.ndarray:
+    """Coverage ``(size, size)`` of the shape's front half: the part beyond its centroid in ``direction``.
+
+    The centroid is the box centre for the circle and the square, and a third of the half-side below it
+    for the (upward-pointing) triangle. Anti-aliased along the dividing line like the outline.
+    """
+    dx, dy = DIRECTIONS[direction]
+    centroid = (centre[0], centre[1] + (side / 6 if shape == "triangle" else 0.0))
+    fine = size * SUPERSAMPLING
+    coords = (np.arange(fine) + 0.5) / SUPERSAMPLING
+    ahead = (coords[None, :] - centroid[0]) * dx + (coords[:, None] - centroid[1]) * dy > 0
+    front = ahead.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3))
+    return front * shape_mask(shape, size, centre, side)
+
+
 def render_clip(world: ShapesWorld, spec: ClipSpec) -> np.ndarray:
-    """The clip of ``spec`` as ``(F, H, W, 3)`` uint8."""
+    """The clip of ``spec`` as ``(F, H, W, 3)`` uint8 (the front half darker when ``world.front_shade < 1``)."""
     background = np.array(world.style_background if spec.style else world.background, dtype=np.float64)
     colour = np.array(COLOURS[spec.combination.colour], dtype=np.float64)
-    dx, dy = DIRECTIONS[spec.combination.direction]
+    shape, direction = spec.combination.shape, spec.combination.direction
+    dx, dy = DIRECTIONS[direction]
     frames = np.empty((world.frames, world.size, world.size, 3), np.uint8)
     for f in range(world.frames):
         centre = (spec.start[0] + dx * spec.speed * f, spec.start[1] + dy * spec.speed * f)
-        alpha = shape_mask(spec.combination.shape, world.size, centre, spec.side)[..., None]
-        frames[f] = np.round(background * (1 - alpha) + colour * alpha).astype(np.uint8)
+        alpha = shape_mask(shape, world.size, centre, spec.side)[..., None]
+        frame = background * (1 - alpha) + colour * alpha
+        if world.front_shade < 1:
+            front = front_mask(shape, world.size, centre, spec.side, direction)[..., None]
+            frame -= (1 - world.front_shade) * colour * front
+        frames[f] = np.round(frame).astype(np.uint8)
     return frames
 
 

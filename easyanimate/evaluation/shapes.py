@@ -11,6 +11,11 @@ No learned classifier: each answer is a short measurement, so a wrong answer can
   blur (H.264 chroma, the VAE) leaves an edge, so the ratio survives both;
 * direction: the least-squares velocity of the alpha-weighted centroid over the frames; the larger of its
   two components, with its sign. A clip whose centroid moves less than ``MIN_TRAVEL`` px is "static".
+* facing (worlds whose shapes have a darker front half, ``front_shade < 1``): the side of the shape its
+  darker half is on, from the offset of the shape pixels nearer to the darker tone than to the colour
+  (and at least 3 px inside the shape's edge) from the shape's centroid, summed over the frames. It reads
+  single frames, so it shows whether an image model draws the prompted direction even where nothing moves.
+  With two tones the alpha above divides by the distance of the tone nearer to the background.
 
 Clips are ``(F, H, W, 3)`` uint8 or float ``(3, F, H, W)`` in [0, 1] (the pipeline's output).
 
@@ -33,6 +38,7 @@ DARK_LUMA = 0.35
 FOREGROUND_DISTANCE = 0.25  # RGB distance (0..sqrt(3)) from the background that counts as "clearly shape"
 MIN_AREA = 20.0  # px of shape for a frame to count
 MIN_TRAVEL = 3.0  # px over the clip for motion to count
+MIN_FRONT = 6.0  # px of the darker tone inside the shape for a frame to show which way it faces
 SQUARE_FILL, TRIANGLE_FILL = 0.9, 0.67  # fill-ratio thresholds: above -> square, below -> triangle
 PALETTE = {name: np.array(rgb, dtype=np.float64) / 255 for name, rgb in COLOURS.items()}
 
@@ -48,6 +54,9 @@ class ClipReading:
     fill_ratio: float
     velocity: tuple[float, float]
     """centroid velocity ``(vx, vy)`` in px/frame (y grows downwards)."""
+    facing: str | None = None
+    """the side of the shape its darker half is on ("left", "right", "up", "down"); None when not read
+    (one-tone shapes) or not seen."""
 
 
 def as_frames(video: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -67,12 +76,13 @@ def background_colour(frames: np.ndarray) -> np.ndarray:
     return np.median(border.reshape(-1, 3), axis=0)
 
 
-def read_clip(video: np.ndarray | torch.Tensor) -> ClipReading:
-    """Colour, shape, direction and background of one clip (see the module docstring)."""
-    return read_frames(as_frames(video))
+def read_clip(video: np.ndarray | torch.Tensor, front_shade: float = 1.0) -> ClipReading:
+    """Colour, shape, direction, background and (for ``front_shade < 1``, the world's) facing of one clip
+    (see the module docstring)."""
+    return read_frames(as_frames(video), front_shade)
 
 
-def read_frames(frames: np.ndarray) -> ClipReading:
+def read_frames(frames: np.ndarray, front_shade: float = 1.0) -> ClipReading:
     """:func:`read_clip` of frames already ``(F, H, W, 3)`` float in [0, 1] (see :func:`as_frames`)."""
     background = background_colour(frames)
     dark = float(background @ np.array([0.299, 0.587, 0.114])) < DARK_LUMA
@@ -82,13 +92,15 @@ def read_frames(frames: np.ndarray) -> ClipReading:
         return ClipReading(None, None, None, dark, 0.0, (0.0, 0.0))
     mean = frames[clear].mean(axis=0)
     colour = min(PALETTE, key=lambda name: np.linalg.norm(mean - PALETTE[name]))
-    alpha = np.clip(distance / np.linalg.norm(PALETTE[colour] - background), 0, 1)
+    tones = (PALETTE[colour], PALETTE[colour] * front_shade)
+    alpha = np.clip(distance / min(np.linalg.norm(tone - background) for tone in tones), 0, 1)
     fill, centroids = _measure_frames(alpha)
     if not centroids:
         return ClipReading(colour, None, None, dark, 0.0, (0.0, 0.0))
     shape = "square" if fill > SQUARE_FILL else "triangle" if fill < TRIANGLE_FILL else "circle"
     velocity = _velocity(centroids)
-    return ClipReading(colour, shape, _direction(velocity, len(frames)), dark, fill, velocity)
+    facing = _facing(frames, alpha, *tones) if front_shade < 1 else None
+    return ClipReading(colour, shape, _direction(velocity, len(frames)), dark, fill, velocity, facing)
 
 
 def _measure_frames(alpha: np.ndarray) -> tuple[float, list[tuple[int, float, float]]]:
@@ -123,6 +135,32 @@ def _direction(velocity: tuple[float, float], num_frames: int) -> str:
     if abs(vx) >= abs(vy):
         return "right" if vx > 0 else "left"
     return "down" if vy > 0 else "up"
+
+
+def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` without the pixels within ``steps`` px (4-neighbourhood) of its outside: the shape's edge,
+    where anti-aliasing and chroma blur mix the shape's colour with the background."""
+    for _ in range(steps):
+        padded = np.pad(mask, 1)
+        mask = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask
+
+
+def _facing(frames: np.ndarray, alpha: np.ndarray, colour: np.ndarray, front: np.ndarray) -> str | None:
+    """Side of the shape its darker tone ``front`` is on, or None when no frame shows it (module docstring)."""
+    ys, xs = np.mgrid[:alpha.shape[1], :alpha.shape[2]].astype(np.float64)
+    offset = np.zeros(2)
+    for frame, coverage in zip(frames, alpha):
+        inside = coverage > 0.5
+        dark = _erode(inside, 2) & (np.linalg.norm(frame - front, axis=-1) < np.linalg.norm(frame - colour, axis=-1))
+        if inside.sum() < MIN_AREA or dark.sum() < MIN_FRONT:
+            continue
+        offset += (xs[dark].mean() - xs[inside].mean(), ys[dark].mean() - ys[inside].mean())
+    if not offset.any():
+        return None
+    if abs(offset[0]) >= abs(offset[1]):
+        return "right" if offset[0] > 0 else "left"
+    return "down" if offset[1] > 0 else "up"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,7 +220,8 @@ class LongClipReading:
         return float(np.mean([d == direction for d in self.directions]))
 
 
-def read_long_clip(video: np.ndarray | torch.Tensor, windows: list[tuple[int, int]]) -> LongClipReading:
+def read_long_clip(video: np.ndarray | torch.Tensor, windows: list[tuple[int, int]],
+                   front_shade: float = 1.0) -> LongClipReading:
     """Read each temporal window of a long clip (see :func:`temporal_windows`) and measure its seams.
 
     Frame-to-frame difference of transition ``t-1 -> t``: ``mean |frame t - frame t-1|`` over all pixels and
@@ -192,7 +231,7 @@ def read_long_clip(video: np.ndarray | torch.Tensor, windows: list[tuple[int, in
     frames = as_frames(video)
     if not windows or any(not 0 <= start < stop <= len(frames) for start, stop in windows):
         raise ValueError(f"windows {windows} do not fit a clip of {len(frames)} frames")
-    readings = [read_frames(frames[start:stop]) for start, stop in windows]
+    readings = [read_frames(frames[start:stop], front_shade) for start, stop in windows]
     differences = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))  # [t - 1]: transition t-1 -> t
     at_seam = np.zeros(len(differences), bool)
     at_seam[[t - 1 for t in seam_transitions(windows, len(frames))]] = True
@@ -226,12 +265,13 @@ def generate_and_read(pipeline, combinations: list[Combination], seeds: list[int
                       style: bool = False, steps: int = 20, guidance_scale: float = 4.5, frames: int = 16,
                       size: int = 64, negative_prompt: str = "", batch_size: int = 16,
                       context_frames: int | None = None, context_overlap: int | None = None,
-                      on_clip=None) -> list[ClipResult]:
+                      front_shade: float = 1.0, on_clip=None) -> list[ClipResult]:
     """Generate one clip per (combination, seed) with ``pipeline`` and read each from its pixels.
 
     Clip ``(c, s)`` starts from the noise of ``torch.Generator().manual_seed(s)``, whatever the batch it
     runs in, so results do not depend on ``batch_size``. ``on_clip(result, video)`` sees every clip
-    (``video`` is ``(3, F, H, W)`` in [0, 1]), e.g. to save samples. With ``context_frames`` the pipeline
+    (``video`` is ``(3, F, H, W)`` in [0, 1]), e.g. to save samples. ``front_shade`` is the world's (the
+    readings then include the facing). With ``context_frames`` the pipeline
     denoises in temporal windows (``context_overlap`` defaults to the pipeline's,
     :func:`default_context_overlap`) and each result also reads every window
     (:attr:`ClipResult.windows`).
@@ -251,8 +291,8 @@ def generate_and_read(pipeline, combinations: list[Combination], seeds: list[int
                           guidance_scale=guidance_scale, generator=generators, output_type="pt",
                           context_frames=context_frames, context_overlap=context_overlap).videos
         for (combination, seed), video in zip(batch, videos):
-            result = ClipResult(combination, seed, combination in held_out, read_clip(video),
-                                read_long_clip(video, windows) if windows else None)
+            result = ClipResult(combination, seed, combination in held_out, read_clip(video, front_shade),
+                                read_long_clip(video, windows, front_shade) if windows else None)
             results.append(result)
             if on_clip is not None:
                 on_clip(result, video)
@@ -260,11 +300,13 @@ def generate_and_read(pipeline, combinations: list[Combination], seeds: list[int
 
 
 def accuracy(results: list[ClipResult]) -> dict[str, float]:
-    """Fraction correct per attribute, all three at once, and with a dark background; plus the count."""
+    """Fraction correct per attribute, all three at once, with the marker facing the prompted direction
+    (worlds with a marker), and with a dark background; plus the count."""
     if not results:
         return {"clips": 0}
     scores = {name: float(np.mean([r.correct[name] for r in results])) for name in ("colour", "shape", "direction")}
     scores["all"] = float(np.mean([all(r.correct.values()) for r in results]))
+    scores["facing"] = float(np.mean([r.reading.facing == r.combination.direction for r in results]))
     scores["dark"] = float(np.mean([r.reading.dark_background for r in results]))
     scores["clips"] = len(results)
     return scores
