@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--foreground_weight", type=float, default=4.0, help="extra loss weight of pixels that are not background")
     add("--kl_weight", type=float, default=1e-4, help="weight of the mean per-element KL term")
     add("--learning_rate", type=float, default=3e-3, help="peak AdamW learning rate (cosine decay to 0)")
-    add("--max_train_steps", type=int, default=800, help="optimizer steps")
+    add("--max_train_steps", type=int, default=1600, help="optimizer steps")
     add("--model_config", default="config/shapes/model.yaml", help="yaml whose vae: section sizes the VAE")
     add("--output_dir", required=True, help="where the VAE folder is written")
     add("--seed", type=int, default=0, help="weights, crops and batches depend only on this seed")
