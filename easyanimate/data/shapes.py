@@ -177,14 +177,24 @@ def sample_clip(world: ShapesWorld, combination: Combination, seed: int, index: 
     return ClipSpec(combination, side, speed, (float(x), float(y)), style)
 
 
+def _fine_offsets(size: int, origin: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` ``(1, fine)`` and ``y`` ``(fine, 1)`` offsets from ``origin`` of the centres of the
+    ``SUPERSAMPLING``-times finer grid over a ``size`` x ``size`` frame."""
+    coords = (np.arange(size * SUPERSAMPLING) + 0.5) / SUPERSAMPLING
+    return coords[None, :] - origin[0], coords[:, None] - origin[1]
+
+
+def _coverage(inside: np.ndarray, size: int) -> np.ndarray:
+    """Fraction ``(size, size)`` of each pixel's fine samples where ``inside`` (fine grid) holds."""
+    return inside.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3))
+
+
 def shape_mask(shape: str, size: int, centre: tuple[float, float], side: float) -> np.ndarray:
     """Coverage ``(size, size)`` in [0, 1] of a shape whose bounding box is ``side`` wide, centred at ``centre``.
 
     The triangle points up (apex at the top of the box, base at the bottom), filling half its box.
     """
-    fine = size * SUPERSAMPLING
-    coords = (np.arange(fine) + 0.5) / SUPERSAMPLING
-    x, y = coords[None, :] - centre[0], coords[:, None] - centre[1]
+    x, y = _fine_offsets(size, centre)
     half = side / 2
     if shape == "circle":
         inside = x**2 + y**2 <= half**2
@@ -194,7 +204,7 @@ def shape_mask(shape: str, size: int, centre: tuple[float, float], side: float) 
         inside = (y <= half) & (np.abs(x) <= (y + half) / 2)
     else:
         raise ValueError(f"unknown shape {shape!r}; valid: {', '.join(SHAPES)}")
-    return inside.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3))
+    return _coverage(inside, size)
 
 
 def front_mask(shape: str, size: int, centre: tuple[float, float], side: float, direction: str) -> np.ndarray:
@@ -204,12 +214,8 @@ def front_mask(shape: str, size: int, centre: tuple[float, float], side: float, 
     for the (upward-pointing) triangle. Anti-aliased along the dividing line like the outline.
     """
     dx, dy = DIRECTIONS[direction]
-    centroid = (centre[0], centre[1] + (side / 6 if shape == "triangle" else 0.0))
-    fine = size * SUPERSAMPLING
-    coords = (np.arange(fine) + 0.5) / SUPERSAMPLING
-    ahead = (coords[None, :] - centroid[0]) * dx + (coords[:, None] - centroid[1]) * dy > 0
-    front = ahead.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3))
-    return front * shape_mask(shape, size, centre, side)
+    x, y = _fine_offsets(size, (centre[0], centre[1] + (side / 6 if shape == "triangle" else 0.0)))
+    return _coverage(x * dx + y * dy > 0, size) * shape_mask(shape, size, centre, side)
 
 
 def render_clip(world: ShapesWorld, spec: ClipSpec) -> np.ndarray:

@@ -300,8 +300,8 @@ def generate_and_read(pipeline, combinations: list[Combination], seeds: list[int
 
 
 def accuracy(results: list[ClipResult]) -> dict[str, float]:
-    """Fraction correct per attribute, all three at once, with the marker facing the prompted direction
-    (worlds with a marker), and with a dark background; plus the count."""
+    """Fraction correct per attribute, all three at once, with the darker front half on the prompted side
+    (worlds that draw one; 0 otherwise), and with a dark background; plus the count."""
     if not results:
         return {"clips": 0}
     scores = {name: float(np.mean([r.correct[name] for r in results])) for name in ("colour", "shape", "direction")}
