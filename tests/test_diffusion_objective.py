@@ -254,6 +254,15 @@ def test_sample_timesteps_from_a_lower_bound(diffusion):
         diffusion.sample_timesteps(4, low=1000)
 
 
+def test_sample_timesteps_in_a_band(diffusion):
+    t = diffusion.sample_timesteps(20000, torch.Generator().manual_seed(0), low=0, high=700)
+    assert t.min().item() == 0 and t.max().item() == 699
+    assert abs(t.double().mean().item() - 349.5) < 10
+    for low, high in ((500, 500), (0, 1001), (600, 300)):
+        with pytest.raises(ValueError, match="low < high"):
+            diffusion.sample_timesteps(4, low=low, high=high)
+
+
 def test_mismatched_shapes_raise(diffusion):
     x0 = torch.zeros(2, 4, 1, 2, 2)
     t = torch.tensor([1, 2])

@@ -180,6 +180,10 @@ def test_bad_settings_are_refused_with_the_option_named(tiny_models, dataset, tm
         config_from_sources(None, {**settings(tiny_models, dataset, tmp_path), "learning_rat": 1.0})
     with pytest.raises(ConfigError, match="min_train_timestep"):
         config_from_sources(None, settings(tiny_models, dataset, tmp_path, min_train_timestep=1000))
+    for band in ({"max_train_timestep": 0}, {"max_train_timestep": 1001},
+                 {"min_train_timestep": 700, "max_train_timestep": 700}):
+        with pytest.raises(ConfigError, match="max_train_timestep"):
+            config_from_sources(None, settings(tiny_models, dataset, tmp_path, **band))
     with pytest.raises(ValueError, match="nothing would train"):
         run(tiny_models, dataset, tmp_path, trainable_modules=["no_such_layer"])
 
@@ -243,3 +247,20 @@ def test_killing_the_process_at_any_moment_leaves_a_resumable_latest_checkpoint(
     result = run(tiny_models, dataset, out, max_train_steps=step + 1, checkpointing_steps=1000,
                  resume_from_checkpoint="latest")
     assert result.global_step == step + 1
+
+
+def test_training_draws_timesteps_only_from_the_configured_band(tiny_models, dataset, tmp_path, monkeypatch):
+    from easyanimate.training.diffusion import ImprovedDDPM
+
+    drawn = []
+    sample = ImprovedDDPM.sample_timesteps
+
+    def recording(self, *args, **kwargs):
+        t = sample(self, *args, **kwargs)
+        drawn.append(t.clone())
+        return t
+
+    monkeypatch.setattr(ImprovedDDPM, "sample_timesteps", recording)
+    run(tiny_models, dataset, tmp_path, max_train_steps=6, min_train_timestep=300, max_train_timestep=400)
+    t = torch.cat(drawn)
+    assert len(t) == 12 and t.min().item() >= 300 and t.max().item() < 400, t

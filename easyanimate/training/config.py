@@ -152,6 +152,9 @@ class TrainConfig:
     """train on timesteps drawn uniformly from [min_train_timestep, train_sampling_steps) only (0: all). For a
     motion module on a frozen image model: at low noise each frame is denoised from itself, and only the
     noisier steps, where the frames' layout is decided, carry a signal for the motion."""
+    max_train_timestep: int | None = None
+    """train on timesteps below this only (None: train_sampling_steps). With min_train_timestep it picks a
+    band, e.g. to fine-tune a motion module on the low-noise steps a first stage left out."""
     tokenizer_max_length: int = 120
     """T5 tokens (at most the tokenizer's ``model_max_length``)."""
     trainable_modules: list[str] = field(default_factory=lambda: ["attn_temporal"])
@@ -194,6 +197,10 @@ def validate(config: TrainConfig) -> None:
     if not 0 <= config.min_train_timestep < config.train_sampling_steps:
         raise ConfigError(f"min_train_timestep must be in [0, train_sampling_steps = {config.train_sampling_steps}), "
                           f"got {config.min_train_timestep}")
+    if config.max_train_timestep is not None and not (
+            config.min_train_timestep < config.max_train_timestep <= config.train_sampling_steps):
+        raise ConfigError(f"max_train_timestep must be in (min_train_timestep = {config.min_train_timestep}, "
+                          f"train_sampling_steps = {config.train_sampling_steps}] or unset, got {config.max_train_timestep}")
     if config.lora is None and not config.trainable_modules:
         raise ConfigError("nothing to train: give trainable_modules (e.g. attn_temporal) or a lora section")
 

@@ -141,15 +141,18 @@ class ImprovedDDPM:
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         low: int = 0,
+        high: int | None = None,
     ) -> torch.Tensor:
-        """One timestep per sample, uniform in {low, ..., num_timesteps - 1}: int64 ``(batch_size,)``.
+        """One timestep per sample, uniform in {low, ..., high - 1} (``high`` defaults to num_timesteps):
+        int64 ``(batch_size,)``.
 
         Drawn on the generator's device (CPU without one), then moved to ``device`` (default: the same).
         """
-        if not 0 <= low < self.num_timesteps:
-            raise ValueError(f"low must be in [0, {self.num_timesteps}), got {low}")
+        high = self.num_timesteps if high is None else high
+        if not 0 <= low < high <= self.num_timesteps:
+            raise ValueError(f"need 0 <= low < high <= {self.num_timesteps}, got low={low}, high={high}")
         draw_device = generator.device if generator is not None else torch.device("cpu")
-        t = torch.randint(low, self.num_timesteps, (batch_size,), generator=generator, device=draw_device)
+        t = torch.randint(low, high, (batch_size,), generator=generator, device=draw_device)
         return t.to(device) if device is not None else t
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -540,7 +540,8 @@ def training_step(batch: dict[str, Any], components: Components, transformer, di
             states, mask = encode_text(components.tokenizer, components.text_encoder, batch["text"],
                                        config.tokenizer_max_length, device)
     noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-    t = diffusion.sample_timesteps(latents.shape[0], generator=generator, device=device, low=config.min_train_timestep)
+    t = diffusion.sample_timesteps(latents.shape[0], generator=generator, device=device,
+                                   low=config.min_train_timestep, high=config.max_train_timestep)
     noisy = diffusion.q_sample(latents, t, noise)
     output = transformer(noisy, states, mask, t, return_dict=False)[0]
     return diffusion.training_losses(output.float(), latents, noisy, t, noise)["loss"].mean()
