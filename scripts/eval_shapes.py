@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     pick = lambda value, default: default if value is None else value
     settings = dict(steps=pick(args.steps, defaults.steps), guidance_scale=pick(args.guidance_scale, defaults.guidance_scale),
                     negative_prompt=pick(args.negative_prompt, defaults.negative_prompt), frames=world.frames,
-                    size=world.size, front_shade=world.front_shade, batch_size=args.batch_size)
+                    size=world.size, front_shade=world.front_shade, wrap=world.wrap,
+                    batch_size=args.batch_size)
     long_settings = dict(settings, frames=args.long_frames, context_frames=args.context_frames,
                          context_overlap=args.context_overlap)
     rows: dict[str, dict[str, float]] = {}

@@ -24,7 +24,7 @@ from easyanimate.data.shapes import (
     validate_world,
     write_dataset,
 )
-from easyanimate.evaluation.shapes import read_clip
+from easyanimate.evaluation.shapes import read_clip, read_long_clip, temporal_windows
 from easyanimate.video_io import read_video_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +117,62 @@ def test_shapes_stay_inside_the_clip():
         assert (border == world.background).all(), combination
 
 
+def wrap_world(frames: int = 16) -> ShapesWorld:
+    """The shipped world with clips that wrap around, ``frames`` long."""
+    world = dataclasses.replace(load_world(WORLD), frames=frames, wrap=True)
+    validate_world(world)
+    return world
+
+
+def test_without_wrap_the_clips_are_drawn_as_before():
+    world = load_world(WORLD)
+    assert world.wrap is False  # world.yaml has no wrap key: off by default
+    unwrapped, wrapped = dataclasses.replace(world, wrap=False), dataclasses.replace(world, wrap=True)
+    for index, combination in enumerate(all_combinations()[::7]):
+        spec = sample_clip(world, combination, seed=4, index=index, style=index % 2 == 1)
+        assert sample_clip(unwrapped, combination, seed=4, index=index, style=index % 2 == 1) == spec
+        assert np.array_equal(render_clip(unwrapped, spec), render_clip(world, spec)), combination
+        # wrapping draws in the same order: same size and speed, only the start differs
+        other = sample_clip(wrapped, combination, seed=4, index=index, style=index % 2 == 1)
+        assert (other.side, other.speed) == (spec.side, spec.speed) and other.start != spec.start
+
+
+def test_a_wrapping_shape_crosses_the_edges_and_never_leaves():
+    shaded = wrap_world(64)
+    world = dataclasses.replace(shaded, front_shade=1.0)  # one tone: alpha from the colour alone
+    for index, combination in enumerate(all_combinations()):
+        spec = sample_clip(world, combination, seed=6, index=index)
+        clip = render_clip(world, spec)
+        background, colour = np.array(world.background, float), np.array(COLOURS[combination.colour], float)
+        alpha = (clip - background) @ (colour - background) / ((colour - background) @ (colour - background))
+        area = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}[combination.shape] * spec.side**2
+        assert np.allclose(alpha.sum(axis=(1, 2)), area, rtol=0.03), combination  # whole at every frame
+        # along the motion the shape is at some frame split over both opposite edges
+        outline = (clip != world.background).any(-1)
+        axis = 2 if DIRECTIONS[combination.direction][0] else 1
+        assert (outline.take(0, axis).any(-1) & outline.take(-1, axis).any(-1)).any(), combination
+        # across the motion it stays inside
+        assert not outline.take(0, 3 - axis).any() and not outline.take(-1, 3 - axis).any(), combination
+        # the darker front half wraps with the outline: only pixels inside the shape change
+        assert np.array_equal((render_clip(shaded, spec) != world.background).any(-1), outline), combination
+
+
+def test_wrap_is_validated():
+    with pytest.raises(ConfigError, match="wrap"):
+        validate_world(small_world(wrap="yes"))
+    with pytest.raises(ConfigError, match="wrap"):
+        validate_world(small_world(wrap=True, shape_size=[40.0, 50.0]))
+    with pytest.raises(ConfigError, match="needs"):  # without wrap, 64 frames of travel do not fit
+        validate_world(small_world(frames=64))
+
+
+def test_a_wrapping_world_loads_from_yaml(tmp_path):
+    path = tmp_path / "world.yaml"
+    path.write_text(WORLD.read_text().replace("frames: 16", "frames: 64") + "wrap: true\n")
+    world = load_world(path)  # validated: 64 frames fit, since the shape never leaves
+    assert world.wrap is True and world.frames == 64
+
+
 # ------------------------------------------------------------------------------------------------
 # The classifiers on ground truth
 
@@ -130,6 +186,31 @@ def test_classifiers_read_every_ground_truth_clip_correctly():
             assert (reading.colour, reading.shape, reading.direction, reading.facing) == (
                 combination.colour, combination.shape, combination.direction, combination.direction), (combination, reading)
             assert reading.dark_background == style
+
+
+@pytest.mark.parametrize("frames", [16, 64])
+def test_classifiers_read_every_ground_truth_clip_of_a_wrapping_world(frames):
+    world = wrap_world(frames)
+    windows = temporal_windows(frames, 16, 4)
+    clips = crossing = 0
+    for index, combination in enumerate(all_combinations()):
+        for style in (False, True) if frames == 16 or index % 8 == 0 else (False,):
+            spec = sample_clip(world, combination, seed=5, index=index, style=style)
+            clip = render_clip(world, spec)
+            reading = read_clip(clip, world.front_shade, wrap=True)
+            assert (reading.colour, reading.shape, reading.direction, reading.facing) == (
+                combination.colour, combination.shape, combination.direction, combination.direction), (combination, reading)
+            assert reading.dark_background == style
+            dx, dy = DIRECTIONS[combination.direction]
+            assert np.allclose(reading.velocity, (dx * spec.speed, dy * spec.speed), atol=0.02), (combination, reading)
+            outline = (clip != np.array(world.style_background if style else world.background)).any(-1)
+            axis = 2 if dx else 1
+            clips += 1
+            crossing += bool((outline.take(0, axis).any(-1) & outline.take(-1, axis).any(-1)).any())
+            if index % 8 == 0:  # window by window, as long clips are read
+                windowed = read_long_clip(clip, windows, world.front_shade, wrap=True)
+                assert windowed.direction_kept(combination.direction) == windowed.shape_kept(combination.shape) == 1.0
+    assert crossing > clips // 2, (crossing, clips)  # most clips split over two edges at some frame
 
 
 def test_classifiers_read_decoded_mp4_clips(tmp_path):

@@ -89,6 +89,10 @@ class ShapesWorld:
     """brightness of the shape's front half (the half facing its motion) relative to the rest: 1 draws one
     tone; below 1 a darker front, which shows in a single frame which way the shape moves (like a face or
     headlights), so an image model trained on frames learns the direction word (see :func:`front_mask`)."""
+    wrap: bool = False
+    """the clip wraps around along the motion: a shape leaving through one edge comes back in through the
+    opposite one (split across both while it crosses), so the motion goes on for any number of frames;
+    across the motion it stays inside. Off: the shape stays inside at every frame, which bounds the travel."""
     held_out: list[str] = field(default_factory=list)
     """combinations never written into training data, as "<colour> <shape> <direction>"."""
     clips_per_combination: int = 8
@@ -127,10 +131,18 @@ def validate_world(world: ShapesWorld) -> None:
         raise ConfigError(f"held_out lists a combination twice: {world.held_out}")
     if not 0 < world.front_shade <= 1:
         raise ConfigError(f"front_shade is a brightness factor in (0, 1], got {world.front_shade}")
-    longest = world.shape_size[1] + world.speed[1] * (world.frames - 1) + 2 * world.margin
+    if not isinstance(world.wrap, bool):
+        raise ConfigError(f"wrap is true or false, got {world.wrap!r}")
+    travel = 0.0 if world.wrap else world.speed[1] * (world.frames - 1)  # a wrapping shape never leaves
+    longest = world.shape_size[1] + travel + 2 * world.margin
     if longest > world.size:
         raise ConfigError(f"a {world.shape_size[1]} px shape at {world.speed[1]} px/frame over {world.frames} "
                           f"frames needs {longest:.1f} px; the clip is {world.size} px")
+    if world.wrap and world.shape_size[1] > 0.75 * world.size:
+        # the triangle reaches 2/3 of its side from its centroid, around which its front half (and the
+        # evaluation's reading) wraps: that must stay within half the clip
+        raise ConfigError(f"with wrap, shapes are at most 3/4 of the clip ({0.75 * world.size:g} px), "
+                          f"got {world.shape_size[1]}")
     seen = world.seen_combinations()
     for words, position in ((COLOURS, 0), (SHAPES, 1), (DIRECTIONS, 2)):
         missing = set(words) - {(c.colour, c.shape, c.direction)[position] for c in seen}
@@ -163,25 +175,33 @@ class ClipSpec:
 
 
 def sample_clip(world: ShapesWorld, combination: Combination, seed: int, index: int, style: bool = False) -> ClipSpec:
-    """Draw size, speed and start so that the shape stays fully inside the clip at every frame."""
+    """Draw size, speed and start so that the shape stays fully inside the clip at every frame (with
+    ``world.wrap``: across the motion; along it the start is anywhere in the clip)."""
     rng = np.random.default_rng([seed, index])
     side = float(rng.uniform(*world.shape_size))
     speed = float(rng.uniform(*world.speed))
     travel = speed * (world.frames - 1)
     low, high = world.margin + side / 2, world.size - world.margin - side / 2
     dx, dy = DIRECTIONS[combination.direction]
-    along = rng.uniform(low, high - travel)  # the start, counted along the motion
+    along = rng.uniform(0, world.size) if world.wrap else rng.uniform(low, high - travel)  # start, along the motion
     across = rng.uniform(low, high)
-    start = along if dx + dy > 0 else world.size - along  # moving left/up starts from the far side
+    start = along if world.wrap or dx + dy > 0 else world.size - along  # moving left/up starts from the far side
     x, y = (start, across) if dx else (across, start)
     return ClipSpec(combination, side, speed, (float(x), float(y)), style)
 
 
-def _fine_offsets(size: int, origin: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _fine_offsets(size: int, origin: tuple[float, float],
+                  wrap_axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``x`` ``(1, fine)`` and ``y`` ``(fine, 1)`` offsets from ``origin`` of the centres of the
-    ``SUPERSAMPLING``-times finer grid over a ``size`` x ``size`` frame."""
+    ``SUPERSAMPLING``-times finer grid over a ``size`` x ``size`` frame. Along ``wrap_axis`` (0: x, 1: y)
+    the frame is a loop: offsets are taken modulo ``size`` into [-size/2, size/2), the nearest way round."""
     coords = (np.arange(size * SUPERSAMPLING) + 0.5) / SUPERSAMPLING
-    return coords[None, :] - origin[0], coords[:, None] - origin[1]
+    x, y = coords[None, :] - origin[0], coords[:, None] - origin[1]
+    if wrap_axis == 0:
+        x = (x + size / 2) % size - size / 2
+    elif wrap_axis == 1:
+        y = (y + size / 2) % size - size / 2
+    return x, y
 
 
 def _coverage(inside: np.ndarray, size: int) -> np.ndarray:
@@ -189,12 +209,14 @@ def _coverage(inside: np.ndarray, size: int) -> np.ndarray:
     return inside.reshape(size, SUPERSAMPLING, size, SUPERSAMPLING).mean(axis=(1, 3))
 
 
-def shape_mask(shape: str, size: int, centre: tuple[float, float], side: float) -> np.ndarray:
-    """Coverage ``(size, size)`` in [0, 1] of a shape whose bounding box is ``side`` wide, centred at ``centre``.
+def shape_mask(shape: str, size: int, centre: tuple[float, float], side: float,
+               wrap_axis: int | None = None) -> np.ndarray:
+    """Coverage ``(size, size)`` in [0, 1] of a shape whose bounding box is ``side`` wide, centred at ``centre``
+    (wrapping around the frame along ``wrap_axis``, see :func:`_fine_offsets`).
 
     The triangle points up (apex at the top of the box, base at the bottom), filling half its box.
     """
-    x, y = _fine_offsets(size, centre)
+    x, y = _fine_offsets(size, centre, wrap_axis)
     half = side / 2
     if shape == "circle":
         inside = x**2 + y**2 <= half**2
@@ -207,30 +229,34 @@ def shape_mask(shape: str, size: int, centre: tuple[float, float], side: float) 
     return _coverage(inside, size)
 
 
-def front_mask(shape: str, size: int, centre: tuple[float, float], side: float, direction: str) -> np.ndarray:
+def front_mask(shape: str, size: int, centre: tuple[float, float], side: float, direction: str,
+               wrap_axis: int | None = None) -> np.ndarray:
     """Coverage ``(size, size)`` of the shape's front half: the part beyond its centroid in ``direction``.
 
     The centroid is the box centre for the circle and the square, and a third of the half-side below it
-    for the (upward-pointing) triangle. Anti-aliased along the dividing line like the outline.
+    for the (upward-pointing) triangle. Anti-aliased along the dividing line like the outline; wraps
+    along ``wrap_axis`` with it (around the centroid, so the front stays on the front side).
     """
     dx, dy = DIRECTIONS[direction]
-    x, y = _fine_offsets(size, (centre[0], centre[1] + (side / 6 if shape == "triangle" else 0.0)))
-    return _coverage(x * dx + y * dy > 0, size) * shape_mask(shape, size, centre, side)
+    x, y = _fine_offsets(size, (centre[0], centre[1] + (side / 6 if shape == "triangle" else 0.0)), wrap_axis)
+    return _coverage(x * dx + y * dy > 0, size) * shape_mask(shape, size, centre, side, wrap_axis)
 
 
 def render_clip(world: ShapesWorld, spec: ClipSpec) -> np.ndarray:
-    """The clip of ``spec`` as ``(F, H, W, 3)`` uint8 (the front half darker when ``world.front_shade < 1``)."""
+    """The clip of ``spec`` as ``(F, H, W, 3)`` uint8 (the front half darker when ``world.front_shade < 1``;
+    wrapping around along the motion with ``world.wrap``, where the centre may run past the clip)."""
     background = np.array(world.style_background if spec.style else world.background, dtype=np.float64)
     colour = np.array(COLOURS[spec.combination.colour], dtype=np.float64)
     shape, direction = spec.combination.shape, spec.combination.direction
     dx, dy = DIRECTIONS[direction]
+    wrap_axis = (0 if dx else 1) if world.wrap else None  # only the motion's axis wraps
     frames = np.empty((world.frames, world.size, world.size, 3), np.uint8)
     for f in range(world.frames):
         centre = (spec.start[0] + dx * spec.speed * f, spec.start[1] + dy * spec.speed * f)
-        alpha = shape_mask(shape, world.size, centre, spec.side)[..., None]
+        alpha = shape_mask(shape, world.size, centre, spec.side, wrap_axis)[..., None]
         frame = background * (1 - alpha) + colour * alpha
         if world.front_shade < 1:
-            front = front_mask(shape, world.size, centre, spec.side, direction)[..., None]
+            front = front_mask(shape, world.size, centre, spec.side, direction, wrap_axis)[..., None]
             frame -= (1 - world.front_shade) * colour * front
         frames[f] = np.round(frame).astype(np.uint8)
     return frames

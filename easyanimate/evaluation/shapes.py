@@ -16,6 +16,12 @@ No learned classifier: each answer is a short measurement, so a wrong answer can
   (and at least 3 px inside the shape's edge) from the shape's centroid, summed over the frames. It reads
   single frames, so it shows whether an image model draws the prompted direction even where nothing moves.
   With two tones the alpha above divides by the distance of the tone nearer to the background.
+* wrap (worlds whose clips wrap around, ``wrap``): a shape crossing an edge shows at both opposite edges.
+  Each frame (and its alpha) is rolled so that the shape's circular centroid (the alpha-weighted circular
+  mean of the pixel positions, per axis) sits at the frame centre, where the shape, colour and facing
+  readings above see it whole; the velocity comes from the centroids back in the clip's coordinates,
+  unwrapped over the frames, and the background from all pixels (the shape often covers the border, but
+  always well under half the frame).
 
 Clips are ``(F, H, W, 3)`` uint8 or float ``(3, F, H, W)`` in [0, 1] (the pipeline's output).
 
@@ -70,21 +76,24 @@ def as_frames(video: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.moveaxis(video.astype(np.float64), 0, -1)
 
 
-def background_colour(frames: np.ndarray) -> np.ndarray:
-    """Median RGB of the one-pixel border of every frame."""
+def background_colour(frames: np.ndarray, wrap: bool = False) -> np.ndarray:
+    """Median RGB of the one-pixel border of every frame; with ``wrap`` (shapes cross the border) of every
+    pixel of every frame, which the shape covers well under half of."""
+    if wrap:
+        return np.median(frames.reshape(-1, 3), axis=0)
     border = np.concatenate([frames[:, 0], frames[:, -1], frames[:, :, 0], frames[:, :, -1]], axis=1)
     return np.median(border.reshape(-1, 3), axis=0)
 
 
-def read_clip(video: np.ndarray | torch.Tensor, front_shade: float = 1.0) -> ClipReading:
-    """Colour, shape, direction, background and (for ``front_shade < 1``, the world's) facing of one clip
-    (see the module docstring)."""
-    return read_frames(as_frames(video), front_shade)
+def read_clip(video: np.ndarray | torch.Tensor, front_shade: float = 1.0, wrap: bool = False) -> ClipReading:
+    """Colour, shape, direction, background and (for ``front_shade < 1``, the world's) facing of one clip,
+    of a world whose clips wrap around with ``wrap`` (see the module docstring)."""
+    return read_frames(as_frames(video), front_shade, wrap)
 
 
-def read_frames(frames: np.ndarray, front_shade: float = 1.0) -> ClipReading:
+def read_frames(frames: np.ndarray, front_shade: float = 1.0, wrap: bool = False) -> ClipReading:
     """:func:`read_clip` of frames already ``(F, H, W, 3)`` float in [0, 1] (see :func:`as_frames`)."""
-    background = background_colour(frames)
+    background = background_colour(frames, wrap)
     dark = float(background @ np.array([0.299, 0.587, 0.114])) < DARK_LUMA
     distance = np.linalg.norm(frames - background, axis=-1)
     clear = distance > FOREGROUND_DISTANCE
@@ -94,13 +103,34 @@ def read_frames(frames: np.ndarray, front_shade: float = 1.0) -> ClipReading:
     colour = min(PALETTE, key=lambda name: np.linalg.norm(mean - PALETTE[name]))
     tones = (PALETTE[colour], PALETTE[colour] * front_shade)
     alpha = np.clip(distance / min(np.linalg.norm(tone - background) for tone in tones), 0, 1)
+    if wrap:
+        frames, alpha, shifts = _centre_shapes(frames, alpha)
     fill, centroids = _measure_frames(alpha)
     if not centroids:
         return ClipReading(colour, None, None, dark, 0.0, (0.0, 0.0))
+    if wrap:  # back in the clip's coordinates, continued across the edges
+        t, x, y = (np.array(v) for v in zip(*centroids))
+        x = np.unwrap(x - shifts[t, 0], period=alpha.shape[2])
+        y = np.unwrap(y - shifts[t, 1], period=alpha.shape[1])
+        centroids = list(zip(t, x, y))
     shape = "square" if fill > SQUARE_FILL else "triangle" if fill < TRIANGLE_FILL else "circle"
     velocity = _velocity(centroids)
     facing = _facing(frames, alpha, *tones) if front_shade < 1 else None
     return ClipReading(colour, shape, _direction(velocity, len(frames)), dark, fill, velocity, facing)
+
+
+def _centre_shapes(frames: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``frames`` and ``alpha`` with each frame rolled so that its shape's circular centroid sits at the frame
+    centre (a shape split across the edges of a wrapping clip joined up), and the ``(F, 2)`` integer
+    ``(x, y)`` shifts rolled by."""
+    shifts = []
+    for weights in (alpha.sum(1), alpha.sum(2)):  # per frame, over x (columns) and over y (rows)
+        n = weights.shape[1]
+        angle = np.angle(weights @ np.exp(2j * np.pi * np.arange(n) / n))  # the circular mean, as an angle
+        shifts.append((n - 1) / 2 - angle * n / (2 * np.pi))  # from there to the centre
+    shifts = np.round(np.stack(shifts, axis=1)).astype(int)
+    roll = lambda images: np.stack([np.roll(image, (dy, dx), axis=(0, 1)) for image, (dx, dy) in zip(images, shifts)])
+    return roll(frames), roll(alpha), shifts
 
 
 def _measure_frames(alpha: np.ndarray) -> tuple[float, list[tuple[int, float, float]]]:
@@ -221,7 +251,7 @@ class LongClipReading:
 
 
 def read_long_clip(video: np.ndarray | torch.Tensor, windows: list[tuple[int, int]],
-                   front_shade: float = 1.0) -> LongClipReading:
+                   front_shade: float = 1.0, wrap: bool = False) -> LongClipReading:
     """Read each temporal window of a long clip (see :func:`temporal_windows`) and measure its seams.
 
     Frame-to-frame difference of transition ``t-1 -> t``: ``mean |frame t - frame t-1|`` over all pixels and
@@ -231,7 +261,7 @@ def read_long_clip(video: np.ndarray | torch.Tensor, windows: list[tuple[int, in
     frames = as_frames(video)
     if not windows or any(not 0 <= start < stop <= len(frames) for start, stop in windows):
         raise ValueError(f"windows {windows} do not fit a clip of {len(frames)} frames")
-    readings = [read_frames(frames[start:stop], front_shade) for start, stop in windows]
+    readings = [read_frames(frames[start:stop], front_shade, wrap) for start, stop in windows]
     differences = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))  # [t - 1]: transition t-1 -> t
     at_seam = np.zeros(len(differences), bool)
     at_seam[[t - 1 for t in seam_transitions(windows, len(frames))]] = True
@@ -265,15 +295,15 @@ def generate_and_read(pipeline, combinations: list[Combination], seeds: list[int
                       style: bool = False, steps: int = 20, guidance_scale: float = 4.5, frames: int = 16,
                       size: int = 64, negative_prompt: str = "", batch_size: int = 16,
                       context_frames: int | None = None, context_overlap: int | None = None,
-                      front_shade: float = 1.0, on_clip=None) -> list[ClipResult]:
+                      front_shade: float = 1.0, wrap: bool = False, on_clip=None) -> list[ClipResult]:
     """Generate one clip per (combination, seed) with ``pipeline`` and read each from its pixels.
 
     Clip ``(c, s)`` starts from the noise of ``torch.Generator().manual_seed(s)``, whatever the batch it
     runs in, so results do not depend on ``batch_size``. ``on_clip(result, video)`` sees every clip
     (``video`` is ``(3, F, H, W)`` in [0, 1]), e.g. to save samples. ``front_shade`` is the world's (the
-    readings then include the facing). With ``context_frames`` the pipeline
-    denoises in temporal windows (``context_overlap`` defaults to the pipeline's,
-    :func:`default_context_overlap`) and each result also reads every window
+    readings then include the facing), and so is ``wrap`` (shapes crossing the edges read whole). With
+    ``context_frames`` the pipeline denoises in temporal windows (``context_overlap`` defaults to the
+    pipeline's, :func:`default_context_overlap`) and each result also reads every window
     (:attr:`ClipResult.windows`).
     """
     windows = None
@@ -291,8 +321,8 @@ def generate_and_read(pipeline, combinations: list[Combination], seeds: list[int
                           guidance_scale=guidance_scale, generator=generators, output_type="pt",
                           context_frames=context_frames, context_overlap=context_overlap).videos
         for (combination, seed), video in zip(batch, videos):
-            result = ClipResult(combination, seed, combination in held_out, read_clip(video, front_shade),
-                                read_long_clip(video, windows, front_shade) if windows else None)
+            result = ClipResult(combination, seed, combination in held_out, read_clip(video, front_shade, wrap),
+                                read_long_clip(video, windows, front_shade, wrap) if windows else None)
             results.append(result)
             if on_clip is not None:
                 on_clip(result, video)
