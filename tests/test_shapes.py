@@ -117,6 +117,12 @@ def test_shapes_stay_inside_the_clip():
         assert (border == world.background).all(), combination
 
 
+def splits_over_opposite_edges(outline: np.ndarray, axis: int) -> bool:
+    """Whether the shape of ``outline`` ``(F, H, W)`` covers both end rows (``axis`` 1) or both end
+    columns (``axis`` 2) of some frame: split across the two edges of a wrapping clip."""
+    return bool((outline.take(0, axis).any(-1) & outline.take(-1, axis).any(-1)).any())
+
+
 def wrap_world(frames: int = 16) -> ShapesWorld:
     """The shipped world with clips that wrap around, ``frames`` long."""
     world = dataclasses.replace(load_world(WORLD), frames=frames, wrap=True)
@@ -150,7 +156,7 @@ def test_a_wrapping_shape_crosses_the_edges_and_never_leaves():
         # along the motion the shape is at some frame split over both opposite edges
         outline = (clip != world.background).any(-1)
         axis = 2 if DIRECTIONS[combination.direction][0] else 1
-        assert (outline.take(0, axis).any(-1) & outline.take(-1, axis).any(-1)).any(), combination
+        assert splits_over_opposite_edges(outline, axis), combination
         # across the motion it stays inside
         assert not outline.take(0, 3 - axis).any() and not outline.take(-1, 3 - axis).any(), combination
         # the darker front half wraps with the outline: only pixels inside the shape change
@@ -206,7 +212,7 @@ def test_classifiers_read_every_ground_truth_clip_of_a_wrapping_world(frames):
             outline = (clip != np.array(world.style_background if style else world.background)).any(-1)
             axis = 2 if dx else 1
             clips += 1
-            crossing += bool((outline.take(0, axis).any(-1) & outline.take(-1, axis).any(-1)).any())
+            crossing += splits_over_opposite_edges(outline, axis)
             if index % 8 == 0:  # window by window, as long clips are read
                 windowed = read_long_clip(clip, windows, world.front_shade, wrap=True)
                 assert windowed.direction_kept(combination.direction) == windowed.shape_kept(combination.shape) == 1.0

@@ -158,13 +158,18 @@ def _velocity(centroids: list[tuple[int, float, float]]) -> tuple[float, float]:
     return (float(t @ (x - x.mean()) / (t @ t)), float(t @ (y - y.mean()) / (t @ t)))
 
 
+def _side(dx: float, dy: float) -> str:
+    """The direction word of the larger component of ``(dx, dy)``, with its sign (y grows downwards)."""
+    if abs(dx) >= abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"
+
+
 def _direction(velocity: tuple[float, float], num_frames: int) -> str:
     vx, vy = velocity
     if max(abs(vx), abs(vy)) * (num_frames - 1) < MIN_TRAVEL:
         return "static"
-    if abs(vx) >= abs(vy):
-        return "right" if vx > 0 else "left"
-    return "down" if vy > 0 else "up"
+    return _side(vx, vy)
 
 
 def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
@@ -186,11 +191,7 @@ def _facing(frames: np.ndarray, alpha: np.ndarray, colour: np.ndarray, front: np
         if inside.sum() < MIN_AREA or dark.sum() < MIN_FRONT:
             continue
         offset += (xs[dark].mean() - xs[inside].mean(), ys[dark].mean() - ys[inside].mean())
-    if not offset.any():
-        return None
-    if abs(offset[0]) >= abs(offset[1]):
-        return "right" if offset[0] > 0 else "left"
-    return "down" if offset[1] > 0 else "up"
+    return _side(*offset) if offset.any() else None
 
 
 # ------------------------------------------------------------------------------------------------
