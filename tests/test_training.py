@@ -90,6 +90,21 @@ def test_image_training_trains_the_whole_pixart_model(tiny_models, dataset, tmp_
     assert any(not torch.equal(exported[k], base[k]) for k in base)
 
 
+def test_cross_attention_trained_beside_the_motion_module_is_exported_as_the_image_model(
+        tiny_models, dataset, tmp_path):
+    """A video stage that also trains cross-attention (at lr/10) writes the image model it changed, with
+    the PixArt key set, next to the motion module; the rest of the image model stays as it was."""
+    result = run(tiny_models, dataset, tmp_path, max_train_steps=3, trainable_modules_low_learning_rate=["attn2"])
+    base = read_state_dict(tiny_models["model"] / "transformer" / "diffusion_pytorch_model.safetensors")
+    image = load_file(str(result.exports["pixart_transformer"]))
+    assert set(image) == set(base)  # no motion-module key: a personalized base model / --transformer_path
+    changed = {k for k in base if not torch.equal(image[k], base[k])}
+    assert changed and all(".attn2." in k for k in changed), sorted(changed)[:5]
+    assert all(".attn_temporal." in k for k in load_file(str(result.exports["motion_module"])))
+    # a motion-module-only stage leaves the image model alone and does not write it
+    assert "pixart_transformer" not in run(tiny_models, dataset, tmp_path / "mm_only", max_train_steps=1).exports
+
+
 def test_lora_training_exports_a_kohya_file_that_changes_the_pipeline(tiny_models, dataset, tmp_path):
     overrides = dict(lora={"rank": 4, "network_alpha": 4.0, "train_text_encoder": True}, precompute=False,
                      max_train_steps=30, learning_rate=5e-3)

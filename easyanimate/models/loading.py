@@ -165,7 +165,8 @@ def _raise_if_bad(comparison: KeyComparison, source: str, state: Mapping[str, to
     return allowed
 
 
-def _is_motion_key(key: str) -> bool:
+def is_motion_key(key: str) -> bool:
+    """A motion-module entry: its name contains ``.attn_temporal.``."""
     return MOTION_MODULE_MARKER in key
 
 
@@ -189,7 +190,7 @@ def load_transformer_from_2d(cls: type, pretrained_model_path: str | Path, subfo
     if weights is None:
         raise WeightLoadError(f"no transformer weights in {folder}: expected {' or '.join(WEIGHT_FILES)}")
     state = read_state_dict(weights)
-    expected = [k for k in model.state_dict() if not _is_motion_key(k)]
+    expected = [k for k in model.state_dict() if not is_motion_key(k)]
     comparison = compare_keys(model, state, expected)
     # Stated gap: a 2D checkpoint has no motion modules, and t_pos.pe is computed.
     _raise_if_bad(comparison, str(weights), state, "the PixArt keys of the configured video transformer",
@@ -235,8 +236,8 @@ def load_motion_module(model: torch.nn.Module, path: str | Path) -> LoadReport:
         raise WeightLoadError("this transformer has no motion modules (basic_block_type is not "
                               "'motionmodule'); a motion-module file cannot be loaded into it")
     state = read_state_dict(path)
-    expected = [k for k in model.state_dict() if _is_motion_key(k)]
-    foreign = [k for k in state if not _is_motion_key(k)]
+    expected = [k for k in model.state_dict() if is_motion_key(k)]
+    foreign = [k for k in state if not is_motion_key(k)]
     if foreign:
         raise WeightLoadError(f"{path} is not a motion-module file: it looks like {describe_state_dict(state)}; "
                               f"expected only '...attn_temporal...' keys ({len(expected)} for this model)")
@@ -257,8 +258,8 @@ def load_transformer_checkpoint(model: torch.nn.Module, path: str | Path) -> Loa
     """
     state = read_state_dict(path)
     model_keys = list(model.state_dict())
-    has_motion = any(_is_motion_key(k) for k in state)
-    expected = [k for k in model_keys if has_motion or not _is_motion_key(k)]
+    has_motion = any(is_motion_key(k) for k in state)
+    expected = [k for k in model_keys if has_motion or not is_motion_key(k)]
     comparison = compare_keys(model, state, expected)
     _raise_if_bad(comparison, str(path), state,
                   "a transformer checkpoint with the PixArt keys of this model", allowed_missing=COMPUTED_BUFFERS)
@@ -294,7 +295,7 @@ def motion_module_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, tor
     The original selected the bare substring ``temporal``; the block attribute is matched here
     so unrelated names containing "temporal" are never swept in.
     """
-    selected = {k: v for k, v in state.items() if _is_motion_key(k)}
+    selected = {k: v for k, v in state.items() if is_motion_key(k)}
     if not selected:
         raise WeightLoadError(f"no motion-module keys ('...attn_temporal...') found: the state dict looks "
                               f"like {describe_state_dict(state)}")

@@ -32,7 +32,7 @@ from ..config import EasyAnimateConfig, load_config
 from ..data import AspectRatioBatchSampler, VideoImageDataset, collate_clips
 from ..lora import TEXT_ENCODER, TRANSFORMER, lora_target_modules, peft_state_dict_to_kohya, save_kohya_lora
 from ..models import Transformer3DModel, load_motion_module, load_transformer_checkpoint, save_motion_module
-from ..models.loading import write_safetensors_atomic
+from ..models.loading import is_motion_key, write_safetensors_atomic
 from ..pipelines import EasyAnimatePipeline
 from ..schedulers import build_scheduler
 from ..video_io import save_image, save_video
@@ -604,11 +604,14 @@ def export(components: Components, transformer: Transformer3DModel, config: Trai
         return exports
     transformer.save_pretrained(output_dir / "transformer")
     exports["transformer"] = output_dir / "transformer"
-    if any(".attn_temporal." in name for name, _ in trainable):
+    if any(is_motion_key(name) for name, _ in trainable):
         save_motion_module(transformer, output_dir / "motion_module.safetensors")
         exports["motion_module"] = output_dir / "motion_module.safetensors"
-    if components.image_mode:
-        state = {k: v.detach().cpu().contiguous() for k, v in transformer.state_dict().items()}
+    # The image model on its own (PixArt keys, no motion modules) whenever it trained: the t2i stage, or a
+    # video stage that trained more than the motion modules (e.g. cross-attention beside them).
+    if components.image_mode or any(not is_motion_key(name) for name, _ in trainable):
+        state = {k: v.detach().cpu().contiguous() for k, v in transformer.state_dict().items()
+                 if not is_motion_key(k)}
         write_safetensors_atomic(state, output_dir / "pixart_transformer.safetensors")
         exports["pixart_transformer"] = output_dir / "pixart_transformer.safetensors"
     for name, path in exports.items():
