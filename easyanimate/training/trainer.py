@@ -607,9 +607,9 @@ def export(components: Components, transformer: Transformer3DModel, config: Trai
     if any(is_motion_key(name) for name, _ in trainable):
         save_motion_module(transformer, output_dir / "motion_module.safetensors")
         exports["motion_module"] = output_dir / "motion_module.safetensors"
-    # The image model on its own (PixArt keys, no motion modules) whenever it trained: the t2i stage, or a
-    # video stage that trained more than the motion modules (e.g. cross-attention beside them).
-    if components.image_mode or any(not is_motion_key(name) for name, _ in trainable):
+    # The image model on its own (PixArt keys, no motion modules) whenever any of it trained: the t2i
+    # stage, or a video stage that trained more than the motion modules (e.g. cross-attention beside them).
+    if any(not is_motion_key(name) for name, _ in trainable):
         state = {k: v.detach().cpu().contiguous() for k, v in transformer.state_dict().items()
                  if not is_motion_key(k)}
         write_safetensors_atomic(state, output_dir / "pixart_transformer.safetensors")
