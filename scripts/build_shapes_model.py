@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -39,8 +40,11 @@ from easyanimate.generation import (
     DEMO_MODEL,
     DEMO_MOTION_MODULE,
     ModelDefaults,
+    build_transformer,
+    select_model,
 )
-from easyanimate.models import read_state_dict, save_motion_module
+from easyanimate.lora import LoraMerger
+from easyanimate.models import load_transformer_checkpoint, read_state_dict, save_motion_module
 from easyanimate.tiny import (
     build_pixart_scheduler,
     build_tiny_text_encoder,
@@ -96,28 +100,47 @@ def init(args: argparse.Namespace) -> None:
 
 
 def release(args: argparse.Namespace) -> None:
+    """Write the three released files into a staging folder under ``--models_dir`` first, and move them
+    into place only once all are written: a failure (a mismatched checkpoint, a full disk) leaves the
+    previous release as it was."""
     models = Path(args.models_dir)
-    folder = models / DEMO_MODEL
-    if folder.exists():
-        shutil.rmtree(folder)
-    pipe = PixArtAlphaPipeline.from_pretrained(args.base)
-    state = read_state_dict(args.transformer)
-    pipe.transformer.load_state_dict(state, strict=True)  # raises on any missing, unexpected or mis-shaped key
-    pipe.save_pretrained(folder)
+    models.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".shapes-release-", dir=models))
+    try:
+        pipe = PixArtAlphaPipeline.from_pretrained(args.base)
+        load_transformer_checkpoint(pipe.transformer, args.transformer)  # names any missing, foreign or mis-shaped key
+        folder = staging / DEMO_MODEL
+        pipe.save_pretrained(folder)
 
-    load_config(args.video_config)  # refuse an invalid yaml before shipping it
-    shutil.copyfile(args.video_config, folder / CONFIG_FILE)
-    save_world(load_world(args.world), folder / WORLD_FILE)
-    defaults = ModelDefaults(config=CONFIG_FILE, motion_module=DEMO_MOTION_MODULE, lora=None, lora_weight=1.0,
-                             height=64, width=64, frames=16, fps=8, steps=args.steps,
-                             guidance_scale=args.guidance_scale, sampler="DPM++", seed=43,
-                             prompt="a blue square moving up", negative_prompt="")
-    OmegaConf.save(OmegaConf.structured(defaults), folder / DEFAULTS_FILE)
+        load_config(args.video_config)  # refuse an invalid yaml before shipping it
+        shutil.copyfile(args.video_config, folder / CONFIG_FILE)
+        save_world(load_world(args.world), folder / WORLD_FILE)
+        defaults = ModelDefaults(config=CONFIG_FILE, motion_module=DEMO_MOTION_MODULE, lora=None, lora_weight=1.0,
+                                 height=64, width=64, frames=16, fps=8, steps=args.steps,
+                                 guidance_scale=args.guidance_scale, sampler="DPM++", seed=43,
+                                 prompt="a blue square moving up", negative_prompt="")
+        OmegaConf.save(OmegaConf.structured(defaults), folder / DEFAULTS_FILE)
 
-    save_motion_module(read_state_dict(args.motion_module), models / DEMO_MOTION_MODULE, include_position_tables=False)
-    (models / DEMO_LORA).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.lora, models / DEMO_LORA)
-    written = [folder, models / DEMO_MOTION_MODULE, models / DEMO_LORA]
+        save_motion_module(read_state_dict(args.motion_module), staging / DEMO_MOTION_MODULE,
+                           include_position_tables=False)
+        (staging / DEMO_LORA).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.lora, staging / DEMO_LORA)
+
+        # the staged release must load the way predict_t2v.py loads it: image model, motion module, LoRA
+        selection = select_model(staging)
+        LoraMerger(build_transformer(selection, load_config(selection.config))).merge(
+            staging / DEMO_LORA, multiplier=1.0, transformer_only=True)
+        for path in staging.rglob("*"):  # safetensors writes owner-only files; these are to be shared
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        for name in (DEMO_MODEL, DEMO_MOTION_MODULE, DEMO_LORA):  # all written: swap them in
+            target = models / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target.rename(staging / f"previous-{target.name}")
+            (staging / name).rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    written = [models / DEMO_MODEL, models / DEMO_MOTION_MODULE, models / DEMO_LORA]
     size = sum(p.stat().st_size for path in written for p in ([path] if path.is_file() else path.rglob("*")))
     print(f"wrote {', '.join(map(str, written))} ({size / 2**20:.1f} MiB in all)")
 

@@ -197,3 +197,42 @@ def test_lora_stage_lowers_the_loss_on_a_fixed_batch_of_styled_clips(recipe):
                              motion_module=motion, lora=out / "lora" / "lora.safetensors")
     print(f"lora fixed-batch loss {before:.4f} -> {after:.4f}")
     assert after < 0.9 * before, (before, after)
+
+
+def test_release_writes_a_model_predict_loads_and_a_mismatched_file_changes_nothing(recipe, tmp_path):
+    """The last stage: the released layout is what select_model / load_pipeline pick up with its own
+    defaults; a wrong checkpoint or LoRA is refused with the file named, and the previous release stays."""
+    from safetensors.torch import load_file
+
+    from easyanimate.generation import (DEMO_LORA, DEMO_MODEL, DEMO_MOTION_MODULE, GenerationRequest, generate,
+                                        load_pipeline, select_model)
+    from easyanimate.models import WeightLoadError
+
+    _, out = recipe
+    models = tmp_path / "models"
+    image, motion, lora = (out / "t2i" / "pixart_transformer.safetensors", out / "t2v" / "motion_module.safetensors",
+                           out / "lora" / "lora.safetensors")
+    release = lambda transformer=image, lora=lora: build_shapes_model.main(
+        ["release", "--base", str(out / "base"), "--models_dir", str(models), "--transformer", str(transformer),
+         "--motion_module", str(motion), "--lora", str(lora)])
+    assert release() == 0
+
+    selection = select_model(models)
+    assert selection.model == models / DEMO_MODEL and selection.defaults.frames == 16
+    shipped = load_file(models / DEMO_MOTION_MODULE)
+    assert shipped and all(torch.equal(shipped[k], v) for k, v in load_file(motion).items() if k in shipped)
+    assert (models / DEMO_LORA).read_bytes() == lora.read_bytes()
+    pipeline = load_pipeline(selection, device="cpu")
+    pipeline.set_progress_bar_config(disable=True)
+    video = generate(pipeline, GenerationRequest(prompt="a red circle moving left", steps=2, height=64, width=64,
+                                                 frames=4, guidance_scale=2.5), seed=0)
+    assert video.shape == (3, 4, 64, 64) and torch.isfinite(video).all()
+
+    before = {p: p.read_bytes() for p in models.rglob("*") if p.is_file()}
+    with pytest.raises(WeightLoadError, match="motion_module.safetensors does not fit"):
+        release(transformer=motion)  # the motion module given as the image model
+    with pytest.raises(ValueError, match="is not a LoRA file"):
+        release(lora=motion)  # found only when the staged release is loaded: after everything was written
+    assert {p: p.read_bytes() for p in models.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in models.iterdir()) == sorted(Path(DEMO_MODEL).parts[:1] + Path(DEMO_MOTION_MODULE).parts[:1]
+                                                              + Path(DEMO_LORA).parts[:1])
