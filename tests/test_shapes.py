@@ -237,3 +237,25 @@ def test_a_still_or_empty_clip_has_no_direction():
     clip = render_clip(world, sample_clip(world, Combination("blue", "square", "up"), seed=0, index=0))
     assert read_clip(np.repeat(clip[:1], 16, axis=0)).direction == "static"
     assert read_clip(np.full_like(clip, 225)).colour is None
+
+
+def test_start_behind_puts_every_start_behind_the_middle():
+    """A wrapping shape with ``start_behind`` begins in the half of the clip its motion comes from, so the
+    average position at each frame differs by direction; it still wraps, and needs wrap."""
+    world = dataclasses.replace(wrap_world(), start_behind=True)
+    validate_world(world)
+    anywhere = wrap_world()
+    for index, combination in enumerate(all_combinations()):
+        dx, dy = DIRECTIONS[combination.direction]
+        for seed in range(4):
+            spec = sample_clip(world, combination, seed=seed, index=index)
+            along = spec.start[0] if dx else spec.start[1]
+            sign = dx + dy
+            assert (along < world.size / 2) if sign > 0 else (along > world.size / 2), (combination, spec)
+            free = sample_clip(anywhere, combination, seed=seed, index=index)
+            assert (free.side, free.speed) == (spec.side, spec.speed)  # only the start is drawn differently
+    alongs = [sample_clip(anywhere, c, seed=s, index=i).start[0 if DIRECTIONS[c.direction][0] else 1]
+              for i, c in enumerate(all_combinations()) for s in range(4)]
+    assert min(alongs) < world.size / 4 and max(alongs) > 3 * world.size / 4  # without it: anywhere
+    with pytest.raises(ConfigError, match="start_behind needs wrap"):
+        validate_world(small_world(start_behind=True))

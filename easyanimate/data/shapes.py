@@ -93,6 +93,12 @@ class ShapesWorld:
     """the clip wraps around along the motion: a shape leaving through one edge comes back in through the
     opposite one (split across both while it crosses), so the motion goes on for any number of frames;
     across the motion it stays inside. Off: the shape stays inside at every frame, which bounds the travel."""
+    start_behind: bool = False
+    """with ``wrap``: the shape starts behind the middle of the clip, as seen from its motion (its centre in
+    the first half for right and down, the second for left and up), instead of anywhere. Then, as without
+    wrap, where a clip's shape is on average at each frame differs by direction, which is what a motion
+    module can learn from the caption at high noise; from anywhere that average is the same for all
+    four directions."""
     held_out: list[str] = field(default_factory=list)
     """combinations never written into training data, as "<colour> <shape> <direction>"."""
     clips_per_combination: int = 8
@@ -133,6 +139,11 @@ def validate_world(world: ShapesWorld) -> None:
         raise ConfigError(f"front_shade is a brightness factor in (0, 1], got {world.front_shade}")
     if not isinstance(world.wrap, bool):
         raise ConfigError(f"wrap is true or false, got {world.wrap!r}")
+    if not isinstance(world.start_behind, bool):
+        raise ConfigError(f"start_behind is true or false, got {world.start_behind!r}")
+    if world.start_behind and not world.wrap:
+        raise ConfigError("start_behind needs wrap: true (without wrap the start is always as far back as "
+                          "the travel needs)")
     travel = 0.0 if world.wrap else world.speed[1] * (world.frames - 1)  # a wrapping shape never leaves
     longest = world.shape_size[1] + travel + 2 * world.margin
     if longest > world.size:
@@ -176,16 +187,21 @@ class ClipSpec:
 
 def sample_clip(world: ShapesWorld, combination: Combination, seed: int, index: int, style: bool = False) -> ClipSpec:
     """Draw size, speed and start so that the shape stays fully inside the clip at every frame (with
-    ``world.wrap``: across the motion; along it the start is anywhere in the clip)."""
+    ``world.wrap``: across the motion; along it the start is anywhere in the clip, or behind its middle
+    with ``world.start_behind``)."""
     rng = np.random.default_rng([seed, index])
     side = float(rng.uniform(*world.shape_size))
     speed = float(rng.uniform(*world.speed))
     travel = speed * (world.frames - 1)
     low, high = world.margin + side / 2, world.size - world.margin - side / 2
     dx, dy = DIRECTIONS[combination.direction]
-    along = rng.uniform(0, world.size) if world.wrap else rng.uniform(low, high - travel)  # start, along the motion
+    if world.wrap:  # start, along the motion
+        along = rng.uniform(0, world.size / 2 if world.start_behind else world.size)
+    else:
+        along = rng.uniform(low, high - travel)
     across = rng.uniform(low, high)
-    start = along if world.wrap or dx + dy > 0 else world.size - along  # moving left/up starts from the far side
+    from_far_side = dx + dy < 0 and (world.start_behind or not world.wrap)
+    start = world.size - along if from_far_side else along  # moving left/up starts from the far side
     x, y = (start, across) if dx else (across, start)
     return ClipSpec(combination, side, speed, (float(x), float(y)), style)
 
