@@ -7,7 +7,7 @@
 #   5. t2v    train.py: the motion modules on clips, image frozen  (config/shapes/t2v.yaml)
 #   6. lora   train_lora.py: a dark-background style LoRA           (config/shapes/lora.yaml)
 #   7. release into models/ (the default demo model), then scripts/eval_shapes.py
-# Everything follows from SEED; about 22 minutes on 2 CPU cores. Outputs go to OUT (default
+# Everything follows from SEED; about 23 minutes on 2 CPU cores. Outputs go to OUT (default
 # output_dir/shapes), the dataset to DATA (default datasets/shapes), the release to MODELS (default models).
 # Any further arguments are passed to every train.py / train_lora.py call (e.g. --max_train_steps 50).
 set -eu
