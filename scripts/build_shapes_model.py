@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     first.add_argument("--vae", required=True, help="trained VAE folder (scripts/train_vae.py)")
     last = commands.add_parser("release", help="the released layout under --models_dir")
     last.add_argument("--base", required=True, help="the base folder written by init")
-    last.add_argument("--guidance_scale", type=float, default=2.5, help="default guidance of the demo")
+    last.add_argument("--guidance_scale", type=float, default=2.0, help="default guidance of the demo")
     last.add_argument("--lora", required=True, help="style LoRA (train_lora.py's lora.safetensors)")
     last.add_argument("--models_dir", default="models", help="root of the released layout")
     last.add_argument("--motion_module", required=True, help="train.py's motion_module.safetensors (t2v)")
