@@ -99,6 +99,31 @@ def init(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def _swap_in(staging: Path, models: Path, names: tuple[str, ...]) -> None:
+    """Move ``staging / name`` to ``models / name`` for every name, the previous files aside into
+    ``staging``; if a move fails, the ones already made are undone, so the previous release is back."""
+    done: list[tuple[Path, Path | None]] = []  # (target, where its previous version went)
+    try:
+        for name in names:
+            target = models / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            previous = None
+            if target.exists():
+                previous = staging / f"previous-{target.name}"
+                target.rename(previous)
+            done.append((target, previous))
+            (staging / name).rename(target)
+    except BaseException:
+        for target, previous in reversed(done):
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            if previous is not None:
+                previous.rename(target)
+        raise
+
+
 def release(args: argparse.Namespace) -> None:
     """Write the three released files into a staging folder under ``--models_dir`` first, and move them
     into place only once all are written: a failure (a mismatched checkpoint, a full disk) leaves the
@@ -132,12 +157,7 @@ def release(args: argparse.Namespace) -> None:
             staging / DEMO_LORA, multiplier=1.0, transformer_only=True)
         for path in staging.rglob("*"):  # safetensors writes owner-only files; these are to be shared
             path.chmod(0o755 if path.is_dir() else 0o644)
-        for name in (DEMO_MODEL, DEMO_MOTION_MODULE, DEMO_LORA):  # all written: swap them in
-            target = models / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                target.rename(staging / f"previous-{target.name}")
-            (staging / name).rename(target)
+        _swap_in(staging, models, (DEMO_MODEL, DEMO_MOTION_MODULE, DEMO_LORA))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     written = [models / DEMO_MODEL, models / DEMO_MOTION_MODULE, models / DEMO_LORA]

@@ -234,5 +234,30 @@ def test_release_writes_a_model_predict_loads_and_a_mismatched_file_changes_noth
     with pytest.raises(ValueError, match="is not a LoRA file"):
         release(lora=motion)  # found only when the staged release is loaded: after everything was written
     assert {p: p.read_bytes() for p in models.rglob("*") if p.is_file()} == before
-    assert sorted(p.name for p in models.iterdir()) == sorted(Path(DEMO_MODEL).parts[:1] + Path(DEMO_MOTION_MODULE).parts[:1]
-                                                              + Path(DEMO_LORA).parts[:1])
+    released_roots = {Path(name).parts[0] for name in (DEMO_MODEL, DEMO_MOTION_MODULE, DEMO_LORA)}
+    assert {p.name for p in models.iterdir()} == released_roots  # no staging folder left behind
+
+
+def test_a_release_swap_that_fails_halfway_puts_the_previous_release_back(tmp_path, monkeypatch):
+    """If moving the third file into place fails, the two already moved are taken back out and the
+    previous files return (no recipe needed: plain files stand in for the model)."""
+    models, staging = tmp_path / "models", tmp_path / "staging"
+    names = ("Diffusion_Transformer/Model", "Motion_Module/mm.safetensors", "Personalized_Model/lora.safetensors")
+    for root, text in ((models, "old"), (staging, "new")):
+        (root / names[0]).mkdir(parents=True)
+        (root / names[0] / "weights").write_text(text)
+        for name in names[1:]:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+    rename = Path.rename
+
+    def failing_rename(self, target):
+        if self == staging / names[2]:  # the new LoRA's move into place
+            raise OSError("disk gone")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="disk gone"):
+        build_shapes_model._swap_in(staging, models, names)
+    assert (models / names[0] / "weights").read_text() == "old"
+    assert [(models / name).read_text() for name in names[1:]] == ["old", "old"]
