@@ -197,7 +197,7 @@ def load_transformer_from_2d(cls: type, pretrained_model_path: str | Path, subfo
                   allowed_missing=COMPUTED_BUFFERS)
     model.load_state_dict(state, strict=False)
     report = LoadReport(str(weights), "PixArt transformer", len(state),
-                        notes=[f"motion modules start fresh (zero output projection)"] if model.has_motion_module else [])
+                        notes=["motion modules start fresh (zero output projection)"] if model.has_motion_module else [])
     logger.info("%s", report)
     if device is not None or torch_dtype is not None:
         model = model.to(device=device, dtype=torch_dtype)
