@@ -23,6 +23,7 @@ randomly initialised tiny T5, the trained toy VAE, a randomly initialised PixArt
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -124,6 +125,15 @@ def _swap_in(staging: Path, models: Path, names: tuple[str, ...]) -> None:
         raise
 
 
+def _forget_build_paths(folder: Path) -> None:
+    """Drop ``_name_or_path`` from the json configs under ``folder``: diffusers records there the folder a
+    component was loaded from, here the build's output folder, which means nothing where the model ships."""
+    for path in folder.rglob("*.json"):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def release(args: argparse.Namespace) -> None:
     """Write the three released files into a staging folder under ``--models_dir`` first, and move them
     into place only once all are written: a failure (a mismatched checkpoint, a full disk) leaves the
@@ -136,6 +146,7 @@ def release(args: argparse.Namespace) -> None:
         load_transformer_checkpoint(pipe.transformer, args.transformer)  # names any missing, foreign or mis-shaped key
         folder = staging / DEMO_MODEL
         pipe.save_pretrained(folder)
+        _forget_build_paths(folder)
 
         load_config(args.video_config)  # refuse an invalid yaml before shipping it
         shutil.copyfile(args.video_config, folder / CONFIG_FILE)
