@@ -223,7 +223,7 @@ def test_release_writes_a_model_predict_loads_and_a_mismatched_file_changes_noth
     assert shipped and all(torch.equal(shipped[k], v) for k, v in load_file(motion).items() if k in shipped)
     assert (models / DEMO_LORA).read_bytes() == lora.read_bytes()
     configs = "".join(p.read_text() for p in (models / DEMO_MODEL).rglob("*.json"))
-    assert "_name_or_path" not in configs and str(tmp_path) not in configs  # nothing of the build's folders
+    assert "_name_or_path" not in configs and str(out) not in configs  # nothing of the build folder
     pipeline = load_pipeline(selection, device="cpu")
     pipeline.set_progress_bar_config(disable=True)
     video = generate(pipeline, GenerationRequest(prompt="a red circle moving left", steps=2, height=64, width=64,
