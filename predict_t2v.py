@@ -50,8 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      epilog="Model zoo (put the files here):\n" + model_zoo_text())
     add = parser.add_argument
     add("--context-frames", type=int, help="temporal window for long videos: the motion module sees at most this "
-        "many frames at once (e.g. 16 or the model's training length); default: the whole video")
-    add("--context-overlap", type=int, help="frames shared by consecutive windows (default: a quarter of the window)")
+        "many frames at once (e.g. 16 or the model's training length); 0: the whole video; default: the model's "
+        "(its easyanimate_defaults.yaml), else the whole video")
+    add("--context-overlap", type=int, help="frames shared by consecutive windows (default: the model's, else a "
+        "quarter of the window)")
     add("--compile", nargs="?", const="inductor", metavar="BACKEND", help="torch.compile the transformer blocks "
         "(backend default inductor): the first step compiles, later steps run faster (1.14x for a full-width block "
         "on CPU, docs/benchmarks.md); outputs match the plain path up to float rounding")
@@ -106,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     d = selection.defaults
     prompts = read_prompts(args, d.prompt)
     pick = lambda value, default: default if value is None else value  # noqa: E731
+    window = pick(args.context_frames, d.context_frames) or None  # 0: the whole video
     requests = [GenerationRequest(
         prompt=prompt, negative_prompt=pick(args.negative_prompt, d.negative_prompt),
         sampler=check_sampler(pick(args.sampler, d.sampler)), steps=pick(args.steps, d.steps),
         guidance_scale=pick(args.guidance_scale, d.guidance_scale), seed=pick(args.seed, d.seed),
         height=pick(args.height, d.height), width=pick(args.width, d.width), frames=pick(args.frames, d.frames),
-        fps=pick(args.fps, d.fps), context_frames=args.context_frames, context_overlap=args.context_overlap)
+        fps=pick(args.fps, d.fps), context_frames=window,
+        context_overlap=pick(args.context_overlap, d.context_overlap) if window else None)
         for prompt in prompts]
     device = best_device() if args.device is None else __import__("torch").device(args.device)
     dtype = resolve_dtype(args.dtype, device)

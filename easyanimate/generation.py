@@ -121,6 +121,10 @@ class ModelDefaults:
     seed: int = 43
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    context_frames: int | None = None
+    """temporal window for videos longer than it (None: the motion module sees the whole video)"""
+    context_overlap: int | None = None
+    """frames shared by consecutive windows (None: the pipeline's default, a quarter of the window)"""
 
 
 def read_model_defaults(model_dir: Path) -> ModelDefaults:

@@ -39,6 +39,28 @@ def test_model_defaults_apply_without_flags_and_random_seed_is_recorded(tiny_mod
     assert record["seed"] >= 0
 
 
+def test_a_model_can_carry_its_temporal_window_and_the_flag_overrides_it(tiny_models, tmp_path):
+    """A model whose defaults name a temporal window (the long-clip demo model does) generates in windows
+    without flags; --context-frames 0 turns the windows off, and an explicit window wins over the model's."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["model"], model)
+    defaults = OmegaConf.load(model / "easyanimate_defaults.yaml")
+    defaults.update({"frames": 10, "context_frames": 4, "context_overlap": 1})
+    OmegaConf.save(defaults, model / "easyanimate_defaults.yaml")
+    records = []
+    for flags in ([], ["--context-frames", "0"], ["--context-frames", "6", "--context-overlap", "2"]):
+        out = tmp_path / f"out{len(records)}"
+        assert predict_t2v.main(["--models-dir", str(tiny_models["root"]), "--model", str(model), "--output-dir",
+                                 str(out), "--steps", "2", "--device", "cpu", *flags]) == 0
+        records.append(json.loads(next(out.glob("*.json")).read_text()))
+    assert [(r["frames"], r["context_frames"], r["context_overlap"]) for r in records] == [
+        (10, 4, 1), (10, None, None), (10, 6, 2)]
+
+
 def test_prompts_file_writes_one_video_per_line_and_never_overwrites(tiny_models, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moving left\n\na green triangle moving down\n")

@@ -169,12 +169,26 @@ def test_no_motion_module_warns_that_frames_are_independent(served):
 
 def test_selecting_a_model_applies_the_defaults_its_folder_carries(served):
     _, client = served
-    (motion_module, lora, lora_alpha, sampler, steps, width, height, frames, cfg, prompt, negative,
+    (motion_module, lora, lora_alpha, sampler, steps, width, height, frames, cfg, prompt, negative, window, overlap,
      status) = client.predict(model=MODEL, motion_module="none", base_model="none", lora="none", lora_alpha=1.0,
                               prompt="", api_name="/select_model")
     assert motion_module == MOTION_MODULE and lora == "none" and lora_alpha == 0.55
     assert (sampler, steps, width, height, frames, cfg) == ("DPM++", 5, 64, 64, 8, 6.0)
     assert prompt == "a red circle moving left" and negative == "" and "Loaded: model tiny-easyanimate" in status
+    assert window == 0  # a model without a temporal window in its defaults turns the windows off
+
+
+def test_a_model_with_a_temporal_window_sets_the_window_controls():
+    """The long-clip demo model's defaults carry a window: selecting it sets the window and its overlap (the
+    pipeline's default overlap when the model names none); the prompt box keeps what the user typed."""
+    from easyanimate.generation import ModelDefaults
+    from easyanimate.ui.page import _Handlers
+
+    updates = _Handlers._setting_updates(ModelDefaults(frames=64, context_frames=16, context_overlap=6), "mine")
+    assert (updates["frames"], updates["context_frames"], updates["context_overlap"]) == (64, 16, 6)
+    assert "prompt" not in updates
+    updates = _Handlers._setting_updates(ModelDefaults(frames=64, context_frames=16), "")
+    assert (updates["context_frames"], updates["context_overlap"]) == (16, 4) and updates["prompt"]
 
 
 def test_model_lists_hold_only_entries_inside_the_models_folder(served, ui_models):

@@ -13,6 +13,7 @@ import random
 import gradio as gr
 
 from ..generation import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, ModelDefaults
+from ..models.motion_module import default_context_overlap
 from ..schedulers import SAMPLER_NAMES
 from .controller import NONE, BusyError, EasyAnimateController, UIError, WeightChoice
 
@@ -86,7 +87,8 @@ class _Handlers:
             _status(self.c, []))
         keep = gr.update()
         return (motion_module, lora, lora_alpha, *(updates.get(name, keep) for name in (
-            "sampler", "steps", "width", "height", "frames", "cfg", "prompt", "negative_prompt")), status)
+            "sampler", "steps", "width", "height", "frames", "cfg", "prompt", "negative_prompt", "context_frames",
+            "context_overlap")), status)
 
     def _default_label(self, kind: str, relative: str | None, current: str) -> str:
         """The dropdown label of a defaults entry (relative to ``models_dir``) if the scan has it."""
@@ -99,6 +101,9 @@ class _Handlers:
     def _setting_updates(d: ModelDefaults, prompt: str) -> dict:
         return {"sampler": d.sampler, "steps": d.steps, "width": d.width, "height": d.height,
                 "frames": d.frames, "cfg": d.guidance_scale, "negative_prompt": d.negative_prompt,
+                "context_frames": d.context_frames or 0,  # a model without a window turns windows off
+                **({"context_overlap": d.context_overlap if d.context_overlap is not None
+                    else default_context_overlap(d.context_frames)} if d.context_frames else {}),
                 **({"prompt": d.prompt} if not prompt.strip() else {})}
 
     def switch(self, model, motion_module, base_model, lora, lora_alpha):
@@ -201,7 +206,7 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
         private = {"api_visibility": "private"}
         model.input(h.select_model, [*weights[:5], prompt],
                     [motion_module, lora, lora_alpha, sampler, steps, width, height, frames, cfg_scale, prompt,
-                     negative_prompt, status], api_name="select_model")
+                     negative_prompt, context_frames, context_overlap, status], api_name="select_model")
         for control in (motion_module, base_model, lora):
             control.input(h.switch, weights, status, **private)
         lora_alpha.release(h.switch, weights, status, **private)
