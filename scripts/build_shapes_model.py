@@ -18,11 +18,16 @@ randomly initialised tiny T5, the trained toy VAE, a randomly initialised PixArt
   was trained on, with its held-out combinations, which eval_shapes.py reads);
 * ``Motion_Module/easyanimate_shapes_mm.safetensors`` (without the position tables, which the loader computes);
 * ``Personalized_Model/easyanimate_shapes_dark_lora.safetensors`` (kohya format).
+
+``release --variant long`` writes the long-clip demo model (trained on ``config/shapes/world_long.yaml``) under
+the names ``EasyAnimate-Shapes-Long``, ``easyanimate_shapes_long_mm.safetensors`` and
+``easyanimate_shapes_long_dark_lora.safetensors``; its defaults generate 64 frames in 16-frame windows.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -37,9 +42,7 @@ from easyanimate.data.shapes import load_world, save_world
 from easyanimate.generation import (
     CONFIG_FILE,
     DEFAULTS_FILE,
-    DEMO_LORA,
-    DEMO_MODEL,
-    DEMO_MOTION_MODULE,
+    SHAPES_RELEASES,
     ModelDefaults,
     build_transformer,
     select_model,
@@ -54,6 +57,7 @@ from easyanimate.tiny import (
 )
 
 WORLD_FILE = "shapes_world.yaml"
+WORLDS = {"demo": "config/shapes/world.yaml", "long": "config/shapes/world_long.yaml"}
 TEXT_TOKENS = 24
 
 
@@ -144,34 +148,37 @@ def release(args: argparse.Namespace) -> None:
     try:
         pipe = PixArtAlphaPipeline.from_pretrained(args.base)
         load_transformer_checkpoint(pipe.transformer, args.transformer)  # names any missing, foreign or mis-shaped key
-        folder = staging / DEMO_MODEL
+        model, motion_module, lora = SHAPES_RELEASES[args.variant]
+        folder = staging / model
         pipe.save_pretrained(folder)
         _forget_build_paths(folder)
 
         load_config(args.video_config)  # refuse an invalid yaml before shipping it
         shutil.copyfile(args.video_config, folder / CONFIG_FILE)
-        save_world(load_world(args.world), folder / WORLD_FILE)
-        defaults = ModelDefaults(config=CONFIG_FILE, motion_module=DEMO_MOTION_MODULE, lora=None, lora_weight=1.0,
+        save_world(load_world(args.world or WORLDS[args.variant]), folder / WORLD_FILE)
+        defaults = ModelDefaults(config=CONFIG_FILE, motion_module=motion_module, lora=None, lora_weight=1.0,
                                  height=64, width=64, frames=16, fps=8, steps=args.steps,
                                  guidance_scale=args.guidance_scale, sampler="DPM++", seed=43,
                                  prompt="a blue square moving up", negative_prompt="")
+        if args.variant == "long":  # 64 frames in the 16-frame windows its motion module was trained on
+            defaults = dataclasses.replace(defaults, frames=64, context_frames=16, context_overlap=4)
         OmegaConf.save(OmegaConf.structured(defaults), folder / DEFAULTS_FILE)
 
-        save_motion_module(read_state_dict(args.motion_module), staging / DEMO_MOTION_MODULE,
+        save_motion_module(read_state_dict(args.motion_module), staging / motion_module,
                            include_position_tables=False)
-        (staging / DEMO_LORA).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.lora, staging / DEMO_LORA)
+        (staging / lora).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.lora, staging / lora)
 
         # the staged release must load the way predict_t2v.py loads it: image model, motion module, LoRA
-        selection = select_model(staging)
+        selection = select_model(staging, staging / model)
         LoraMerger(build_transformer(selection, load_config(selection.config))).merge(
-            staging / DEMO_LORA, multiplier=1.0, transformer_only=True)
+            staging / lora, multiplier=1.0, transformer_only=True)
         for path in staging.rglob("*"):  # safetensors writes owner-only files; these are to be shared
             path.chmod(0o755 if path.is_dir() else 0o644)
-        _swap_in(staging, models, (DEMO_MODEL, DEMO_MOTION_MODULE, DEMO_LORA))
+        _swap_in(staging, models, (model, motion_module, lora))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    written = [models / DEMO_MODEL, models / DEMO_MOTION_MODULE, models / DEMO_LORA]
+    written = [models / name for name in (model, motion_module, lora)]
     size = sum(p.stat().st_size for path in written for p in ([path] if path.is_file() else path.rglob("*")))
     print(f"wrote {', '.join(map(str, written))} ({size / 2**20:.1f} MiB in all)")
 
@@ -193,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     last.add_argument("--steps", type=int, default=20, help="default sampling steps of the demo")
     last.add_argument("--transformer", required=True, help="train.py's pixart_transformer.safetensors (t2i)")
     last.add_argument("--video_config", default="config/shapes/easyanimate_shapes_video.yaml", help="video model yaml")
-    last.add_argument("--world", default="config/shapes/world.yaml", help="world yaml the model was trained on")
+    last.add_argument("--variant", choices=sorted(SHAPES_RELEASES), default="demo",
+                      help="which demo model: 'demo' (16-frame clips, the default model) or 'long' (wrapping world, "
+                           "64 frames in 16-frame windows by default); sets the released names")
+    last.add_argument("--world", help="world yaml the model was trained on (default: the variant's, "
+                                      "config/shapes/world.yaml or world_long.yaml)")
     args = parser.parse_args(argv)
     init(args) if args.command == "init" else release(args)
     return 0

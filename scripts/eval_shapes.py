@@ -39,7 +39,7 @@ import torch
 
 from easyanimate.data.shapes import all_combinations, load_world
 from easyanimate.evaluation.shapes import accuracy, generate_and_read, long_clip_scores
-from easyanimate.generation import DEMO_LORA, apply_lora, load_pipeline, select_model
+from easyanimate.generation import SHAPES_RELEASES, apply_lora, load_pipeline, select_model
 from easyanimate.video_io import save_video
 
 DEFAULT_MODES = ("video", "no_motion_module", "lora")
@@ -75,6 +75,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.context_overlap < args.context_frames:
         parser.error(f"need 0 <= --context-overlap < --context-frames, got {args.context_overlap} and {args.context_frames}")
     return args
+
+
+def shipped_lora(models_dir: Path, model: Path) -> Path:
+    """The style LoRA released with the shapes model in ``model`` (the demo model's for any other folder)."""
+    for name, _, lora in SHAPES_RELEASES.values():
+        if model.resolve() == (models_dir / name).resolve():
+            return models_dir / lora
+    return models_dir / SHAPES_RELEASES["demo"][2]
 
 
 def format_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = COLUMNS) -> str:
@@ -133,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         if "long" in args.modes:  # before the LoRA is merged into the pipeline
             run("long", pipeline, long=True)
         if "lora" in args.modes:
-            lora = Path(args.lora) if args.lora else selection.lora or Path(args.models_dir) / DEMO_LORA
+            lora = Path(args.lora) if args.lora else (
+                selection.lora or shipped_lora(Path(args.models_dir), selection.model))
             merger = None
             for weight in (0.0, 1.0):
                 merger = apply_lora(pipeline, merger, lora, weight)

@@ -10,10 +10,19 @@
 # Everything follows from SEED; about 23 minutes on 2 CPU cores. Outputs go to OUT (default
 # output_dir/shapes), the dataset to DATA (default datasets/shapes), the release to MODELS (default models).
 # Any further arguments are passed to every train.py / train_lora.py call (e.g. --max_train_steps 50).
+# VARIANT=long builds the long-clip demo model instead (EasyAnimate-Shapes-Long): the world of
+# config/shapes/world_long.yaml, 8000 t2v steps instead of 1600, outputs in output_dir/shapes_long and
+# datasets/shapes_long by default; about 55 minutes.
 set -eu
+VARIANT="${VARIANT:-demo}"
+case "$VARIANT" in
+  demo) world=config/shapes/world.yaml; t2v_steps=""; suffix="" ;;
+  long) world=config/shapes/world_long.yaml; t2v_steps="--max_train_steps 8000"; suffix="_long" ;;
+  *) echo "VARIANT is demo or long, got '$VARIANT'" >&2; exit 2 ;;
+esac
 SEED="${SEED:-42}"
-OUT="${OUT:-output_dir/shapes}"
-DATA="${DATA:-datasets/shapes}"
+OUT="${OUT:-output_dir/shapes$suffix}"
+DATA="${DATA:-datasets/shapes$suffix}"
 MODELS="${MODELS:-models}"
 PYTHON="${PYTHON:-python}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
@@ -22,7 +31,7 @@ paths="--pretrained_model_name_or_path $OUT/base --train_data_dir $DATA --seed $
 stage() { echo "== $1 ($(date +%T))"; }
 
 stage data
-"$PYTHON" scripts/make_shapes_dataset.py --output-dir "$DATA" --seed "$SEED"
+"$PYTHON" scripts/make_shapes_dataset.py --world "$world" --output-dir "$DATA" --seed "$SEED"
 stage vae
 "$PYTHON" scripts/train_vae.py --train_data_meta "$DATA/train.json" "$DATA/style.json" \
   --output_dir "$OUT/vae" --seed "$SEED"
@@ -33,7 +42,7 @@ stage t2i
   --output_dir "$OUT/t2i" "$@"
 stage t2v
 "$PYTHON" train.py --train_config config/shapes/t2v.yaml $paths --train_data_meta "$DATA/train.json" \
-  --transformer_path "$OUT/t2i/pixart_transformer.safetensors" --output_dir "$OUT/t2v" "$@"
+  --transformer_path "$OUT/t2i/pixart_transformer.safetensors" --output_dir "$OUT/t2v" $t2v_steps "$@"
 stage lora
 "$PYTHON" train_lora.py --train_config config/shapes/lora.yaml $paths --train_data_meta "$DATA/style.json" \
   --transformer_path "$OUT/t2i/pixart_transformer.safetensors" \
@@ -41,6 +50,11 @@ stage lora
 stage release
 "$PYTHON" scripts/build_shapes_model.py release --base "$OUT/base" --models_dir "$MODELS" \
   --transformer "$OUT/t2i/pixart_transformer.safetensors" --motion_module "$OUT/t2v/motion_module.safetensors" \
-  --lora "$OUT/lora/lora.safetensors"
+  --lora "$OUT/lora/lora.safetensors" --variant "$VARIANT" --world "$world"
 stage done
-echo "evaluate with: $PYTHON scripts/eval_shapes.py --models-dir $MODELS"
+if [ "$VARIANT" = long ]; then
+  echo "evaluate with: $PYTHON scripts/eval_shapes.py --models-dir $MODELS" \
+    "--model $MODELS/Diffusion_Transformer/EasyAnimate-Shapes-Long --modes video long"
+else
+  echo "evaluate with: $PYTHON scripts/eval_shapes.py --models-dir $MODELS"
+fi

@@ -263,3 +263,69 @@ def test_a_release_swap_that_fails_halfway_puts_the_previous_release_back(tmp_pa
         build_shapes_model._swap_in(staging, models, names)
     assert (models / names[0] / "weights").read_text() == "old"
     assert [(models / name).read_text() for name in names[1:]] == ["old", "old"]
+
+
+def test_the_long_variant_is_released_beside_the_demo_model_with_its_window(recipe, tmp_path):
+    """``release --variant long`` writes the long-clip model under its own names, next to the demo model,
+    which stays the default; its defaults generate 64 frames in 16-frame windows and name its own world."""
+    from easyanimate.data.shapes import load_world
+    from easyanimate.generation import SHAPES_RELEASES, select_model
+
+    _, out = recipe
+    models = tmp_path / "models"
+    for variant in ("demo", "long"):
+        assert build_shapes_model.main(
+            ["release", "--base", str(out / "base"), "--models_dir", str(models), "--variant", variant,
+             "--transformer", str(out / "t2i" / "pixart_transformer.safetensors"),
+             "--motion_module", str(out / "t2v" / "motion_module.safetensors"),
+             "--lora", str(out / "lora" / "lora.safetensors")]) == 0
+    assert all((models / name).exists() for names in SHAPES_RELEASES.values() for name in names)
+    assert select_model(models).model == models / SHAPES_RELEASES["demo"][0]
+
+    model, motion_module, _ = SHAPES_RELEASES["long"]
+    long = select_model(models, models / model)
+    d = long.defaults
+    assert (d.frames, d.context_frames, d.context_overlap) == (64, 16, 4)
+    assert long.motion_module == models / motion_module
+    assert load_world(models / model / "shapes_world.yaml") == load_world(SHAPES / "world_long.yaml")
+    assert load_world(models / model / "shapes_world.yaml").wrap
+
+
+def test_the_recipe_script_passes_each_variant_its_world_and_t2v_length(tmp_path):
+    """scripts/train_shapes.sh with a stand-in PYTHON that records its arguments: the long variant makes
+    its data from world_long.yaml, trains t2v (only) for 8000 steps, and releases under its own names;
+    the demo variant keeps the t2v yaml's length; an unknown variant stops before anything runs."""
+    import subprocess
+
+    log = tmp_path / "calls"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+
+    def calls(variant: str) -> dict[str, str]:
+        log.write_text("")
+        done = subprocess.run(["sh", "scripts/train_shapes.sh", "--report_to", "none"], cwd=REPO,
+                              env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "VARIANT": variant,
+                                   "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"),
+                                   "MODELS": str(tmp_path / "models")}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        lines = log.read_text().splitlines()
+        return {line.split()[0] if "train_config" not in line else line.split()[2]: line for line in lines}
+
+    long = calls("long")
+    assert "--world config/shapes/world_long.yaml" in long["scripts/make_shapes_dataset.py"]
+    assert "--max_train_steps 8000 --report_to none" in long["config/shapes/t2v.yaml"]
+    assert "--max_train_steps" not in long["config/shapes/t2i.yaml"] + long["config/shapes/lora.yaml"]
+    release = [line for line in long.values() if " release " in f" {line} "][0]
+    assert "--variant long --world config/shapes/world_long.yaml" in release
+    assert f"--pretrained_model_name_or_path {tmp_path / 'out'}/base" in long["config/shapes/t2v.yaml"]
+
+    demo = calls("demo")
+    assert "--world config/shapes/world.yaml" in demo["scripts/make_shapes_dataset.py"]
+    assert "--max_train_steps" not in demo["config/shapes/t2v.yaml"]
+    assert "--variant demo" in [line for line in demo.values() if " release " in f" {line} "][0]
+
+    log.write_text("")
+    refused = subprocess.run(["sh", "scripts/train_shapes.sh"], cwd=REPO, capture_output=True, text=True,
+                             env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "VARIANT": "longer"})
+    assert refused.returncode == 2 and "VARIANT is demo or long" in refused.stderr and log.read_text() == ""
