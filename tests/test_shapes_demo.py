@@ -44,8 +44,8 @@ def demo():
     held_out = set(world.held_out_combinations())
     seen = [c for c in all_combinations() if c not in held_out]
     settings = {"steps": selection.defaults.steps, "guidance_scale": selection.defaults.guidance_scale,
-                    "negative_prompt": selection.defaults.negative_prompt, "frames": world.frames, "size": world.size,
-                    "front_shade": world.front_shade, "wrap": world.wrap}
+                "negative_prompt": selection.defaults.negative_prompt, "frames": world.frames, "size": world.size,
+                "front_shade": world.front_shade, "wrap": world.wrap}
     return selection, pipeline, seen, held_out, settings
 
 
