@@ -34,19 +34,28 @@ def every_nth(combinations: list[Combination], n: int, offset: int = 0) -> list[
     return combinations[offset::n]
 
 
+def load_shapes_model(selection) -> tuple:
+    """``(pipeline, seen, held_out, settings)`` for a shipped shapes model: its pipeline on the CPU, the seen
+    combinations and the held-out ones of its world, and the :func:`generate_and_read` settings of its
+    defaults and world (with the temporal window its defaults name, if any)."""
+    d = selection.defaults
+    world = load_world(selection.model / "shapes_world.yaml")
+    pipeline = load_pipeline(selection, d.sampler, device="cpu")
+    pipeline.set_progress_bar_config(disable=True)
+    held_out = set(world.held_out_combinations())
+    seen = [c for c in all_combinations() if c not in held_out]
+    settings = {"steps": d.steps, "guidance_scale": d.guidance_scale, "negative_prompt": d.negative_prompt,
+                "frames": d.frames, "size": world.size, "front_shade": world.front_shade, "wrap": world.wrap,
+                **({"context_frames": d.context_frames, "context_overlap": d.context_overlap}
+                   if d.context_frames else {})}
+    return pipeline, seen, held_out, settings
+
+
 @pytest.fixture(scope="module")
 def demo():
     selection = select_model(MODELS)
     assert selection.model == DEMO, "without the released weights the shipped demo model is the default"
-    world = load_world(DEMO / "shapes_world.yaml")
-    pipeline = load_pipeline(selection, selection.defaults.sampler, device="cpu")
-    pipeline.set_progress_bar_config(disable=True)
-    held_out = set(world.held_out_combinations())
-    seen = [c for c in all_combinations() if c not in held_out]
-    settings = {"steps": selection.defaults.steps, "guidance_scale": selection.defaults.guidance_scale,
-                "negative_prompt": selection.defaults.negative_prompt, "frames": world.frames, "size": world.size,
-                "front_shade": world.front_shade, "wrap": world.wrap}
-    return selection, pipeline, seen, held_out, settings
+    return (selection, *load_shapes_model(selection))
 
 
 def test_shipped_files_are_small_and_in_the_released_layout():
@@ -112,20 +121,12 @@ def test_long_clips_in_windows_keep_colour_and_direction_without_visible_seams()
     prompted way (25% is chance), the later windows as often as the first, so the windows carry the
     direction on rather than each drawing its own; and the frame-to-frame change at window seams stays
     within 1.5x of the change inside windows (median over the clips)."""
-    selection = select_model(MODELS, MODELS / LONG_DEMO_MODEL)
-    d = selection.defaults
-    world = load_world(selection.model / "shapes_world.yaml")
-    pipeline = load_pipeline(selection, d.sampler, device="cpu")
-    pipeline.set_progress_bar_config(disable=True)
-    held_out = set(world.held_out_combinations())
-    seen = [c for c in all_combinations() if c not in held_out]
-    results = generate_and_read(pipeline, every_nth(seen, 6, offset=2), [0], held_out, steps=d.steps,
-                                guidance_scale=d.guidance_scale, negative_prompt=d.negative_prompt, frames=d.frames,
-                                size=world.size, front_shade=world.front_shade, wrap=world.wrap,
-                                context_frames=d.context_frames, context_overlap=d.context_overlap)
+    pipeline, seen, held_out, settings = load_shapes_model(select_model(MODELS, MODELS / LONG_DEMO_MODEL))
+    assert (settings["frames"], settings["context_frames"], settings["context_overlap"]) == (64, 16, 4)
+    results = generate_and_read(pipeline, every_nth(seen, 6, offset=2), [0], held_out, **settings)
     scores = long_clip_scores(results)
     assert scores["clips"] == 7 and scores["colour kept"] == 1.0, scores
     assert scores["direction"] >= 0.6, scores
-    by_window = np.mean([[d == r.combination.direction for d in r.windows.directions] for r in results], axis=0)
+    by_window = np.mean([[w == r.combination.direction for w in r.windows.directions] for r in results], axis=0)
     assert len(by_window) == 5 and by_window[1:].mean() >= by_window[0] - 0.15, by_window
     assert scores["seam median"] <= 1.5, scores
