@@ -12,7 +12,7 @@
 # Any further arguments are passed to every train.py / train_lora.py call (e.g. --max_train_steps 50).
 # VARIANT=long builds the long-clip demo model instead (EasyAnimate-Shapes-Long): the world of
 # config/shapes/world_long.yaml, 8000 t2v steps instead of 1600, outputs in output_dir/shapes_long and
-# datasets/shapes_long by default; about 55 minutes.
+# datasets/shapes_long by default; about 59 minutes (measured, SEED=42).
 set -eu
 VARIANT="${VARIANT:-demo}"
 case "$VARIANT" in
