@@ -192,6 +192,7 @@ def test_motion_module_extraction_ignores_unrelated_temporal_names():
     assert len(selected) == 2 * 28
 
 
+@pytest.mark.slow
 def test_extract_motion_module_script_writes_original_keys_and_never_overwrites(tmp_path):
     import subprocess
     import sys

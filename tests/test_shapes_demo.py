@@ -72,15 +72,18 @@ def video_scores(demo):
     return accuracy(generate_and_read(pipeline, every_nth(seen, 2), [0], held_out, **settings))
 
 
+@pytest.mark.slow
 def test_video_mode_meets_the_colour_and_shape_targets_on_seen_combinations(video_scores):
     assert video_scores["colour"] >= 0.95, video_scores
     assert video_scores["shape"] >= 0.80, video_scores
 
 
+@pytest.mark.slow
 def test_video_mode_meets_the_direction_target_on_seen_combinations(video_scores):
     assert video_scores["direction"] >= 0.90, video_scores
 
 
+@pytest.mark.slow
 def test_without_the_motion_module_direction_is_about_chance(demo):
     selection, _, seen, held_out, settings = demo
     plain = select_model(MODELS, use_motion_module=False)
@@ -92,6 +95,7 @@ def test_without_the_motion_module_direction_is_about_chance(demo):
     assert scores["direction"] <= 0.5, scores  # but only the motion module moves the shape that way
 
 
+@pytest.mark.slow
 def test_style_lora_sets_the_dark_background_only_when_merged(demo):
     _, pipeline, seen, held_out, settings = demo
     sample = every_nth(seen, 4, offset=1)
@@ -115,6 +119,7 @@ def test_shipped_long_clip_model_is_small_and_generates_64_frames_in_windows_by_
     assert load_world(MODELS / LONG_DEMO_MODEL / "shapes_world.yaml").wrap
 
 
+@pytest.mark.slow
 def test_long_clips_in_windows_keep_colour_and_direction_without_visible_seams():
     """The long-clip demo model with its own defaults: 64-frame clips denoised in 16-frame windows (4 shared),
     on 7 seen combinations. Every window of every clip shows the prompted colour; most windows move the

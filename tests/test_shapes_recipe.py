@@ -131,6 +131,7 @@ def safetensors_content(path: Path) -> tuple[dict, dict[str, bytes]]:
         return file.metadata(), tensors
 
 
+@pytest.mark.slow
 def test_the_recipe_is_reproducible_from_its_seed(recipe, tmp_path):
     """A second run with the same seed writes the same dataset frames and bit-identical weights in every
     stage (the mp4s are lossless, so libx264's run-to-run choices cannot reach the training data)."""
@@ -155,6 +156,7 @@ def test_the_recipe_is_reproducible_from_its_seed(recipe, tmp_path):
     assert any(not torch.equal(trained[k], untrained[k]) for k in untrained if k in trained)
 
 
+@pytest.mark.slow
 def test_vae_stage_lowers_reconstruction_error(recipe):
     _, out = recipe
     losses = json.loads((out / "vae" / "train_vae.json").read_text())["losses"]
@@ -163,6 +165,7 @@ def test_vae_stage_lowers_reconstruction_error(recipe):
     assert np.mean(losses[-20:]) < 0.3 * np.mean(losses[:20])
 
 
+@pytest.mark.slow
 def test_image_stage_lowers_the_loss_on_a_fixed_batch(recipe):
     data, out = recipe
     video_yaml = SHAPES / "easyanimate_shapes_video.yaml"
@@ -173,6 +176,7 @@ def test_image_stage_lowers_the_loss_on_a_fixed_batch(recipe):
     assert after < 0.5 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_motion_module_stage_lowers_the_loss_on_a_fixed_batch(recipe):
     """On the timesteps the stage trains on (config/shapes/t2v.yaml's min_train_timestep and up)."""
     data, out = recipe
@@ -187,6 +191,7 @@ def test_motion_module_stage_lowers_the_loss_on_a_fixed_batch(recipe):
     assert after < 0.95 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_lora_stage_lowers_the_loss_on_a_fixed_batch_of_styled_clips(recipe):
     data, out = recipe
     video_yaml = SHAPES / "easyanimate_shapes_video.yaml"
@@ -199,6 +204,7 @@ def test_lora_stage_lowers_the_loss_on_a_fixed_batch_of_styled_clips(recipe):
     assert after < 0.9 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_release_writes_a_model_predict_loads_and_a_mismatched_file_changes_nothing(recipe, tmp_path):
     """The last stage: the released layout is what select_model / load_pipeline pick up with its own
     defaults; a wrong checkpoint or LoRA is refused with the file named, and the previous release stays."""
@@ -265,6 +271,7 @@ def test_a_release_swap_that_fails_halfway_puts_the_previous_release_back(tmp_pa
     assert [(models / name).read_text() for name in names[1:]] == ["old", "old"]
 
 
+@pytest.mark.slow
 def test_the_long_variant_is_released_beside_the_demo_model_with_its_window(recipe, tmp_path):
     """``release --variant long`` writes the long-clip model under its own names, next to the demo model,
     which stays the default; its defaults generate 64 frames in 16-frame windows and name its own world."""

@@ -222,6 +222,7 @@ def test_unusable_items_are_skipped_and_reported(tiny_models, dataset, tmp_path,
     assert "skipped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_two_process_accelerate_launch_trains_and_saves(tiny_models, dataset, tmp_path):
     out = tmp_path / "ddp"
     options = settings(tiny_models, dataset, out, max_train_steps=2, checkpointing_steps=2, train_batch_size=1)
@@ -238,6 +239,7 @@ def test_two_process_accelerate_launch_trains_and_saves(tiny_models, dataset, tm
     assert (out / "motion_module.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_killing_the_process_at_any_moment_leaves_a_resumable_latest_checkpoint(tiny_models, dataset, tmp_path):
     """SIGKILL a run that checkpoints every step, whatever it is doing, then resume from 'latest'."""
     import signal

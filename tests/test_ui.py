@@ -103,6 +103,7 @@ def logs(samples: Path) -> list[dict]:
     return json.loads(log.read_text())
 
 
+@pytest.mark.slow
 def test_api_generates_a_playable_mp4_with_its_log_record(served, samples):
     _, client = served
     video, image, seed, status = call(client, seed=11, prompt="a blue square moving up")
@@ -117,6 +118,7 @@ def test_api_generates_a_playable_mp4_with_its_log_record(served, samples):
     assert saved.parent.name == "sample" and len(decode(saved)[1]) == 4
 
 
+@pytest.mark.slow
 def test_seed_minus_one_draws_a_new_seed_each_time_and_records_it(served, samples):
     _, client = served
     seeds = [call(client, seed=-1)[2] for _ in range(2)]
@@ -124,12 +126,14 @@ def test_seed_minus_one_draws_a_new_seed_each_time_and_records_it(served, sample
     assert [r["seed"] for r in logs(samples)[-2:]] == seeds
 
 
+@pytest.mark.slow
 def test_one_frame_gives_an_image(served):
     _, client = served
     video, image, _, _ = call(client, frames=1)
     assert video is None and Path(image).suffix == ".png"
 
 
+@pytest.mark.slow
 def test_no_model_is_an_error_message_and_the_app_keeps_serving(served):
     _, client = served
     with pytest.raises(AppError, match="No model selected"):
@@ -139,6 +143,7 @@ def test_no_model_is_an_error_message_and_the_app_keeps_serving(served):
     assert call(client)[2] == 7
 
 
+@pytest.mark.slow
 def test_a_wrong_weight_file_is_an_error_message_and_changes_nothing(served, videos):
     _, client = served
     call(client, seed=9)
@@ -161,12 +166,14 @@ def test_out_of_memory_is_a_message_and_releases_the_lock(ui_models, tmp_path, m
     assert not controller.busy and not list(tmp_path.rglob("*.mp4"))
 
 
+@pytest.mark.slow
 def test_no_motion_module_warns_that_frames_are_independent(served):
     _, client = served
     assert NO_MOTION_MODULE_WARNING in call(client, motion_module="none")[3]
     assert NO_MOTION_MODULE_WARNING not in call(client)[3]
 
 
+@pytest.mark.slow
 def test_selecting_a_model_applies_the_defaults_its_folder_carries(served):
     _, client = served
     (motion_module, lora, lora_alpha, sampler, steps, width, height, frames, cfg, prompt, negative, window, overlap,
@@ -191,6 +198,7 @@ def test_a_model_with_a_temporal_window_sets_the_window_controls():
     assert (updates["context_frames"], updates["context_overlap"]) == (16, 4) and updates["prompt"]
 
 
+@pytest.mark.slow
 def test_model_lists_hold_only_entries_inside_the_models_folder(served, ui_models):
     page, client = served
     choices = scan_models(ui_models)
@@ -208,6 +216,7 @@ def test_model_lists_hold_only_entries_inside_the_models_folder(served, ui_model
             controller.resolve("motion_modules", label)
 
 
+@pytest.mark.slow
 def test_default_server_listens_on_127_0_0_1_only(served):
     page, _ = served
     assert app.parse_args([]).host == "127.0.0.1" and page.server_name == "127.0.0.1"
@@ -215,6 +224,7 @@ def test_default_server_listens_on_127_0_0_1_only(served):
     assert addresses == {"127.0.0.1"}
 
 
+@pytest.mark.slow
 def test_lora_none_after_a_lora_restores_the_exact_output(served, videos):
     _, client = served
     for lora in ("none", LORA, "none"):
@@ -254,6 +264,7 @@ def test_weights_switch_exactly_and_never_during_a_generation(ui_models, tmp_pat
     assert all(torch.equal(v, original[k]) for k, v in transformer.state_dict().items())
 
 
+@pytest.mark.slow
 def test_a_long_video_with_a_temporal_window(served, samples):
     _, client = served
     video, _, _, _ = call(client, frames=12, context_frames=4, context_overlap=1)
