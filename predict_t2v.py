@@ -25,17 +25,17 @@ import logging
 import sys
 from pathlib import Path
 
+import torch
+
+from easyanimate.devices import best_device, resolve_dtype
 from easyanimate.generation import (
     MEMORY_MODES,
     GenerationRequest,
     MissingWeightsError,
     apply_lora,
-    best_device,
-    check_sampler,
     generate,
     load_pipeline,
     model_zoo_text,
-    resolve_dtype,
     run_record,
     save_result,
     select_model,
@@ -46,6 +46,7 @@ FORMATS = {"mp4": ("mp4",), "gif": ("gif",), "both": ("mp4", "gif")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = GenerationRequest()  # the defaults; a model folder's easyanimate_defaults.yaml overrides them
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="Model zoo (put the files here):\n" + model_zoo_text())
     add = parser.add_argument
@@ -61,12 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
     add("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="weights dtype (auto: fp16 on GPU, fp32 on CPU)")
     add("--format", default="mp4", choices=list(FORMATS), help="output file format")
-    add("--fps", type=int, help="frames per second of the file (default 12)")
-    add("--frames", type=int, help="number of frames; 1 writes an image (default 80)")
-    add("--guidance-scale", type=float, help="classifier-free guidance (default 6.0)")
-    add("--height", type=int, help="pixels, multiple of 32 (default 512)")
+    add("--fps", type=int, help=f"frames per second of the file (default {d.fps})")
+    add("--frames", type=int, help=f"number of frames; 1 writes an image (default {d.frames})")
+    add("--guidance-scale", type=float, help=f"classifier-free guidance (default {d.guidance_scale})")
+    add("--height", type=int, help=f"pixels, multiple of 32 (default {d.height})")
     add("--lora", help="LoRA file (kohya format) merged into the transformer and T5")
-    add("--lora-weight", type=float, help="LoRA multiplier (default 0.55)")
+    add("--lora-weight", type=float, help=f"LoRA multiplier (default {d.lora_weight})")
     add("--memory-mode", default="none", choices=list(MEMORY_MODES), help="; ".join(f"{k}: {v}" for k, v in MEMORY_MODES.items()))
     add("--model", help="PixArt diffusers folder (default models/Diffusion_Transformer/PixArt-XL-2-512x512)")
     add("--models-dir", default="models", help="root of Diffusion_Transformer/, Motion_Module/, Personalized_Model/")
@@ -76,11 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--output-dir", default="samples/easyanimate-videos", help="where videos and their JSON sidecars go")
     add("--prompt", help="text prompt (default: the model's default prompt)")
     add("--prompts-file", help="text file with one prompt per line; one video per line")
-    add("--sampler", choices=SAMPLER_NAMES, help="sampler (default DPM++)")
-    add("--seed", type=int, help="random seed; -1 draws one (default 43); the seed used is saved")
-    add("--steps", type=int, help="denoising steps (default 30)")
+    add("--sampler", choices=SAMPLER_NAMES, help=f"sampler (default {d.sampler})")
+    add("--seed", type=int, help=f"random seed; -1 draws one (default {d.seed}); the seed used is saved")
+    add("--steps", type=int, help=f"denoising steps (default {d.steps})")
     add("--transformer-path", help="personalized / full transformer checkpoint loaded over the base")
-    add("--width", type=int, help="pixels, multiple of 32 (default 512)")
+    add("--width", type=int, help=f"pixels, multiple of 32 (default {d.width})")
     return parser.parse_args(argv)
 
 
@@ -96,6 +97,19 @@ def read_prompts(args: argparse.Namespace, default: str) -> list[str]:
     return prompts
 
 
+def requests_for(args: argparse.Namespace, defaults: GenerationRequest) -> list[GenerationRequest]:
+    """One request per prompt: the model's defaults, overridden by the flags that were given."""
+    window = args.context_frames if args.context_frames is not None else defaults.context_frames
+    base = defaults.overridden(
+        negative_prompt=args.negative_prompt, sampler=args.sampler, steps=args.steps,
+        guidance_scale=args.guidance_scale, seed=args.seed, height=args.height, width=args.width,
+        frames=args.frames, fps=args.fps, lora_weight=args.lora_weight, context_overlap=args.context_overlap)
+    base.context_frames = window or None  # 0: the whole video
+    if base.context_frames is None:
+        base.context_overlap = None
+    return [base.overridden(prompt=prompt) for prompt in read_prompts(args, defaults.prompt)]
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
@@ -105,33 +119,24 @@ def main(argv: list[str] | None = None) -> int:
     except MissingWeightsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    d = selection.defaults
-    prompts = read_prompts(args, d.prompt)
-    pick = lambda value, default: default if value is None else value  # noqa: E731
-    window = pick(args.context_frames, d.context_frames) or None  # 0: the whole video
-    requests = [GenerationRequest(
-        prompt=prompt, negative_prompt=pick(args.negative_prompt, d.negative_prompt),
-        sampler=check_sampler(pick(args.sampler, d.sampler)), steps=pick(args.steps, d.steps),
-        guidance_scale=pick(args.guidance_scale, d.guidance_scale), seed=pick(args.seed, d.seed),
-        height=pick(args.height, d.height), width=pick(args.width, d.width), frames=pick(args.frames, d.frames),
-        fps=pick(args.fps, d.fps), context_frames=window,
-        context_overlap=pick(args.context_overlap, d.context_overlap) if window else None)
-        for prompt in prompts]
-    device = best_device() if args.device is None else __import__("torch").device(args.device)
+    requests = requests_for(args, selection.defaults.request)
+    device = best_device() if args.device is None else torch.device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    lora_weight = pick(args.lora_weight, d.lora_weight)
     pipeline = load_pipeline(selection, requests[0].sampler, device, dtype, args.memory_mode)
-    pipeline.check_inputs("x", requests[0].height, requests[0].width, requests[0].frames, requests[0].steps,
-                          requests[0].guidance_scale, None, None, None, None, None, "pt", 1, None, None)
+    try:
+        for request in requests:
+            request.validate(pipeline)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if selection.lora is not None:
-        apply_lora(pipeline, None, selection.lora, lora_weight)
+        apply_lora(pipeline, None, selection.lora, requests[0].lora_weight)
     if args.compile:
         pipeline.transformer.compile_blocks(backend=args.compile)
     for request in requests:
         seed = request.resolved_seed()
         video = generate(pipeline, request, seed)
-        record = {**run_record(request, seed, selection, lora_weight, dtype, device, args.memory_mode),
-                  "compile": args.compile}
+        record = {**run_record(request, seed, selection, dtype, device, args.memory_mode), "compile": args.compile}
         for path in save_result(video, Path(args.output_dir), record, request.fps, FORMATS[args.format]):
             print(f"wrote {path} (seed {seed})")
     return 0

@@ -31,6 +31,7 @@ def measure(args: argparse.Namespace, frames: int, windowed: bool) -> dict:
 
     from easyanimate.config import load_config, transformer_kwargs_for_model
     from easyanimate.models import Transformer3DModel
+    from easyanimate.models.motion_module import TemporalContext
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -41,8 +42,7 @@ def measure(args: argparse.Namespace, frames: int, windowed: bool) -> dict:
     model = Transformer3DModel(num_attention_heads=heads, attention_head_dim=head_dim, num_layers=args.layers,
                                cross_attention_dim=heads * head_dim, caption_channels=args.text_dim,
                                sample_size=args.size // 8, **extras).to(device, dtype).eval()
-    if windowed:
-        model.set_temporal_context(args.window, args.window // 4)
+    context = TemporalContext(args.window, args.window // 4) if windowed else None
     latent = args.size // 8
     x = torch.randn(2, 4, frames, latent, latent, device=device, dtype=dtype)
     text = torch.randn(2, 120, args.text_dim, device=device, dtype=dtype)
@@ -55,7 +55,7 @@ def measure(args: argparse.Namespace, frames: int, windowed: bool) -> dict:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with torch.no_grad():
         start = time.perf_counter()
-        model(x, text, timestep=t)
+        model(x, text, timestep=t, temporal_context=context)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

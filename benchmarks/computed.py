@@ -41,6 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from easyanimate.config import load_config, transformer_kwargs_for_model
+from easyanimate.models.motion_module import TemporalContext
 from easyanimate.generation import MEMORY_MODES
 from easyanimate.models import Transformer3DModel
 
@@ -204,17 +205,16 @@ def denoising_peak(frames: int, height: int, width: int, dtype: torch.dtype, bat
     """Activation peak of one transformer forward at ``height x width`` pixels.
 
     ``batch`` is 2 for guidance in one batched forward, 1 for two forwards (or no guidance).
-    ``window``: temporal window in frames (``set_temporal_context(window, window // 4)``).
+    ``window``: temporal window in frames (``TemporalContext(window, window // 4)``).
     Every block allocates the same, so two blocks give the peak of 28 (``tests/test_flops.py``).
     """
     model = v1_transformer(num_layers=num_layers, dtype=dtype)
-    if window is not None:
-        model.set_temporal_context(window, window // 4)
+    context = TemporalContext(window, window // 4) if window is not None and frames > window else None
     latents = torch.empty(batch, 4, frames, height // 8, width // 8, device="meta", dtype=dtype)
     text = torch.empty(batch, TEXT_TOKENS, model.config.caption_channels, device="meta", dtype=dtype)
     mask = torch.ones(batch, TEXT_TOKENS, device="meta")
     steps = torch.empty(batch, device="meta", dtype=torch.long)
-    return activation_peak(lambda: model(latents, text, mask, steps), sdpa=sdpa)
+    return activation_peak(lambda: model(latents, text, mask, steps, temporal_context=context), sdpa=sdpa)
 
 
 def decoding_peak(frames_per_chunk: int, height: int, width: int, dtype: torch.dtype, sdpa: str = "fused") -> int:

@@ -112,23 +112,6 @@ def load_config(path: str | Path) -> EasyAnimateConfig:
     return config
 
 
-def config_from_dict(data: dict[str, Any]) -> EasyAnimateConfig:
-    """Build a validated config from a nested dict (e.g. one stored in a checkpoint)."""
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(EasyAnimateConfig), OmegaConf.create(data))
-        config = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"invalid config: {error}") from error
-    if config.transformer_additional_kwargs is not None:
-        validate_transformer_kwargs(config.transformer_additional_kwargs)
-    return config
-
-
-def save_config(config: EasyAnimateConfig, path: str | Path) -> None:
-    """Write the resolved config as yaml."""
-    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
-
-
 def validate_transformer_kwargs(kwargs: TransformerAdditionalKwargs) -> None:
     """Refuse options that the original accepted but this implementation does not build."""
     if kwargs.patch_3d or kwargs.fake_3d:

@@ -5,6 +5,10 @@ A model is a PixArt diffusers folder under ``models/Diffusion_Transformer`` plus
 (``models/Personalized_Model``). A model folder may carry ``easyanimate_defaults.yaml`` (its own
 size, frame count, sampler, motion module ...) and ``easyanimate_config.yaml`` (its model yaml);
 those become the defaults when that model is used.
+
+Generation defaults live in one place, :class:`GenerationRequest`: its field defaults are the original
+v1 scripts' settings, a model folder overrides them (:class:`ModelDefaults`), and the command line or
+the UI override those (:meth:`GenerationRequest.overridden`).
 """
 
 from __future__ import annotations
@@ -22,31 +26,33 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, EasyAnimateConfig, load_config
+from .config import ConfigError, load_config
+from .devices import best_device
+from .files import NumberedOutput
 from .lora import LoraMerger
-from .models import Transformer3DModel, WeightLoadError, load_motion_module, load_transformer_checkpoint
+from .models import Transformer3DModel, WeightLoadError
 from .pipelines import EasyAnimatePipeline
-from .schedulers import SAMPLER_NAMES, build_scheduler
+from .schedulers import SAMPLER_NAMES, build_scheduler, switch_sampler
 from .video_io import save_image, save_video
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
 MODELS_DIR = Path("models")
 RELEASED_MODEL = "Diffusion_Transformer/PixArt-XL-2-512x512"
 RELEASED_MOTION_MODULE = "Motion_Module/easyanimate_v1_mm.safetensors"
+RELEASED_CONFIG = REPO_ROOT / "config" / "easyanimate_video_motion_module_v1.yaml"
+# The shipped demo model: what runs when the released weights are absent (it carries its own defaults).
 DEMO_MODEL = "Diffusion_Transformer/EasyAnimate-Shapes-Demo"
 DEMO_MOTION_MODULE = "Motion_Module/easyanimate_shapes_mm.safetensors"
-DEMO_LORA = "Personalized_Model/easyanimate_shapes_dark_lora.safetensors"  # its dark-background style
-# The long-clip demo model: trained on a world whose shapes wrap around the frame (config/shapes/world_long.yaml),
-# so its motion holds for any number of frames; its defaults generate 64 frames in 16-frame windows.
+DEMO_LORA = "Personalized_Model/easyanimate_shapes_dark_lora.safetensors"
 LONG_DEMO_MODEL = "Diffusion_Transformer/EasyAnimate-Shapes-Long"
 LONG_DEMO_MOTION_MODULE = "Motion_Module/easyanimate_shapes_long_mm.safetensors"
 LONG_DEMO_LORA = "Personalized_Model/easyanimate_shapes_long_dark_lora.safetensors"
 SHAPES_RELEASES = {"demo": (DEMO_MODEL, DEMO_MOTION_MODULE, DEMO_LORA),
                    "long": (LONG_DEMO_MODEL, LONG_DEMO_MOTION_MODULE, LONG_DEMO_LORA)}
-"""(model folder, motion module, style LoRA) of each shapes demo model, relative to the models folder."""
-TINY_MODEL = "Diffusion_Transformer/tiny-easyanimate"  # written by scripts/make_tiny_model.py (random weights)
+TINY_MODEL = "Diffusion_Transformer/tiny-easyanimate"  # written by easyanimate.tiny.write_tiny_model (random weights)
 DEFAULTS_FILE = "easyanimate_defaults.yaml"
 CONFIG_FILE = "easyanimate_config.yaml"
 
@@ -62,14 +68,19 @@ DEFAULT_NEGATIVE_PROMPT = (
     "low quality, low resolution, duplicate and ugly"
 )
 
-# The original README's model zoo: what to put where.
+_DOWNLOADS = "https://pai-aigc-photog.oss-cn-hangzhou.aliyuncs.com/easyanimate"
 MODEL_ZOO = (
-    ("models/Diffusion_Transformer/PixArt-XL-2-512x512/", "11.4 GB tar", "PixArt-XL-2-512x512 diffusers folder "
-     "(transformer, vae, text_encoder, tokenizer, scheduler)"),
-    ("models/Motion_Module/easyanimate_v1_mm.safetensors", "4.1 GB", "EasyAnimate v1 motion module, "
-     "trained with 80 frames at 12 fps"),
-    ("models/Personalized_Model/easyanimate_portrait.safetensors", "2.3 GB", "portrait base checkpoint (optional)"),
-    ("models/Personalized_Model/easyanimate_portrait_lora.safetensors", "654 MB", "portrait LoRA (optional)"),
+    # (where it goes, size, what, download address)
+    ("models/Diffusion_Transformer/PixArt-XL-2-512x512/", "11.4 GB tar",
+     "PixArt-XL-2-512x512 diffusers folder (transformer, vae, text_encoder, tokenizer, scheduler)",
+     f"{_DOWNLOADS}/Diffusion_Transformer/PixArt-XL-2-512x512.tar"),
+    ("models/Motion_Module/easyanimate_v1_mm.safetensors", "4.1 GB",
+     "EasyAnimate v1 motion module, trained with 80 frames at 12 fps",
+     f"{_DOWNLOADS}/Motion_Module/easyanimate_v1_mm.safetensors"),
+    ("models/Personalized_Model/easyanimate_portrait.safetensors", "2.3 GB", "portrait base checkpoint (optional)",
+     f"{_DOWNLOADS}/Personalized_Model/easyanimate_portrait.safetensors"),
+    ("models/Personalized_Model/easyanimate_portrait_lora.safetensors", "654 MB", "portrait LoRA (optional)",
+     f"{_DOWNLOADS}/Personalized_Model/easyanimate_portrait_lora.safetensors"),
 )
 
 MEMORY_MODES = {
@@ -78,7 +89,10 @@ MEMORY_MODES = {
     "model_cpu_offload": "each model moves to the device only while it runs (diffusers model offload)",
     "sequential_cpu_offload": "weights stream to the device layer by layer (slowest, least memory)",
 }
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+MAX_STEPS = 1000
+"""Denoising steps beyond the 1000 training timesteps repeat timesteps and only cost time."""
+MAX_SEED = 2**63 - 1
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -87,64 +101,110 @@ class MissingWeightsError(FileNotFoundError):
 
 def model_zoo_text() -> str:
     """The model-zoo table as plain text, for error messages and ``--help``."""
-    return "\n".join(f"  {path}  ({size}): {what}" for path, size, what in MODEL_ZOO)
+    return "\n".join(f"  {path}  ({size}): {what}\n    {url}" for path, size, what, url in MODEL_ZOO)
 
 
-def best_device() -> torch.device:
-    """CUDA if available, else Apple MPS, else CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is fp16 on accelerators and fp32 on CPU; else a name from :data:`DTYPES`."""
-    if name == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; valid: auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
+# ------------------------------------------------------------------------------------------------
+# What to generate
 
 
 @dataclass
-class ModelDefaults:
-    """Generation defaults a model folder can carry in ``easyanimate_defaults.yaml``.
+class GenerationRequest:
+    """One video to generate, and the one source of generation defaults.
 
-    ``config`` is relative to the model folder; ``motion_module`` and ``lora`` to the models folder.
+    The field defaults are the original v1 scripts' (DPM++, 30 steps, guidance 6.0, seed 43, 512x512,
+    80 frames at 12 fps, LoRA weight 0.55); a model folder's ``easyanimate_defaults.yaml`` overrides
+    them. ``seed`` None or -1 draws a random seed (the one used is recorded).
+    """
+
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    sampler: str = "DPM++"
+    steps: int = 30
+    guidance_scale: float = 6.0
+    seed: int | None = 43
+    height: int = 512
+    width: int = 512
+    frames: int = 80
+    fps: int = 12
+    context_frames: int | None = None
+    """temporal window for videos longer than it (None: the motion module sees the whole video)"""
+    context_overlap: int | None = None
+    """frames shared by consecutive windows (None: the pipeline's default, a quarter of the window)"""
+    lora_weight: float = 0.55
+    """multiplier of the LoRA merged into the weights, if one is"""
+
+    def overridden(self, **values: Any) -> GenerationRequest:
+        """A copy with the given fields replaced; a value of None keeps this request's value."""
+        return dataclasses.replace(self, **{name: value for name, value in values.items() if value is not None})
+
+    def resolved_seed(self) -> int:
+        if self.seed is None or self.seed < 0:
+            return random.SystemRandom().randint(0, 2**31 - 1)
+        return self.seed
+
+    def validate(self, pipeline: EasyAnimatePipeline) -> None:
+        """Raise a ValueError that names the setting and says what would be right for this pipeline."""
+        check_sampler(self.sampler)
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {self.steps!r}")
+        if not isinstance(self.fps, int) or self.fps < 1:
+            raise ValueError(f"fps must be a positive whole number, got {self.fps!r}")
+        if self.seed is not None and not (isinstance(self.seed, int) and -1 <= self.seed <= MAX_SEED):
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, or -1 for a random one, "
+                             f"got {self.seed!r}")
+        if not self.prompt.strip():
+            raise ValueError("the prompt is empty: say what the video should show")
+        if self.context_frames is not None:
+            overlap = self.context_overlap if self.context_overlap is not None else self.context_frames // 4
+            if self.context_frames < 1 or not 0 <= overlap < self.context_frames:
+                raise ValueError(f"the temporal window must be >= 1 frame and its overlap from 0 to one less "
+                                 f"than the window, got window {self.context_frames}, overlap {overlap}")
+        pipeline.check_inputs(
+            prompt=self.prompt, height=self.height, width=self.width, video_length=self.frames,
+            num_inference_steps=self.steps, guidance_scale=self.guidance_scale, negative_prompt=self.negative_prompt,
+            prompt_embeds=None, negative_prompt_embeds=None, prompt_attention_mask=None,
+            negative_prompt_attention_mask=None, output_type="pt", num_images_per_prompt=1, latents=None,
+            timesteps=None)
+
+
+def check_sampler(name: str) -> str:
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLER_NAMES)}")
+    return name
+
+
+@dataclass
+class ModelDefaults(GenerationRequest):
+    """What a model folder's ``easyanimate_defaults.yaml`` says: its generation defaults and its files.
+
+    Every :class:`GenerationRequest` field, plus ``config`` (relative to the model folder) and
+    ``motion_module`` and ``lora`` (relative to the models folder).
     """
 
     config: str | None = None
     motion_module: str | None = None
     lora: str | None = None
-    lora_weight: float = 0.55
-    height: int = 512
-    width: int = 512
-    frames: int = 80
-    fps: int = 12
-    steps: int = 30
-    guidance_scale: float = 6.0
-    sampler: str = "DPM++"
-    seed: int = 43
-    prompt: str = DEFAULT_PROMPT
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    context_frames: int | None = None
-    """temporal window for videos longer than it (None: the motion module sees the whole video)"""
-    context_overlap: int | None = None
-    """frames shared by consecutive windows (None: the pipeline's default, a quarter of the window)"""
+
+    @property
+    def request(self) -> GenerationRequest:
+        """The generation defaults alone."""
+        return GenerationRequest(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationRequest)})
 
 
 def read_model_defaults(model_dir: Path) -> ModelDefaults:
     """The defaults stored with a model, or the original v1 defaults when it has none."""
-    path = model_dir / DEFAULTS_FILE
+    path = Path(model_dir) / DEFAULTS_FILE
     if not path.is_file():
         return ModelDefaults()
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(ModelDefaults), OmegaConf.load(path))
-        return OmegaConf.to_object(merged)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelDefaults), OmegaConf.load(path)))
     except OmegaConfBaseException as error:
         raise ConfigError(f"invalid {path}: {error}") from error
+
+
+# ------------------------------------------------------------------------------------------------
+# Which weights
 
 
 @dataclass
@@ -177,7 +237,7 @@ def select_model(models_dir: Path = MODELS_DIR, model: str | Path | None = None,
             model_dir = fallback
     defaults = read_model_defaults(model_dir) if model_dir.is_dir() else ModelDefaults()
     if config is None:
-        config = model_dir / defaults.config if defaults.config else REPO_ROOT / "config" / "easyanimate_video_motion_module_v1.yaml"
+        config = model_dir / defaults.config if defaults.config else RELEASED_CONFIG
     if motion_module is None and use_motion_module:
         motion_module = models_dir / (defaults.motion_module or RELEASED_MOTION_MODULE)
     if lora is None and defaults.lora:
@@ -199,28 +259,28 @@ def _check_present(selection: ModelSelection) -> None:
             missing.append(f"{path} ({label})")
     if missing:
         raise MissingWeightsError("missing weights:\n  " + "\n  ".join(missing)
-                                  + "\nDownload them into place (model zoo of the original README):\n"
-                                  + model_zoo_text())
+                                  + "\nDownload them into place (model zoo):\n" + model_zoo_text())
 
 
-def build_transformer(selection: ModelSelection, config: EasyAnimateConfig) -> Transformer3DModel:
-    """The video transformer on the CPU in the original load order: 2D base, personalized checkpoint, motion module.
+# ------------------------------------------------------------------------------------------------
+# Loading
 
-    Without a motion module the temporal layers keep their zero-initialised output projections, so
-    they are identities and every frame is generated independently.
-    """
-    transformer = Transformer3DModel.from_pretrained_2d(
-        selection.model, subfolder="transformer", transformer_additional_kwargs=config.transformer_additional_kwargs)
-    if selection.transformer_path is not None:
-        load_transformer_checkpoint(transformer, selection.transformer_path)
-    if selection.motion_module is not None:
-        load_motion_module(transformer, selection.motion_module)
-    return transformer
+
+def build_transformer(selection: ModelSelection) -> Transformer3DModel:
+    """The selection's video transformer on the CPU (2D base, personalized checkpoint, motion module)."""
+    config = load_config(selection.config)
+    return Transformer3DModel.from_pretrained_2d(
+        selection.model, subfolder="transformer", transformer_additional_kwargs=config.transformer_additional_kwargs,
+        transformer_path=selection.transformer_path, motion_module=selection.motion_module)
 
 
 def load_pipeline(selection: ModelSelection, sampler: str = "DPM++", device: torch.device | str | None = None,
                   dtype: torch.dtype = torch.float32, memory_mode: str = "none") -> EasyAnimatePipeline:
-    """Load the pipeline in the original order: 2D base, personalized checkpoint, motion module, VAE, T5."""
+    """Load the pipeline in the original order: 2D base, personalized checkpoint, motion module, VAE, T5.
+
+    The scheduler is the sampler ``sampler`` built from the model yaml's ``noise_scheduler_kwargs``;
+    :func:`set_sampler` switches it later, keeping that noise schedule.
+    """
     device = torch.device(device) if device is not None else best_device()
     if memory_mode not in MEMORY_MODES:
         raise ValueError(f"unknown memory mode {memory_mode!r}; valid: {', '.join(MEMORY_MODES)}")
@@ -228,7 +288,7 @@ def load_pipeline(selection: ModelSelection, sampler: str = "DPM++", device: tor
         raise ValueError(f"memory mode {memory_mode!r} moves weights between the CPU and an accelerator; "
                          "on a CPU-only run use 'none'")
     config = load_config(selection.config)
-    transformer = build_transformer(selection, config)
+    transformer = build_transformer(selection)
     if selection.motion_module is None and transformer.has_motion_module:
         logger.warning("no motion module: the motion modules are identities, so every frame is generated "
                        "independently (no temporal coherence)")
@@ -239,7 +299,6 @@ def load_pipeline(selection: ModelSelection, sampler: str = "DPM++", device: tor
         dtype=dtype)
     pipeline.set_progress_bar_config(desc="denoising")
     _place(pipeline, device, memory_mode)
-    pipeline.easyanimate_config = config
     return pipeline
 
 
@@ -258,37 +317,23 @@ def _place(pipeline: EasyAnimatePipeline, device: torch.device, memory_mode: str
 
 
 def set_sampler(pipeline: EasyAnimatePipeline, sampler: str) -> None:
-    """Swap the scheduler by name (the original's table), keeping the model yaml's kwargs."""
-    pipeline.scheduler = build_scheduler(sampler, pipeline.easyanimate_config.scheduler_kwargs())
+    """Swap the scheduler by name (the original's table), keeping the current noise schedule."""
+    pipeline.scheduler = switch_sampler(pipeline.scheduler, check_sampler(sampler))
 
 
-@dataclass
-class GenerationRequest:
-    """One video to generate; ``seed`` None or -1 draws a random seed (the one used is recorded)."""
-
-    prompt: str
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    sampler: str = "DPM++"
-    steps: int = 30
-    guidance_scale: float = 6.0
-    seed: int | None = 43
-    height: int = 512
-    width: int = 512
-    frames: int = 80
-    fps: int = 12
-    context_frames: int | None = None
-    context_overlap: int | None = None
-
-    def resolved_seed(self) -> int:
-        if self.seed is None or self.seed < 0:
-            return random.SystemRandom().randint(0, 2**31 - 1)
-        return self.seed
+def apply_lora(pipeline: EasyAnimatePipeline, merger: LoraMerger | None, lora: Path | None,
+               weight: float) -> LoraMerger:
+    """Merge ``lora`` at ``weight`` (or restore the base when None); exact, however often switched."""
+    merger = merger or LoraMerger(pipeline.transformer, pipeline.text_encoder)
+    if lora is None:
+        merger.unmerge()
+    else:
+        merger.merge(lora, multiplier=weight)
+    return merger
 
 
-def check_sampler(name: str) -> str:
-    if name not in SAMPLER_NAMES:
-        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLER_NAMES)}")
-    return name
+# ------------------------------------------------------------------------------------------------
+# Generating and saving
 
 
 def generate(pipeline: EasyAnimatePipeline, request: GenerationRequest, seed: int,
@@ -308,61 +353,39 @@ def save_result(video: torch.Tensor, output_dir: Path, record: dict[str, Any], f
                 formats: tuple[str, ...] = ("mp4",)) -> list[Path]:
     """Write the video (mp4 and/or gif; png for one frame) plus one JSON sidecar with the same base name.
 
-    Files are numbered ``00000001``, ``00000002``, ... after the highest number in the folder, so
-    nothing is ever overwritten. Returns the media files written.
+    Files are numbered ``00000001``, ``00000002``, ... after the highest number in the folder; the
+    number is claimed first (:class:`~easyanimate.files.NumberedOutput`), so runs writing into one
+    folder at once never replace each other's files, and the media files and the sidecar appear
+    together or not at all. Returns the media files written.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     exts = (".png",) if video.shape[1] == 1 else tuple(f".{fmt}" for fmt in formats)
-    stem = _next_stem(output_dir, (*exts, ".json"))
-    written = []
-    for ext in exts:
-        path = output_dir / f"{stem}{ext}"
-        if ext == ".png":
-            save_image(video[:, 0], path)
-        else:
-            save_video(video, path, fps=fps)
-        written.append(path)
-    sidecar = {**record, "files": [p.name for p in written]}
-    (output_dir / f"{stem}.json").write_text(json.dumps(sidecar, indent=2))
+    with NumberedOutput.claim(output_dir) as output:
+        written = []
+        for ext in exts:
+            if ext == ".png":
+                written.append(output.add(ext, lambda tmp: save_image(video[:, 0], tmp, fmt="png")))
+            else:
+                written.append(output.add(ext, lambda tmp, ext=ext: save_video(video, tmp, fps=fps, fmt=ext[1:])))
+        sidecar = json.dumps({**record, "files": [p.name for p in written]}, indent=2)
+        output.add(".json", lambda tmp: tmp.write_text(sidecar, encoding="utf-8"))
     return written
 
 
-def _next_stem(folder: Path, exts: tuple[str, ...]) -> str:
-    numbers = [int(p.stem) for p in folder.iterdir() if p.stem.isdigit()]
-    number = max(numbers, default=0) + 1
-    while any((folder / f"{number:08d}{ext}").exists() for ext in exts):
-        number += 1
-    return f"{number:08d}"
-
-
-def run_record(request: GenerationRequest, seed: int, selection: ModelSelection, lora_weight: float,
-               dtype: torch.dtype, device: torch.device, memory_mode: str) -> dict[str, Any]:
+def run_record(request: GenerationRequest, seed: int, selection: ModelSelection, dtype: torch.dtype,
+               device: torch.device, memory_mode: str) -> dict[str, Any]:
     """Everything needed to reproduce a video, as stored in its JSON sidecar."""
     return {
         **dataclasses.asdict(request), "seed": seed, "model": str(selection.model), "config": str(selection.config),
         "motion_module": str(selection.motion_module) if selection.motion_module else None,
         "transformer_path": str(selection.transformer_path) if selection.transformer_path else None,
-        "lora": str(selection.lora) if selection.lora else None, "lora_weight": lora_weight,
+        "lora": str(selection.lora) if selection.lora else None,
         "dtype": str(dtype).removeprefix("torch."), "device": str(device), "memory_mode": memory_mode,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
 
 
-def apply_lora(pipeline: EasyAnimatePipeline, merger: LoraMerger | None, lora: Path | None,
-               weight: float) -> LoraMerger:
-    """Merge ``lora`` at ``weight`` (or restore the base when None); exact, however often switched."""
-    merger = merger or LoraMerger(pipeline.transformer, pipeline.text_encoder)
-    if lora is None:
-        merger.unmerge()
-    else:
-        merger.merge(lora, multiplier=weight)
-    return merger
-
-
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "MEMORY_MODES", "GenerationRequest", "MissingWeightsError",
-    "ModelSelection", "WeightLoadError", "apply_lora", "best_device", "generate", "load_pipeline",
-    "build_transformer", "resolve_dtype", "save_result", "select_model", "set_sampler",
+    "ModelDefaults", "ModelSelection", "WeightLoadError", "apply_lora", "build_transformer", "generate",
+    "load_pipeline", "read_model_defaults", "run_record", "save_result", "select_model", "set_sampler",
 ]
-

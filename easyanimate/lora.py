@@ -1,6 +1,6 @@
 """LoRA in the original EasyAnimate v1 (kohya-ss) file format: naming, loading, export and merging.
 
-File format (spec section 3.5), one entry per adapted layer ``<lora_name>``:
+File format (the original v1 LoRANetwork's, from kohya-ss), one entry per adapted layer ``<lora_name>``:
 
 * ``<lora_name>.lora_down.weight`` -- ``[rank, in]`` (``[rank, in, 1, 1]`` for a 1x1 conv),
 * ``<lora_name>.lora_up.weight``   -- ``[out, rank]`` (``[out, rank, 1, 1]`` for a 1x1 conv),
@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .files import write_safetensors
+from .models.loading import WeightLoadError, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,6 @@ LORA_ALPHA = "alpha"
 _LORA_SUFFIXES = (LORA_DOWN, LORA_UP, LORA_ALPHA)
 
 _IN_MEMORY = "<state dict>"  # source name of a LoRA passed as a dict; never treated as already merged
-_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _MAX_LISTED = 10
 
 _PEFT_KEY = re.compile(r"^(?P<path>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
@@ -99,34 +100,40 @@ def _strip_prefix(kohya_name: str) -> str:
     raise ValueError(f"LoRA name {kohya_name!r} has none of the known prefixes {valid}")
 
 
-def _walk_tokens(module: nn.Module, tokens: list[str]) -> nn.Module | None:
-    """Greedy child lookup: try ``a``, then ``a_b``, ...; backtrack if the rest does not resolve."""
-    if not tokens:
-        return module
-    for end in range(1, len(tokens) + 1):
-        child = module._modules.get("_".join(tokens[:end]))
-        if child is None:
+def kohya_name_map(root: nn.Module) -> dict[str, nn.Module | None]:
+    """Every sub-module of ``root`` by its kohya name without prefix (``transformer_blocks_0_attn1_to_q``).
+
+    Built once from ``named_modules()``. Two paths that differ only in ``.`` versus ``_`` would share a
+    name; such a name maps to None, and resolving it is an error rather than a guess.
+    """
+    names: dict[str, nn.Module | None] = {}
+    for path, module in root.named_modules():
+        if not path:
             continue
-        found = _walk_tokens(child, tokens[end:])
-        if found is not None:
-            return found
-    return None
+        name = path.replace(".", "_")
+        names[name] = None if name in names and names[name] is not module else module
+    return names
 
 
-def resolve_kohya_module(root: nn.Module, kohya_name: str) -> nn.Module:
+def resolve_kohya_module(root: nn.Module, kohya_name: str,
+                         names: Mapping[str, nn.Module | None] | None = None) -> nn.Module:
     """The sub-module of ``root`` a kohya LoRA name points to.
 
-    The prefix is stripped and the underscore-separated remainder is walked greedily, so names
-    containing underscores (``to_out``, ``adaln_single``, ``wi_0``) and ModuleList indices resolve.
+    ``names`` is :func:`kohya_name_map` of ``root`` (built here when not given; pass it to resolve
+    many names).
 
     Raises:
-        LookupError: if no sub-module of ``root`` has that name.
+        LookupError: if no sub-module of ``root`` has that name, or two do.
         ValueError: if the name has no known prefix.
     """
     remainder = _strip_prefix(kohya_name)
-    found = _walk_tokens(root, remainder.split("_")) if remainder else None
-    if found is None:
+    names = kohya_name_map(root) if names is None else names
+    if remainder not in names:
         raise LookupError(f"no module of {type(root).__name__} matches LoRA name {kohya_name!r}")
+    found = names[remainder]
+    if found is None:
+        raise LookupError(f"LoRA name {kohya_name!r} is ambiguous: several modules of {type(root).__name__} "
+                          "have paths that read the same with '.' as '_'")
     return found
 
 
@@ -245,30 +252,21 @@ def validate_kohya_state_dict(state_dict: Mapping[str, torch.Tensor], source: st
         raise ValueError(f"{source} has {len(problems)} malformed LoRA module(s): {listed}; {_EXPECTED_FORMAT}")
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Read a flat tensor dict: safetensors, or a pickle format with ``weights_only=True``."""
-    if path.suffix == ".safetensors":
-        return load_file(path, device="cpu")
-    if path.suffix in _PICKLE_SUFFIXES:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state dict; {_EXPECTED_FORMAT}")
-        return dict(loaded)
-    valid = [".safetensors", *_PICKLE_SUFFIXES]
-    raise ValueError(f"unsupported LoRA file type {path.suffix!r} for {path}; valid: {valid}")
-
-
 def load_lora_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load and validate a kohya-format LoRA file (on CPU).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is not a kohya LoRA; the message says what it looks like instead.
+        ValueError: if the file is unreadable, holds non-float or non-finite tensors, or is not a kohya
+            LoRA; the message names the file and says what it looks like instead.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
-    state_dict = _read_tensors(path)
+    try:
+        state_dict = read_state_dict(path)
+    except WeightLoadError as error:
+        raise ValueError(f"{error}; {_EXPECTED_FORMAT}") from error
     validate_kohya_state_dict(state_dict, source=str(path))
     return state_dict
 
@@ -363,8 +361,7 @@ def save_kohya_lora(
         "lora_name_prefixes": ",".join(KOHYA_NAME_PREFIXES.values()),
         "lora_num_modules": str(len(modules)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(path), metadata={**dict(metadata or {}), **info})
+    write_safetensors(path, out, metadata={**dict(metadata or {}), **info})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -442,6 +439,7 @@ class LoraMerger:
     def __init__(self, transformer: nn.Module, text_encoder: nn.Module | None = None) -> None:
         """Args: transformer: the root named by ``lora_unet__``; text_encoder: the root named by ``lora_te_``."""
         self.roots: dict[str, nn.Module | None] = {TRANSFORMER: transformer, TEXT_ENCODER: text_encoder}
+        self._names: dict[str, dict[str, nn.Module | None]] = {}
         self._originals: list[tuple[nn.Module, torch.Tensor]] = []
         self._merged: MergedLora | None = None
 
@@ -542,8 +540,10 @@ class LoraMerger:
         root = self.roots.get(component) if component else None
         if root is None:
             return None
+        if component not in self._names:
+            self._names[component] = kohya_name_map(root)
         try:
-            return resolve_kohya_module(root, name)
+            return resolve_kohya_module(root, name, self._names[component])
         except LookupError:
             return None
 

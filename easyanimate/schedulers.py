@@ -7,7 +7,7 @@ diffusers release it pinned (0.27). Defaults move between diffusers releases, so
 every option that shapes sampling (timestep spacing, solver type, sigma schedule, clipping...) in
 ``SAMPLER_OPTIONS``; with ``faithful=True`` the result equals the original's effective configuration.
 
-Two of those defaults are quirks rather than choices (spec §8.1 item 10):
+Two of those defaults are quirks of the original rather than choices:
 
 * ``"PNDM"`` keeps ``skip_prk_steps=False``: a Runge-Kutta warm-up that turns 30 requested steps into
   39 model evaluations;
@@ -173,3 +173,15 @@ def build_scheduler(
         config.update(QUIRK_FIXES.get(name, {}))
     config.update(noise_scheduler_kwargs)
     return scheduler_cls(**config)
+
+
+def switch_sampler(scheduler: SchedulerMixin, name: str, *, faithful: bool = True) -> SchedulerMixin:
+    """A scheduler for sampler ``name`` with the noise schedule of ``scheduler``.
+
+    The noise schedule is the yaml's ``noise_scheduler_kwargs`` keys (``beta_start``, ``beta_end``,
+    ``beta_schedule``, ``steps_offset``) as the current scheduler's config holds them: the model yaml's
+    when the pipeline was loaded by :func:`easyanimate.generation.load_pipeline`, the model folder's
+    ``scheduler/`` config when it came from ``from_pretrained``.
+    """
+    kwargs = {key: scheduler.config[key] for key in V1_NOISE_SCHEDULER_KWARGS if key in scheduler.config}
+    return build_scheduler(name, kwargs, faithful=faithful)

@@ -6,19 +6,14 @@ Layouts at this boundary:
   or numpy array), or already-converted frames ``(F, H, W, 3)`` ``uint8``;
 * what ``read_video_frames`` returns: ``(F, H, W, 3)`` ``uint8`` RGB.
 
-Writing is atomic: the file is encoded next to its destination under a hidden temporary name and moved
-into place with ``os.replace`` only once it is complete, so an interrupted or failed write never leaves a
-half-written sample behind (nor clobbers an existing file at the destination).
-
-Decoding uses PyAV. decord is supported as an alternative backend when it is installed and asked for
-(``backend="decord"``); it is never required.
+Writing is atomic (:func:`easyanimate.files.atomic_write`): an interrupted or failed write never leaves
+a half-written sample behind. Decoding uses PyAV.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -27,6 +22,8 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+
+from .files import atomic_write
 
 PathLike = str | os.PathLike
 
@@ -41,7 +38,7 @@ class VideoReadError(ValueError, OSError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a container says about its first video stream (``codec`` is None when the backend cannot tell)."""
+    """What a container says about its first video stream."""
 
     num_frames: int
     fps: float
@@ -105,20 +102,6 @@ def _pad_to_even(frames: np.ndarray) -> np.ndarray:
 # Writing
 
 
-def _atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
-    """Run ``write(temporary_path)`` then move the result to ``path``; on failure remove the temporary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_mp4(frames: np.ndarray, path: Path, fps: float, crf: int) -> None:
     """Encode ``(F, H, W, 3)`` uint8 frames (even H and W) as H.264 yuv420p in an mp4 container."""
     rate = Fraction(fps).limit_denominator(1001)
@@ -174,8 +157,8 @@ def save_video(
         raise ValueError("video has no frames")
     if fmt == "mp4":
         frames = _pad_to_even(frames)
-        return _atomic_write(path, lambda temporary: _write_mp4(frames, temporary, fps, crf))
-    return _atomic_write(path, lambda temporary: _write_gif(frames, temporary, fps))
+        return atomic_write(path, lambda temporary: _write_mp4(frames, temporary, fps, crf))
+    return atomic_write(path, lambda temporary: _write_gif(frames, temporary, fps))
 
 
 def _video_format(path: PathLike, fmt: str | None) -> str:
@@ -189,15 +172,16 @@ def _video_format(path: PathLike, fmt: str | None) -> str:
     return chosen
 
 
-def save_image(image: torch.Tensor | np.ndarray, path: PathLike) -> Path:
-    """Write one image (png, jpg, ...; chosen by Pillow from the extension) atomically and return its path.
+def save_image(image: torch.Tensor | np.ndarray, path: PathLike, fmt: str | None = None) -> Path:
+    """Write one image (png, jpg, ...) atomically and return its path.
 
     Args:
         image: float ``(3, H, W)`` or a 1-frame video ``(3, 1, H, W)`` in ``[0, 1]``, or uint8 ``(H, W, 3)``.
-        path: destination with an image extension.
+        path: destination; its extension names the format unless ``fmt`` (e.g. ``"png"``) does.
     """
-    if Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
-        raise ValueError(f"image path must end in one of {list(IMAGE_EXTENSIONS)}; got {os.fspath(path)!r}")
+    suffix = f".{fmt.lower()}" if fmt else Path(path).suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        raise ValueError(f"image format must be one of {list(IMAGE_EXTENSIONS)}; got {os.fspath(path)!r} (fmt={fmt!r})")
     if isinstance(image, np.ndarray) and image.dtype == np.uint8:
         frames = to_uint8_frames(image[None])
     else:
@@ -205,32 +189,8 @@ def save_image(image: torch.Tensor | np.ndarray, path: PathLike) -> Path:
     if frames.shape[0] != 1:
         raise ValueError(f"save_image takes one frame; got {frames.shape[0]} (use save_video)")
     picture = Image.fromarray(frames[0])
-    fmt = Image.registered_extensions()[Path(path).suffix.lower()]
-    return _atomic_write(path, lambda temporary: picture.save(temporary, format=fmt))
-
-
-def unique_path(folder: PathLike, ext: str, stem: str | None = None) -> Path:
-    """A path in ``folder`` (created if missing) that does not exist yet.
-
-    With ``stem=None`` the name follows the original scripts: ``NNNNNNNN<ext>`` with NNNNNNNN the number of
-    entries already in the folder plus one, zero-padded to 8 digits, counting up past names already taken.
-    With a stem: ``<stem><ext>``, else ``<stem>-1<ext>``, ``<stem>-2<ext>``, ...
-
-    The check is not a lock: two processes choosing a name in the same folder at once may pick the same one.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    ext = ext if ext.startswith(".") else f".{ext}"
-    if stem is None:
-        number = len(os.listdir(folder)) + 1
-        while (folder / f"{number:08d}{ext}").exists():
-            number += 1
-        return folder / f"{number:08d}{ext}"
-    candidate, suffix = folder / f"{stem}{ext}", 0
-    while candidate.exists():
-        suffix += 1
-        candidate = folder / f"{stem}-{suffix}{ext}"
-    return candidate
+    fmt = Image.registered_extensions()[suffix]
+    return atomic_write(path, lambda temporary: picture.save(temporary, format=fmt))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,68 +252,21 @@ def _read_pyav(path: PathLike, indices: np.ndarray | None) -> np.ndarray:
     return np.stack([decoded[index] for index in order])
 
 
-def _decord_reader(path: PathLike):
-    """A decord ``VideoReader`` for ``path``; raises ImportError when decord is not installed."""
-    try:
-        import decord
-    except ImportError as error:
-        raise ImportError("backend='decord' needs the decord package; install it or use backend='pyav'") from error
-    if not os.path.isfile(path):
-        raise VideoReadError(f"video file not found: {os.fspath(path)}")
-    try:
-        return decord.VideoReader(os.fspath(path), num_threads=1)
-    except Exception as error:  # decord's error classes are not part of its documented API
-        raise VideoReadError(f"cannot open video {os.fspath(path)}: {error}") from error
-
-
-def _probe_decord(path: PathLike) -> VideoInfo:
-    """``VideoInfo`` through decord (which does not report the codec)."""
-    reader = _decord_reader(path)
-    height, width = reader[0].shape[:2] if len(reader) else (0, 0)
-    return VideoInfo(len(reader), float(reader.get_avg_fps()), int(width), int(height), None)
-
-
-def _read_decord(path: PathLike, indices: np.ndarray | None) -> np.ndarray:
-    """Frames through decord's random access."""
-    reader = _decord_reader(path)
-    indices = np.arange(len(reader)) if indices is None else indices
-    if len(indices) == 0 or int(indices.max()) >= len(reader):
-        raise VideoReadError(f"video {os.fspath(path)} has {len(reader)} frames; asked for indices {indices.tolist()}")
-    try:
-        return reader.get_batch(indices.tolist()).asnumpy()
-    except Exception as error:  # as above: decord raises its own undocumented error types
-        raise VideoReadError(f"cannot decode video {os.fspath(path)}: {error}") from error
-
-
-_BACKENDS: dict[str, tuple[Callable[[PathLike], VideoInfo], Callable[[PathLike, np.ndarray | None], np.ndarray]]] = {
-    "pyav": (_probe_pyav, _read_pyav),
-    "decord": (_probe_decord, _read_decord),
-}
-
-
-def _backend(name: str) -> tuple[Callable, Callable]:
-    """The (probe, read) pair for a backend name; raises listing the valid names."""
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown video backend {name!r}; choose one of {sorted(_BACKENDS)}")
-    return _BACKENDS[name]
-
-
-def probe_video(path: PathLike, backend: str = "pyav") -> VideoInfo:
+def probe_video(path: PathLike) -> VideoInfo:
     """Frame count, fps, size and codec of a video without decoding it.
 
     Raises:
         VideoReadError: the file is missing, is not a video, or cannot be parsed.
     """
-    return _backend(backend)[0](path)
+    return _probe_pyav(path)
 
 
-def read_video_frames(path: PathLike, indices: Sequence[int] | np.ndarray | None = None, backend: str = "pyav") -> np.ndarray:
+def read_video_frames(path: PathLike, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
     """Decode frames of a video.
 
     Args:
         path: the video file.
         indices: 0-based frame numbers to return, in the order given (repeats allowed); None for all frames.
-        backend: ``"pyav"`` (default) or ``"decord"`` (when installed).
 
     Returns:
         ``(F, H, W, 3)`` uint8 RGB, ``F = len(indices)``.
@@ -367,7 +280,7 @@ def read_video_frames(path: PathLike, indices: Sequence[int] | np.ndarray | None
             raise ValueError("indices is empty; pass None to read every frame")
         if int(indices.min()) < 0:
             raise ValueError(f"frame indices must be >= 0; got {indices.tolist()}")
-    return _backend(backend)[1](path, indices)
+    return _read_pyav(path, indices)
 
 
 def read_image(path: PathLike) -> np.ndarray:

@@ -15,7 +15,6 @@ from easyanimate.models import (
     WeightLoadError,
     load_motion_module,
     load_transformer_checkpoint,
-    load_video_transformer,
     read_state_dict,
     save_motion_module,
 )
@@ -179,7 +178,9 @@ def test_pickle_checkpoints_load_only_as_plain_tensors(tmp_path):
 def test_save_pretrained_round_trip_is_bit_exact(tmp_path):
     model = trained_video_model()
     model.save_pretrained(tmp_path / "saved")
-    loaded = load_video_transformer(Transformer3DModel, tmp_path / "saved").eval()
+    loaded, info = Transformer3DModel.from_pretrained(tmp_path / "saved", output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    loaded.eval()
     assert loaded.config.motion_module_kwargs["block_size"] == 2
     assert torch.equal(output(loaded), output(model))
 
@@ -209,3 +210,17 @@ def test_extract_motion_module_script_writes_original_keys_and_never_overwrites(
     assert set(extracted) == {k for k in model.state_dict() if ".attn_temporal." in k}
     again = subprocess.run([sys.executable, str(script), str(weights), str(out)], capture_output=True, text=True)
     assert again.returncode != 0 and "exists" in again.stderr
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.ones(2, 2, dtype=torch.int32), "is int32; weights must be floating point"),
+    (torch.ones(2, 2, dtype=torch.bool), "is bool; weights must be floating point"),
+    (torch.tensor([1.0, float("nan")]), "NaN or infinite"),
+    (torch.tensor([float("inf")], dtype=torch.float16), "NaN or infinite"),
+])
+def test_weight_files_must_hold_finite_floating_point_tensors(tmp_path, bad, match):
+    path = tmp_path / "weights.safetensors"
+    save_file({"fine": torch.zeros(2), "transformer_blocks.0.attn1.to_q.weight": bad}, str(path))
+    with pytest.raises(WeightLoadError, match=match) as caught:
+        read_state_dict(path)
+    assert "weights.safetensors" in str(caught.value) and "transformer_blocks.0.attn1.to_q.weight" in str(caught.value)

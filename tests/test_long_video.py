@@ -48,9 +48,7 @@ def test_windowed_motion_module_blends_per_window_results(grad):
     frames, h, w, window, overlap = 10, 2, 4, 4, 1
     x = torch.randn(1, frames * h * w, 32)
     with torch.set_grad_enabled(grad):  # training blends out of place, inference in place
-        module.context = TemporalContext(window, overlap)
-        ours = module(x.clone(), frames, h, w)
-        module.context = None
+        ours = module(x.clone(), frames, h, w, TemporalContext(window, overlap))
     with torch.no_grad():
         # Reference: run each window as its own clip, then average per frame with triangle weights.
         video = x.view(1, frames, h * w, 32)
@@ -66,17 +64,17 @@ def test_windowed_motion_module_blends_per_window_results(grad):
     assert torch.equal(window_weights(4), torch.tensor([1.0, 2.0, 2.0, 1.0]))
 
 
-def test_chunked_per_frame_work_matches_one_pass():
+@pytest.mark.parametrize("grad", [False, True])
+def test_chunked_per_frame_work_matches_one_pass(grad):
     _, model = tiny_pair()
     randomize(model, seed=2)
     x, text = torch.randn(1, 4, 12, 8, 8), torch.randn(1, 5, 16)
-    with torch.no_grad():
-        model.set_temporal_context(12, 3)  # window = clip: no windows, but chunks of 12 frames
+    with torch.set_grad_enabled(grad):
         whole = model(x, text, timestep=torch.tensor([5])).sample
-        for block in model.transformer_blocks:
-            block.frame_chunk = 5  # per-frame work in chunks of 5 frames, motion module unwindowed
-        chunked = model(x, text, timestep=torch.tensor([5])).sample
-        model.set_temporal_context(None)
+        # The window covers the clip, so the motion modules see it whole; the per-frame work runs
+        # in chunks of 5 frames (in place without gradients).
+        chunked = model(x, text, timestep=torch.tensor([5]),
+                        temporal_context=TemporalContext(12, 3, chunk_frames=5)).sample
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
 
 
@@ -91,10 +89,11 @@ def test_rescheduled_noise_repeats_earlier_window_frames_in_shuffled_order():
         assert sorted(matched) == list(range(6))
 
 
-def test_long_clip_is_generated_with_windows(pipe):
+def test_long_clip_is_generated_with_windows_and_the_next_plain_call_is_unaffected(pipe):
+    before = generate(pipe, 8)
     video = generate(pipe, 20, context_frames=8, context_overlap=2)
     assert video.shape == (1, 3, 20, 64, 64) and torch.isfinite(video).all()
-    assert all(block.attn_temporal.context is None for block in pipe.transformer.transformer_blocks)
+    assert torch.equal(generate(pipe, 8), before)  # the window is an argument of one call, not state
 
 
 def test_bad_window_settings_are_refused(pipe):

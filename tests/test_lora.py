@@ -178,6 +178,18 @@ def test_resolve_rejects_unknown_names() -> None:
         resolve_kohya_module(model, "lora_vae_decoder_conv_in")
 
 
+def test_a_name_two_module_paths_share_is_refused_not_guessed() -> None:
+    root = nn.Module()
+    root.a_b = nn.Module()
+    root.a_b.c = nn.Linear(2, 2)
+    root.a = nn.Module()
+    root.a.b_c = nn.Linear(2, 2)  # "a_b.c" and "a.b_c" both read "a_b_c"
+    root.other = nn.Linear(2, 2)
+    assert resolve_kohya_module(root, "lora_unet__other") is root.other
+    with pytest.raises(LookupError, match="ambiguous"):
+        resolve_kohya_module(root, "lora_unet__a_b_c")
+
+
 def test_full_size_transformer_names_match_v1_reference() -> None:
     reference = reference_entries("lora_unet")
     with torch.device("meta"):  # PixArt-XL-2-512x512 layout: 28 blocks, width 1152, T5 captions of 4096

@@ -159,3 +159,39 @@ def test_without_a_motion_module_frames_are_independent_and_a_warning_says_so(ti
     a = pipeline("a red circle", latents=noise, generator=torch.Generator().manual_seed(0), **{**SMALL, "video_length": 3}).videos
     b = pipeline("a red circle", latents=changed, generator=torch.Generator().manual_seed(0), **{**SMALL, "video_length": 3}).videos
     torch.testing.assert_close(a[:, :, :2], b[:, :, :2])
+
+
+def test_a_pipeline_from_from_pretrained_switches_samplers_and_keeps_its_noise_schedule(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "saved")
+    loaded = EasyAnimatePipeline.from_pretrained(str(tmp_path / "saved"))
+    loaded.set_progress_bar_config(disable=True)
+    schedule = {k: loaded.scheduler.config[k] for k in ("beta_start", "beta_end", "beta_schedule", "steps_offset")}
+    set_sampler(loaded, "Euler A")
+    assert type(loaded.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    assert {k: loaded.scheduler.config[k] for k in schedule} == schedule
+    assert run(loaded, seed=3).shape == (1, 3, 4, 64, 64)
+
+
+def test_training_and_generation_encode_a_caption_alike(pipe):
+    from easyanimate.text import encode_text
+
+    with torch.no_grad():
+        trainer_states, trainer_mask = encode_text(pipe.tokenizer, pipe.text_encoder, ["a red circle"], 120,
+                                                   torch.device("cpu"))
+    states, mask, _, _ = pipe.encode_prompt("A Red Circle ", do_classifier_free_guidance=False)
+    assert torch.equal(trainer_mask, mask)  # the pipeline lower-cases and strips; captions are read raw
+    torch.testing.assert_close(trainer_states, states)
+
+
+def test_a_prompt_longer_than_the_tokenizer_reads_is_reported(pipe, caplog):
+    length = pipe.default_max_sequence_length()
+    with caplog.at_level(logging.WARNING):
+        pipe.encode_prompt(" ".join(["red"] * (length + 5)), do_classifier_free_guidance=False)
+    assert f"this model reads the first {length}" in caplog.text
+
+
+def test_decode_chunk_size_is_a_call_argument_and_changes_nothing(pipe):
+    whole = run(pipe, seed=8, decode_chunk_size=4)
+    torch.testing.assert_close(run(pipe, seed=8, decode_chunk_size=1), whole, atol=1e-5, rtol=0)  # batch-size rounding only
+    with pytest.raises(ValueError, match="decode_chunk_size"):
+        run(pipe, decode_chunk_size=0)

@@ -89,9 +89,11 @@ def test_missing_weights_list_the_expected_paths_and_write_nothing(tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_size_is_an_error_and_writes_nothing(tiny_models, tmp_path):
-    with pytest.raises(ValueError, match="multiples of 32"):
-        cli(tiny_models, tmp_path / "out", "--height", "50")
+def test_bad_size_is_an_error_and_writes_nothing(tiny_models, tmp_path, capsys):
+    assert cli(tiny_models, tmp_path / "out", "--height", "50") == 2
+    message = capsys.readouterr().err
+    last = message.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "multiples of 32" in last and "Traceback" not in message
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

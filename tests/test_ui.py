@@ -188,13 +188,13 @@ def test_selecting_a_model_applies_the_defaults_its_folder_carries(served):
 def test_a_model_with_a_temporal_window_sets_the_window_controls():
     """The long-clip demo model's defaults carry a window: selecting it sets the window and its overlap (the
     pipeline's default overlap when the model names none); the prompt box keeps what the user typed."""
-    from easyanimate.generation import ModelDefaults
-    from easyanimate.ui.page import _Handlers
+    from easyanimate.generation import GenerationRequest
+    from easyanimate.ui.page import control_values
 
-    updates = _Handlers._setting_updates(ModelDefaults(frames=64, context_frames=16, context_overlap=6), "mine")
+    updates = control_values(GenerationRequest(frames=64, context_frames=16, context_overlap=6), "mine")
     assert (updates["frames"], updates["context_frames"], updates["context_overlap"]) == (64, 16, 6)
     assert "prompt" not in updates
-    updates = _Handlers._setting_updates(ModelDefaults(frames=64, context_frames=16), "")
+    updates = control_values(GenerationRequest(frames=64, context_frames=16), "")
     assert (updates["context_frames"], updates["context_overlap"]) == (16, 4) and updates["prompt"]
 
 

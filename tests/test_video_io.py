@@ -17,7 +17,6 @@ from easyanimate.video_io import (
     read_video_frames,
     save_image,
     save_video,
-    unique_path,
 )
 
 
@@ -127,18 +126,6 @@ def test_save_image_writes_png(tmp_path):
         save_image(torch.rand(3, 2, 8, 8), tmp_path / "two.png")
 
 
-def test_unique_path_never_returns_an_existing_file(tmp_path):
-    first = unique_path(tmp_path / "samples", ".gif")
-    assert first.name == "00000001.gif"
-    first.write_bytes(b"x")
-    (tmp_path / "samples" / "00000002.gif").write_bytes(b"x")
-    assert unique_path(tmp_path / "samples", "gif").name == "00000003.gif"
-    named = unique_path(tmp_path, ".mp4", stem="prompt")
-    named.write_bytes(b"x")
-    again = unique_path(tmp_path, ".mp4", stem="prompt")
-    assert again.name == "prompt-1.mp4" and not again.exists()
-
-
 def test_read_video_frames_returns_requested_indices_in_order(tmp_path):
     path = save_video(gray_ramp_video(num_frames=8), tmp_path / "ramp.mp4")
     frames = read_video_frames(path, [5, 0, 5, 7])
@@ -170,13 +157,3 @@ def test_corrupt_image_raises_video_read_error(tmp_path):
     path.write_bytes(os.urandom(256))
     with pytest.raises(VideoReadError, match="broken.png"):
         read_image(path)
-
-
-def test_backends_are_a_table(tmp_path):
-    with pytest.raises(ValueError, match=r"\['decord', 'pyav'\]"):
-        probe_video(tmp_path / "x.mp4", backend="opencv")
-    try:
-        import decord  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="decord"):
-            probe_video(tmp_path / "x.mp4", backend="decord")

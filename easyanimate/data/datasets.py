@@ -218,7 +218,6 @@ class VideoImageDataset(Dataset):
             None draws fresh randomness.
         validate_all: probe every file's header at construction (exact skip counts, slower start).
         max_read_attempts: reads tried for one request before giving up with a ``RuntimeError``.
-        backend: video decoder, ``"pyav"`` or ``"decord"``.
     """
 
     def __init__(
@@ -237,7 +236,6 @@ class VideoImageDataset(Dataset):
         seed: int | None = None,
         validate_all: bool = False,
         max_read_attempts: int = 8,
-        backend: str = "pyav",
     ) -> None:
         if enable_bucket and not isinstance(sample_size, int):
             raise ValueError(f"enable_bucket needs an int sample_size (the bucket base size); got {sample_size!r}")
@@ -261,7 +259,6 @@ class VideoImageDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.max_read_attempts = max_read_attempts
-        self.backend = backend
         self.failures: dict[int, str] = {}
         self._first_failure: dict[str, Path] = {}
         self._logged_paths: set[Path] = set()
@@ -359,7 +356,7 @@ class VideoImageDataset(Dataset):
             if entry.data_type == "image":
                 size = probe_image(entry.path)
             else:
-                info = probe_video(entry.path, self.backend)
+                info = probe_video(entry.path)
                 if info.num_frames < max(1, self.min_frames or 0):
                     raise TooShortError(f"{info.num_frames} frames; at least {max(1, self.min_frames or 0)} needed")
                 size = (info.height, info.width)
@@ -404,9 +401,9 @@ class VideoImageDataset(Dataset):
         entry = self.entries[entry_id]
         if entry.data_type == "image":
             return read_image(entry.path)[None]
-        info = probe_video(entry.path, self.backend)
+        info = probe_video(entry.path)
         indices = sample_frame_indices(info.num_frames, self.sample_n_frames, self.sample_stride, rng, self.min_frames)
-        return read_video_frames(entry.path, indices, self.backend)
+        return read_video_frames(entry.path, indices)
 
     def _load(self, entry_id: int, size: tuple[int, int] | None, rng: np.random.Generator) -> dict[str, object]:
         """One item as a training example; ``size`` None means the entry's own target size."""

@@ -5,7 +5,6 @@ from .loading import (
     WeightLoadError,
     load_motion_module,
     load_transformer_checkpoint,
-    load_video_transformer,
     read_state_dict,
     save_motion_module,
 )
@@ -21,7 +20,6 @@ __all__ = [
     "get_motion_module",
     "load_motion_module",
     "load_transformer_checkpoint",
-    "load_video_transformer",
     "read_state_dict",
     "save_motion_module",
 ]

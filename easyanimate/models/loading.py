@@ -1,24 +1,25 @@
 """Every way weights enter or leave the video transformer, in one place.
 
+* :func:`read_state_dict` — the one reader of weight files (safetensors; pickle formats only through
+  ``torch.load(weights_only=True)``): every file is checked to hold finite floating-point tensors.
 * :func:`load_transformer_from_2d` — a PixArt diffusers folder (``transformer/config.json`` +
   weights) into the video model; only the motion-module keys may be missing.
 * :func:`load_motion_module` — ``easyanimate_v1_mm.safetensors`` (original key names, with or
   without the ``pos_encoder.pe`` tables).
 * :func:`load_transformer_checkpoint` — a personalized / full transformer state dict such as
   ``easyanimate_portrait.safetensors`` (the 603 PixArt keys, optionally motion-module keys too).
-* :func:`load_video_transformer` — our own ``save_pretrained`` folders.
+* :func:`build_video_transformer` — the load order of the original: 2D base, personalized
+  checkpoint, motion module.
 * :func:`motion_module_state_dict` / :func:`save_motion_module` — cut the motion module out.
 
 Nothing is loaded with ``strict=False`` silently: keys are compared first, the expected gaps are
-stated in code, and anything else raises a :class:`WeightLoadError` naming the keys. Files are read
-with safetensors; pickle formats only through ``torch.load(weights_only=True)``.
+stated in code, and anything else raises a :class:`WeightLoadError` naming the keys.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,9 +28,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..config import ConfigError, TransformerAdditionalKwargs, transformer_kwargs_for_model
+from ..files import write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +94,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                               f"or one of {', '.join(PICKLE_SUFFIXES)}")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightLoadError(f"{path} does not hold a flat mapping of tensor names to tensors")
+    check_weights(state, str(path))
     return dict(state)
+
+
+def check_weights(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise a :class:`WeightLoadError` naming the first tensor that is not floating point or not finite.
+
+    Loading casts to the model's dtype, so an integer or boolean tensor would load with every value
+    changed, and a NaN would surface only as a black video after a whole generation.
+    """
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise WeightLoadError(f"{source}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}; "
+                                  "weights must be floating point (a file of weights, not of indices or masks)")
+        if not bool(torch.isfinite(tensor).all()):
+            raise WeightLoadError(f"{source}: tensor {key!r} holds NaN or infinite values; the file is damaged "
+                                  "or came from a diverged training run")
 
 
 def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
@@ -175,8 +193,7 @@ def is_motion_key(key: str) -> bool:
 
 
 def load_transformer_from_2d(cls: type, pretrained_model_path: str | Path, subfolder: str | None = "transformer",
-                             transformer_additional_kwargs: Mapping[str, Any] | TransformerAdditionalKwargs | None = None,
-                             torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+                             transformer_additional_kwargs: Mapping[str, Any] | TransformerAdditionalKwargs | None = None):
     """Build a video transformer from a 2D PixArt folder; see ``Transformer3DModel.from_pretrained_2d``."""
     folder = Path(pretrained_model_path) / (subfolder or "")
     config_path = folder / "config.json"
@@ -199,8 +216,6 @@ def load_transformer_from_2d(cls: type, pretrained_model_path: str | Path, subfo
     report = LoadReport(str(weights), "PixArt transformer", len(state),
                         notes=["motion modules start fresh (zero output projection)"] if model.has_motion_module else [])
     logger.info("%s", report)
-    if device is not None or torch_dtype is not None:
-        model = model.to(device=device, dtype=torch_dtype)
     return model
 
 
@@ -270,18 +285,20 @@ def load_transformer_checkpoint(model: torch.nn.Module, path: str | Path) -> Loa
     return report
 
 
-def load_video_transformer(cls: type, path: str | Path, subfolder: str | None = None,
-                           torch_dtype: torch.dtype | None = None):
-    """Load one of our own ``save_pretrained`` folders, refusing any key mismatch."""
-    folder = Path(path) / (subfolder or "")
-    if not (folder / "config.json").is_file():
-        raise WeightLoadError(f"no config.json in {folder}: expected a folder written by save_pretrained")
-    model, info = cls.from_pretrained(str(path), subfolder=subfolder, torch_dtype=torch_dtype,
-                                      output_loading_info=True, low_cpu_mem_usage=False)
-    bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if bad:
-        raise WeightLoadError(f"{folder} does not match its config: {bad}")
-    logger.info("loaded video transformer from %s", folder)
+def build_video_transformer(cls: type, model_dir: str | Path,
+                            transformer_additional_kwargs: Mapping[str, Any] | TransformerAdditionalKwargs | None,
+                            transformer_path: str | Path | None = None, motion_module: str | Path | None = None,
+                            subfolder: str | None = "transformer"):
+    """The video transformer on the CPU in the original load order: 2D base, personalized checkpoint, motion module.
+
+    Used by generation and training alike. Without a motion module the temporal layers keep their
+    zero-initialised output projections, so they are identities and every frame is made on its own.
+    """
+    model = load_transformer_from_2d(cls, model_dir, subfolder, transformer_additional_kwargs)
+    if transformer_path is not None:
+        load_transformer_checkpoint(model, transformer_path)
+    if motion_module is not None:
+        load_motion_module(model, motion_module)
     return model
 
 
@@ -307,25 +324,12 @@ def save_motion_module(model_or_state: torch.nn.Module | Mapping[str, torch.Tens
     """Write the motion module with the original key names; returns the number of tensors.
 
     ``include_position_tables`` keeps the ``pos_encoder.pe`` buffers as the released file does.
-    The file is written to a temporary name and renamed, so a crash never leaves half a file.
+    The file appears whole or not at all (:func:`easyanimate.files.atomic_write`).
     """
     state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
     selected = motion_module_state_dict(state)
     if not include_position_tables:
         selected = {k: v for k, v in selected.items() if not COMPUTED_BUFFERS.search(k)}
     tensors = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in selected.items()}
-    write_safetensors_atomic(tensors, path, metadata={"format": "pt", "content": "easyanimate motion module"})
+    write_safetensors(path, tensors, metadata={"format": "pt", "content": "easyanimate motion module"})
     return len(tensors)
-
-
-def write_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: str | Path,
-                             metadata: dict[str, str] | None = None) -> None:
-    """``safetensors.torch.save_file`` through a temporary file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(dict(tensors), str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -131,36 +131,25 @@ class TemporalTransformer3DModel(nn.Module):
 
         With a ``context`` shorter than the clip, frames are processed in overlapping windows (frame
         positions restart at 0 in each window) and the windows' outputs are blended per frame with
-        :func:`window_weights` (FreeNoise-style attention fusion).
+        :func:`window_weights` (FreeNoise-style attention fusion). In that case, without gradients,
+        the result is written into ``x`` itself and ``x`` is returned: the caller must not use the
+        input afterwards (the transformer blocks never do).
         """
         if context is None or num_frames <= context.frames:
             return self._forward_clip(x, num_frames, height, width)
-        if torch.is_grad_enabled():
-            return self._forward_windows(x, num_frames, height, width, context)
-        return self._forward_windows_in_place(x, num_frames, height, width, context)
+        return self._forward_windows(x, num_frames, height, width, context)
 
     def _forward_windows(self, x: torch.Tensor, num_frames: int, height: int, width: int,
                          context: TemporalContext) -> torch.Tensor:
-        """Blend the windows' outputs into a new tensor (differentiable)."""
-        frames = rearrange(x, "b (f s) c -> b f s c", f=num_frames)
-        blended = torch.zeros_like(frames)
-        weights = window_weights(context.frames).to(frames)
-        for start in context.window_starts(num_frames):
-            window = frames[:, start:start + context.frames]
-            updated = self._forward_clip(rearrange(window, "b f s c -> b (f s) c"), context.frames, height, width)
-            blended[:, start:start + context.frames] += weights[:, None, None] * updated.view_as(window)
-        total = context.coverage(num_frames).to(frames)
-        return rearrange(blended / total[:, None, None], "b f s c -> b (f s) c")
+        """Blend the windows' outputs per frame, writing frames out as soon as no later window needs them.
 
-    def _forward_windows_in_place(self, x: torch.Tensor, num_frames: int, height: int, width: int,
-                                  context: TemporalContext) -> torch.Tensor:
-        """The same blend, written into ``x`` as frames complete: memory is one window, not the clip.
-
-        Windows run in frame order; once window k is done, the frames before window k+1 starts are
-        covered by no later window, so their blended result replaces the input in place. Pending
-        sums live in a window-sized buffer.
+        Windows run in frame order. Once window k is done, the frames before window k+1 starts are
+        covered by no later window, so their blended result is final. Pending sums live in a
+        window-sized buffer. Without gradients the final frames overwrite the input in place, so
+        memory is one window, not the clip; with gradients they go into a new tensor.
         """
         frames = rearrange(x, "b (f s) c -> b f s c", f=num_frames)
+        out = frames if not torch.is_grad_enabled() else torch.empty_like(frames)
         weights = window_weights(context.frames).to(frames)
         total = context.coverage(num_frames).to(frames)
         starts = context.window_starts(num_frames)
@@ -168,11 +157,11 @@ class TemporalTransformer3DModel(nn.Module):
         for k, start in enumerate(starts):
             window = frames[:, start:start + context.frames]
             updated = self._forward_clip(rearrange(window, "b f s c -> b (f s) c"), context.frames, height, width)
-            pending += weights[:, None, None] * updated.view_as(window)
+            pending = pending + weights[:, None, None] * updated.view_as(window)
             done = (starts[k + 1] if k + 1 < len(starts) else num_frames) - start
-            frames[:, start:start + done] = pending[:, :done] / total[start:start + done, None, None]
+            out[:, start:start + done] = pending[:, :done] / total[start:start + done, None, None]
             pending = torch.cat([pending[:, done:], torch.zeros_like(pending[:, :done])], dim=1)
-        return x
+        return rearrange(out, "b f s c -> b (f s) c")
 
     def _forward_clip(self, x: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
         residual = x
@@ -207,15 +196,30 @@ def default_context_overlap(context_frames: int) -> int:
 
 @dataclass(frozen=True)
 class TemporalContext:
-    """Sliding temporal windows: ``frames`` per window, consecutive windows sharing ``overlap`` frames."""
+    """How a long clip is processed: passed to ``Transformer3DModel.forward(temporal_context=...)``.
+
+    ``frames``: the motion modules see at most this many frames at once; longer clips run in windows
+    whose consecutive members share ``overlap`` frames and whose outputs are blended per frame.
+    ``chunk_frames``: the per-frame work (patch embedding, spatial and cross-attention, feed-forward,
+    output head) runs this many frames at a time when the clip is longer (default: ``frames``), so
+    activation memory follows the window rather than the clip. Chunking never changes the result.
+    """
 
     frames: int
-    overlap: int
+    overlap: int = 0
+    chunk_frames: int | None = None
 
     def __post_init__(self):
         if self.frames < 1 or not 0 <= self.overlap < self.frames:
             raise ValueError(f"temporal context needs frames >= 1 and 0 <= overlap < frames, "
                              f"got frames={self.frames}, overlap={self.overlap}")
+        if self.chunk_frames is not None and self.chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {self.chunk_frames}")
+
+    def chunk(self, num_frames: int) -> int | None:
+        """Frames per chunk of per-frame work for a clip of ``num_frames``; None: all at once."""
+        chunk = self.chunk_frames or self.frames
+        return chunk if num_frames > chunk else None
 
     def coverage(self, num_frames: int) -> torch.Tensor:
         """Sum of the blending weights each frame receives over all windows, ``(num_frames,)``."""
@@ -262,7 +266,6 @@ class VanillaTemporalModule(nn.Module):
             raise ValueError("cross_frame_attention_mode is not supported")
         head_dim = in_channels // num_attention_heads // temporal_attention_dim_div
         self.grid = grid
-        self.context: TemporalContext | None = None  # set by Transformer3DModel.set_temporal_context
         self.temporal_transformer = TemporalTransformer3DModel(
             in_channels, num_attention_heads, head_dim, num_transformer_block, len(attention_block_types),
             temporal_position_encoding, temporal_position_encoding_max_len, grid,
@@ -271,12 +274,14 @@ class VanillaTemporalModule(nn.Module):
             nn.init.zeros_(self.temporal_transformer.proj_out.weight)
             nn.init.zeros_(self.temporal_transformer.proj_out.bias)
 
-    def forward(self, x: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
-        """``x`` ``(B, F*h*w, C)`` -> same shape; h and w must be even for the grid."""
+    def forward(self, x: torch.Tensor, num_frames: int, height: int, width: int,
+                context: TemporalContext | None = None) -> torch.Tensor:
+        """``x`` ``(B, F*h*w, C)`` -> same shape; h and w must be even for the grid (see
+        :meth:`TemporalTransformer3DModel.forward` for ``context``)."""
         if self.grid and (height % GRID or width % GRID):
             raise ValueError(f"the grid motion module needs an even token grid, got {height}x{width} tokens; "
                              "pixel height and width must be multiples of 32")
-        return self.temporal_transformer(x, num_frames, height, width, self.context)
+        return self.temporal_transformer(x, num_frames, height, width, context)
 
 
 def get_motion_module(in_channels: int, motion_module_type: str, motion_module_kwargs: dict) -> VanillaTemporalModule:

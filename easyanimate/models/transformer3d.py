@@ -1,4 +1,4 @@
-"""The EasyAnimate v1 video diffusion transformer (spec section 2.2).
+"""The EasyAnimate v1 video diffusion transformer.
 
 A PixArt-alpha DiT whose frames are folded into the batch for patching and spatial attention, with
 a motion module in every block. Layouts: latent video ``(B, C, F, H, W)`` in and out; token grid
@@ -140,21 +140,6 @@ class Transformer3DModel(ModelMixin, ConfigMixin):
         return SelfAttentionTemporalTransformerBlock(inner_dim, c.num_attention_heads, c.attention_head_dim,
                                                      c.cross_attention_dim, **common)
 
-    def set_temporal_context(self, frames: int | None, overlap: int = 0) -> None:
-        """Let the motion modules see at most ``frames`` frames at a time (None: the whole clip).
-
-        Clips longer than the window are processed in overlapping windows whose outputs are
-        blended per frame; spatial attention, cross-attention and the feed-forward then run in
-        chunks of ``frames`` frames, so activation memory follows the window, not the clip.
-        """
-        if frames is not None and not self.has_motion_module:
-            raise ValueError("temporal windows need motion modules; this model attends over the whole clip")
-        context = TemporalContext(frames, overlap) if frames is not None else None
-        for block in self.transformer_blocks:
-            block.frame_chunk = frames
-            if self.has_motion_module:
-                block.attn_temporal.context = context
-
     def compile_blocks(self, **compile_kwargs: Any) -> None:
         """``torch.compile`` every transformer block in place (keywords go to ``torch.compile``).
 
@@ -196,6 +181,7 @@ class Transformer3DModel(ModelMixin, ConfigMixin):
         timestep: torch.Tensor | float | None = None,
         added_cond_kwargs: dict[str, torch.Tensor | None] | None = None,
         return_dict: bool = True,
+        temporal_context: TemporalContext | None = None,
     ) -> Transformer3DModelOutput | tuple[torch.Tensor]:
         """Predict noise (and the variance interpolation) for a latent video.
 
@@ -205,11 +191,16 @@ class Transformer3DModel(ModelMixin, ConfigMixin):
             encoder_attention_mask: ``(B, L)`` with 1 = keep, 0 = padding (or an additive bias ``(B, 1, L)``).
             timestep: ``(B,)`` (or a scalar) diffusion step per sample.
             added_cond_kwargs: PixArt micro-conditions (only for ``sample_size == 128`` models).
+            temporal_context: for clips longer than the motion modules should see at once: overlapping
+                windows for the motion modules, and per-frame work in chunks (see
+                :class:`~easyanimate.models.motion_module.TemporalContext`). None: the whole clip at once.
 
         Returns:
             ``(B, out_channels, F, H, W)``.
         """
         self.check_latent_shape(hidden_states.shape)
+        if temporal_context is not None and not self.has_motion_module:
+            raise ValueError("temporal windows need motion modules; this model attends over the whole clip")
         batch, _, num_frames, height, width = hidden_states.shape
         p = self.config.patch_size
         h, w = height // p, width // p
@@ -219,8 +210,8 @@ class Transformer3DModel(ModelMixin, ConfigMixin):
             encoder_attention_mask = encoder_attention_mask.unsqueeze(1)
         # 2. Patchify every frame with the 2D patch embedding and its 2D sincos table.
         frames = rearrange(hidden_states, "b c f h w -> (b f) c h w")
-        chunk = self.transformer_blocks[0].frame_chunk if self.transformer_blocks else None
-        if chunk is not None and num_frames > chunk:  # windowed long clip: bound the transient memory
+        chunk = temporal_context.chunk(num_frames) if temporal_context is not None else None
+        if chunk is not None:  # long clip in chunks: bound the transient memory
             parts = frames.split(chunk)
             first = self.pos_embed(parts[0])
             tokens = first.new_empty((frames.shape[0], *first.shape[1:]))
@@ -244,15 +235,16 @@ class Transformer3DModel(ModelMixin, ConfigMixin):
             encoder_hidden_states = self.caption_projection(encoder_hidden_states)
         # 4. The blocks.
         for block in self.transformer_blocks:
-            args = (tokens, encoder_hidden_states, encoder_attention_mask, modulation, num_frames, h, w)
+            args = (tokens, encoder_hidden_states, encoder_attention_mask, modulation, num_frames, h, w,
+                    temporal_context)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 tokens = self._gradient_checkpointing_func(block, *args)
             else:
                 tokens = block(*args)
-        # 5. Output head (in frame chunks for windowed long clips) and un-patchify.
+        # 5. Output head (in frame chunks for long clips) and un-patchify.
         shift, scale = (self.scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
         head = lambda x: self.proj_out(self.norm_out(x) * (1 + scale) + shift)  # noqa: E731
-        if chunk is not None and num_frames > chunk:
+        if chunk is not None:
             tokens = torch.cat([head(part) for part in tokens.split(chunk * h * w, dim=1)], dim=1)
         else:
             tokens = head(tokens)
@@ -266,16 +258,23 @@ class Transformer3DModel(ModelMixin, ConfigMixin):
     def from_pretrained_2d(cls, pretrained_model_path: str | Path, subfolder: str | None = "transformer",
                            transformer_additional_kwargs: dict[str, Any] | TransformerAdditionalKwargs | None = None,
                            torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                           transformer_path: str | Path | None = None, motion_module: str | Path | None = None,
                            ) -> "Transformer3DModel":
-        """Build the video model from a 2D PixArt diffusers folder (motion modules stay fresh).
+        """Build the video model from a 2D PixArt diffusers folder, in the original load order.
 
-        Only the motion-module keys may be missing from the folder's weights; any other missing or
-        unexpected key, or a shape mismatch, raises a :class:`~easyanimate.models.loading.WeightLoadError`.
+        The folder's PixArt weights come first, then the optional personalized/full checkpoint
+        ``transformer_path``, then the optional ``motion_module`` file; without one the motion
+        modules stay fresh (identities). Only the motion-module keys may be missing from the folder's
+        weights; any other missing or unexpected key, or a shape mismatch, raises a
+        :class:`~easyanimate.models.loading.WeightLoadError`.
         """
-        from .loading import load_transformer_from_2d
+        from .loading import build_video_transformer
 
-        return load_transformer_from_2d(cls, pretrained_model_path, subfolder, transformer_additional_kwargs,
-                                        torch_dtype=torch_dtype, device=device)
+        model = build_video_transformer(cls, pretrained_model_path, transformer_additional_kwargs,
+                                        transformer_path, motion_module, subfolder)
+        if device is not None or torch_dtype is not None:
+            model = model.to(device=device, dtype=torch_dtype)
+        return model
 
 
 def _timestep_batch(timestep: torch.Tensor | float | None, batch: int, device: torch.device) -> torch.Tensor:

@@ -1,9 +1,15 @@
 """Text-to-video pipeline: T5 text encoding, guided denoising of latent video, chunked VAE decoding.
 
-Latent video is ``(B, 4, F, H/8, W/8)`` throughout (spec sections 4.1-4.3). Differences from the
-original that users can rely on: ``check_inputs`` is called; ``output_type`` means what it means in
-diffusers (``"pt"``, ``"np"``, ``"pil"``, ``"latent"``); the VAE scaling factor comes from the VAE
-config; decoding runs in chunks of frames so memory stays bounded.
+Latent video is ``(B, 4, F, H/8, W/8)`` throughout. Differences from the original v1 pipeline that
+users can rely on: ``check_inputs`` is called (the original had one but never called it);
+``output_type`` means what it means in diffusers (``"pt"``, ``"np"``, ``"pil"``, ``"latent"``; the
+original returned decoded video whatever it was asked); the VAE scaling factor comes from the VAE
+config (the original hard-coded 0.18215); decoding runs in chunks of frames so memory stays bounded.
+
+The call's defaults are the original pipeline's (20 steps, guidance 4.5, empty negative prompt, the
+model's sample size): they deliberately differ from the generation defaults of the scripts and the
+UI (:class:`easyanimate.generation.GenerationRequest`: 30 steps, guidance 6.0, the v1 negative
+prompt, 80 frames), which a model folder can override.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from einops import rearrange
 from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..models.motion_module import default_context_overlap
+from ..models.motion_module import TemporalContext, default_context_overlap
 from ..models.transformer3d import Transformer3DModel
+from ..text import encode_text, sequence_length
 
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")
 MAX_FRAMES = 4096  # length of the motion module's position table
@@ -36,11 +43,6 @@ class EasyAnimatePipelineOutput(BaseOutput):
     lists of PIL images for "pil", or the final latents ``(B, 4, F, h, w)`` for "latent"."""
 
     videos: torch.Tensor | np.ndarray | list[list[Image.Image]]
-
-
-def clean_prompt(text: str) -> str:
-    """Lower-case and strip, as the original did when its optional cleaning libraries were absent."""
-    return text.lower().strip()
 
 
 class EasyAnimatePipeline(DiffusionPipeline):
@@ -59,13 +61,22 @@ class EasyAnimatePipeline(DiffusionPipeline):
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                               scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.vae_decode_chunk_size = 8
-        self.free_text_encoder_after_encoding = False
         # Guidance in one forward of batch 2B (faster on a GPU) or two of batch B (half the activations).
         self.batched_guidance = True
 
     # ------------------------------------------------------------------------------------------
     # Inputs
+
+    @property
+    def _execution_device(self) -> torch.device:
+        """Where inputs and latents go: the offload hooks' device when they are installed, else the transformer's.
+
+        diffusers' own property falls back to the first component's device, which is the text
+        encoder's: wrong when the text encoder is kept on the CPU and the transformer on a GPU.
+        """
+        if any(hasattr(component, "_hf_hook") for component in self.components.values()):
+            return super()._execution_device
+        return self.transformer.device
 
     @property
     def pixel_multiple(self) -> int:
@@ -75,7 +86,7 @@ class EasyAnimatePipeline(DiffusionPipeline):
     def default_size(self) -> int:
         return self.transformer.config.sample_size * self.vae_scale_factor
 
-    def check_inputs(self, prompt, height: int, width: int, video_length: int, num_inference_steps: int,
+    def check_inputs(self, *, prompt, height: int, width: int, video_length: int, num_inference_steps: int,
                      guidance_scale: float, negative_prompt, prompt_embeds, negative_prompt_embeds,
                      prompt_attention_mask, negative_prompt_attention_mask, output_type: str,
                      num_images_per_prompt: int, latents: torch.Tensor | None, timesteps) -> None:
@@ -143,9 +154,9 @@ class EasyAnimatePipeline(DiffusionPipeline):
         """T5 states ``(B*n, L, D)`` and masks ``(B*n, L)`` for the prompt and (with guidance) the negative."""
         device = device or self._execution_device
         if prompt_embeds is None:
-            max_sequence_length = max_sequence_length or self.default_max_sequence_length()
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt_embeds, prompt_attention_mask = self._encode_text(prompts, clean_caption, max_sequence_length, device)
+            prompt_embeds, prompt_attention_mask = self._encode_text(prompts, clean_caption, max_sequence_length,
+                                                                     device, warn_if_truncated=True)
         batch = prompt_embeds.shape[0]
         negative = None, None
         if do_classifier_free_guidance:
@@ -161,22 +172,16 @@ class EasyAnimatePipeline(DiffusionPipeline):
                     _repeat(prompt_attention_mask.to(device), num_images_per_prompt))
         return positive[0], positive[1], negative[0], negative[1]
 
-    def default_max_sequence_length(self) -> int:
-        """PixArt-alpha's 120 T5 tokens, or fewer where the tokenizer says its model takes fewer (the
-        shapes demo model's tokenizer says 24: its captions are short, and padding costs compute)."""
-        return min(120, self.tokenizer.model_max_length)
-
     @torch.no_grad()
-    def _encode_text(self, prompts: list[str], clean: bool, max_length: int,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if clean:
-            prompts = [clean_prompt(p) for p in prompts]
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
-                                add_special_tokens=True, return_tensors="pt")
-        encoder_device = self.text_encoder.device
-        mask = tokens.attention_mask.to(encoder_device)
-        states = self.text_encoder(tokens.input_ids.to(encoder_device), attention_mask=mask)[0]
-        return states.to(device=device, dtype=self.text_encoder.dtype), mask.to(device)
+    def _encode_text(self, prompts: list[str], clean: bool, max_length: int | None, device: torch.device,
+                     warn_if_truncated: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        states, mask = encode_text(self.tokenizer, self.text_encoder, prompts, max_length, device, clean=clean,
+                                   warn_if_truncated=warn_if_truncated)
+        return states.to(self.text_encoder.dtype), mask
+
+    def default_max_sequence_length(self) -> int:
+        """T5 tokens a prompt is encoded into: 120, or the tokenizer's ``model_max_length`` if smaller."""
+        return sequence_length(self.tokenizer)
 
     def prepare_latents(self, batch_size: int, num_channels: int, video_length: int, height: int, width: int,
                         dtype: torch.dtype, device: torch.device, generator: torch.Generator | list | None,
@@ -209,9 +214,8 @@ class EasyAnimatePipeline(DiffusionPipeline):
             out[:, :, start:start + length] = out[:, :, start - context_frames:start - context_frames + length][:, :, order]
         return out
 
-    def decode_latents(self, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
         """Latents ``(B, 4, F, h, w)`` -> video ``(B, 3, F, H, W)`` float32 in [0, 1], ``chunk_size`` frames at a time."""
-        chunk_size = chunk_size or self.vae_decode_chunk_size
         batch = latents.shape[0]
         frames = rearrange(latents, "b c f h w -> (b f) c h w") / self.vae.config.scaling_factor
         frames = frames.to(self.vae.dtype)
@@ -241,35 +245,37 @@ class EasyAnimatePipeline(DiffusionPipeline):
     def predict_noise(self, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
                       prompt_attention_mask: torch.Tensor, guidance_scale: float,
                       negative_prompt_embeds: torch.Tensor | None,
-                      negative_prompt_attention_mask: torch.Tensor | None) -> torch.Tensor:
+                      negative_prompt_attention_mask: torch.Tensor | None,
+                      temporal_context: TemporalContext | None = None) -> torch.Tensor:
         """Guided epsilon ``(B, 4, F, h, w)``: guidance on the whole output, then the epsilon half.
 
         With guidance, the unconditional and conditional predictions come from one forward of the
         doubled batch (``batched_guidance``, the default) or from two forwards of the batch, which
         halves the activation memory of a step for the same arithmetic.
         """
+        forward = lambda x, text, mask: self._transformer_output(x, t, text, mask, temporal_context)  # noqa: E731
         if negative_prompt_embeds is None:
-            output = self._transformer_output(latents, t, prompt_embeds, prompt_attention_mask)
+            output = forward(latents, prompt_embeds, prompt_attention_mask)
         else:
             if self.batched_guidance:
-                uncond, cond = self._transformer_output(
-                    torch.cat([latents, latents]), t, torch.cat([negative_prompt_embeds, prompt_embeds]),
-                    torch.cat([negative_prompt_attention_mask, prompt_attention_mask])).chunk(2)
+                uncond, cond = forward(torch.cat([latents, latents]), torch.cat([negative_prompt_embeds, prompt_embeds]),
+                                       torch.cat([negative_prompt_attention_mask, prompt_attention_mask])).chunk(2)
             else:
-                uncond = self._transformer_output(latents, t, negative_prompt_embeds, negative_prompt_attention_mask)
-                cond = self._transformer_output(latents, t, prompt_embeds, prompt_attention_mask)
+                uncond = forward(latents, negative_prompt_embeds, negative_prompt_attention_mask)
+                cond = forward(latents, prompt_embeds, prompt_attention_mask)
             output = uncond + guidance_scale * (cond - uncond)
         if self.transformer.config.out_channels // 2 == latents.shape[1]:
             output = output[:, : latents.shape[1]]  # learned sigma: keep epsilon
         return output.to(latents.dtype)
 
     def _transformer_output(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-                            mask: torch.Tensor) -> torch.Tensor:
+                            mask: torch.Tensor, temporal_context: TemporalContext | None) -> torch.Tensor:
         """The transformer's raw output ``(B, out_channels, F, h, w)`` for scheduler latents at step ``t``."""
         model_input = self.scheduler.scale_model_input(latents, t)
         timestep = t.expand(model_input.shape[0]) if torch.is_tensor(t) else torch.full((model_input.shape[0],), t)
         return self.transformer(model_input.to(self.transformer.dtype), text.to(self.transformer.dtype), mask,
-                                timestep.to(model_input.device), return_dict=False)[0]
+                                timestep.to(model_input.device), return_dict=False,
+                                temporal_context=temporal_context)[0]
 
     # ------------------------------------------------------------------------------------------
     # Generation
@@ -303,6 +309,7 @@ class EasyAnimatePipeline(DiffusionPipeline):
         max_sequence_length: int | None = None,
         context_frames: int | None = None,
         context_overlap: int | None = None,
+        decode_chunk_size: int = 8,
     ) -> EasyAnimatePipelineOutput | tuple:
         """Generate videos from text.
 
@@ -317,6 +324,7 @@ class EasyAnimatePipeline(DiffusionPipeline):
             context_frames: longest clip the motion modules see at once; longer videos are denoised with
                 overlapping temporal windows (default overlap ``context_frames // 4``) and FreeNoise
                 noise rescheduling. None (or a window at least as long as the video) is plain generation.
+            decode_chunk_size: frames the VAE decodes at once (fewer: less memory, same video).
 
         Returns:
             :class:`EasyAnimatePipelineOutput` with ``videos`` (see ``output_type``).
@@ -326,16 +334,23 @@ class EasyAnimatePipeline(DiffusionPipeline):
         video_length = 16 if video_length is None else video_length
         if negative_prompt_embeds is not None and negative_prompt == "":
             negative_prompt = None
-        self.check_inputs(prompt, height, width, video_length, num_inference_steps, guidance_scale, negative_prompt,
-                          prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
-                          negative_prompt_attention_mask, output_type, num_images_per_prompt, latents, timesteps)
-        windowed = context_frames is not None and video_length > context_frames
+        self.check_inputs(
+            prompt=prompt, height=height, width=width, video_length=video_length,
+            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            prompt_attention_mask=prompt_attention_mask, negative_prompt_attention_mask=negative_prompt_attention_mask,
+            output_type=output_type, num_images_per_prompt=num_images_per_prompt, latents=latents, timesteps=timesteps)
+        if not isinstance(decode_chunk_size, int) or decode_chunk_size < 1:
+            raise ValueError(f"decode_chunk_size must be a positive integer, got {decode_chunk_size!r}")
+        temporal_context = None
         if context_frames is not None:
             if context_overlap is None:
                 context_overlap = default_context_overlap(context_frames)
             if context_frames < 1 or not 0 <= context_overlap < context_frames:
                 raise ValueError(f"context_frames must be >= 1 and 0 <= context_overlap < context_frames, "
                                  f"got {context_frames} and {context_overlap}")
+            if video_length > context_frames:
+                temporal_context = TemporalContext(context_frames, context_overlap)
         device = self._execution_device
         guided = guidance_scale > 1.0
 
@@ -343,42 +358,34 @@ class EasyAnimatePipeline(DiffusionPipeline):
         prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = self.encode_prompt(
             prompt, guided, negative_prompt, num_images_per_prompt, device, prompt_embeds, negative_prompt_embeds,
             prompt_attention_mask, negative_prompt_attention_mask, clean_caption, max_sequence_length)
-        if self.free_text_encoder_after_encoding and self.text_encoder is not None:
-            self.text_encoder.to("cpu")
 
         # 2. Timesteps and noise.
         timesteps = self._set_timesteps(num_inference_steps, timesteps, device)
         given_latents = latents is not None
         latents = self.prepare_latents(prompt_embeds.shape[0], self.transformer.config.in_channels, video_length,
                                        height, width, prompt_embeds.dtype, device, generator, latents)
-        if windowed and not given_latents:
+        if temporal_context is not None and not given_latents:
             latents = self.reschedule_noise(latents, context_frames, context_overlap, generator)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 3. Denoising loop (with temporal windows for long clips).
         tensor_names = callback_on_step_end_tensor_inputs or ["latents"]
-        if windowed:
-            self.transformer.set_temporal_context(context_frames, context_overlap)
-        try:
-            latents = self._denoise(latents, timesteps, prompt_embeds, prompt_attention_mask, guidance_scale,
-                                    negative_prompt_embeds, negative_prompt_attention_mask, extra_step_kwargs,
-                                    callback, callback_steps, callback_on_step_end, tensor_names)
-        finally:
-            if windowed:
-                self.transformer.set_temporal_context(None)
+        latents = self._denoise(latents, timesteps, prompt_embeds, prompt_attention_mask, guidance_scale,
+                                negative_prompt_embeds, negative_prompt_attention_mask, extra_step_kwargs,
+                                callback, callback_steps, callback_on_step_end, tensor_names, temporal_context)
 
         # 4. Decode.
-        videos = self._postprocess(latents, output_type)
+        videos = self._postprocess(latents, output_type, decode_chunk_size)
         self.maybe_free_model_hooks()
         return EasyAnimatePipelineOutput(videos=videos) if return_dict else (videos,)
 
     def _denoise(self, latents, timesteps, prompt_embeds, prompt_attention_mask, guidance_scale,
                  negative_prompt_embeds, negative_prompt_attention_mask, extra_step_kwargs, callback,
-                 callback_steps, callback_on_step_end, tensor_names) -> torch.Tensor:
+                 callback_steps, callback_on_step_end, tensor_names, temporal_context) -> torch.Tensor:
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 noise = self.predict_noise(latents, t, prompt_embeds, prompt_attention_mask, guidance_scale,
-                                           negative_prompt_embeds, negative_prompt_attention_mask)
+                                           negative_prompt_embeds, negative_prompt_attention_mask, temporal_context)
                 latents = self.scheduler.step(noise, t, latents, **extra_step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     local = {"latents": latents, "prompt_embeds": prompt_embeds,
@@ -390,10 +397,10 @@ class EasyAnimatePipeline(DiffusionPipeline):
                 progress.update()
         return latents
 
-    def _postprocess(self, latents: torch.Tensor, output_type: str):
+    def _postprocess(self, latents: torch.Tensor, output_type: str, decode_chunk_size: int):
         if output_type == "latent":
             return latents
-        video = self.decode_latents(latents)
+        video = self.decode_latents(latents, decode_chunk_size)
         if output_type == "pt":
             return video
         array = rearrange(video, "b c f h w -> b f h w c").numpy()

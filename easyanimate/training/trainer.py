@@ -31,10 +31,13 @@ from transformers import AutoTokenizer, T5EncoderModel
 from ..config import EasyAnimateConfig, load_config
 from ..data import AspectRatioBatchSampler, VideoImageDataset, collate_clips
 from ..lora import TEXT_ENCODER, TRANSFORMER, lora_target_modules, peft_state_dict_to_kohya, save_kohya_lora
-from ..models import Transformer3DModel, load_motion_module, load_transformer_checkpoint, save_motion_module
-from ..models.loading import is_motion_key, write_safetensors_atomic
+from ..devices import MIXED_PRECISION_DTYPES
+from ..files import write_safetensors, write_text
+from ..models import Transformer3DModel, save_motion_module
+from ..models.loading import is_motion_key
 from ..pipelines import EasyAnimatePipeline
 from ..schedulers import build_scheduler
+from ..text import encode_text
 from ..video_io import save_image, save_video
 from . import checkpoints
 from .config import TrainConfig
@@ -45,7 +48,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_CONFIG = Path(__file__).resolve().parents[2] / "config" / "easyanimate_video_motion_module_v1.yaml"
 # An image yaml has no transformer extras: the model is then plain PixArt blocks (same 603 keys).
 IMAGE_MODEL_KWARGS = {"basic_block_type": "selfattentiontemporal", "time_position_encoding_before_transformer": False}
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -78,11 +80,9 @@ def load_components(config: TrainConfig, weight_dtype: torch.dtype) -> Component
     model_config = load_config(config.config_path or DEFAULT_MODEL_CONFIG)
     image_mode = model_config.transformer_additional_kwargs is None
     extras = IMAGE_MODEL_KWARGS if image_mode else model_config.transformer_additional_kwargs
-    transformer = Transformer3DModel.from_pretrained_2d(root, subfolder="transformer", transformer_additional_kwargs=extras)
-    if config.transformer_path:
-        load_transformer_checkpoint(transformer, config.transformer_path)
-    if config.motion_module_path:
-        load_motion_module(transformer, config.motion_module_path)
+    transformer = Transformer3DModel.from_pretrained_2d(
+        root, subfolder="transformer", transformer_additional_kwargs=extras,
+        transformer_path=config.transformer_path, motion_module=config.motion_module_path)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder", dtype=weight_dtype)
     vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=weight_dtype)
@@ -205,16 +205,6 @@ def make_batch_sampler(dataset, sampler: EpochSampler, batch_size: int, grouped:
 # Encoding
 
 
-def encode_text(tokenizer, text_encoder: T5EncoderModel, texts: list[str], max_length: int,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """T5 states ``(B, L, D)`` and mask ``(B, L)``; raw captions (no cleaning), as in the original trainers."""
-    # The tokenizer may say its model takes fewer tokens (the shapes demo's: 24); padding is wasted compute.
-    max_length = min(max_length, tokenizer.model_max_length)
-    tokens = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-    mask = tokens.attention_mask.to(device)
-    return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0], mask
-
-
 @torch.no_grad()
 def encode_video(vae: AutoencoderKL, pixels: torch.Tensor, mini_batch: int,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -269,7 +259,7 @@ class CheckpointIO:
             if self.config.lora is None:
                 self.accelerator.unwrap_model(self.components.transformer).save_pretrained(folder / "transformer")
             else:
-                write_safetensors_atomic(self._lora_state(), folder / "lora_state.safetensors")
+                write_safetensors(folder / "lora_state.safetensors", self._lora_state())
                 export_lora(self.components, self.config, folder / "lora.safetensors")
         weights.clear()
 
@@ -297,7 +287,7 @@ class CheckpointIO:
         if self.ema is not None:
             ema_state = {name: shadow.detach().cpu().contiguous()
                          for (name, _), shadow in zip(self.trainable, self.ema.shadow_params)}
-            write_safetensors_atomic(ema_state, folder / "transformer_ema" / "ema.safetensors")
+            write_safetensors(folder / "transformer_ema" / "ema.safetensors", ema_state)
             (folder / "transformer_ema" / "ema_state.json").write_text(
                 json.dumps({"optimization_step": self.ema.optimization_step, "decay": self.ema.decay}))
         (folder / "train_config.yaml").write_text(self.config.to_yaml())
@@ -377,11 +367,11 @@ def train(config: TrainConfig) -> TrainResult:
         set_seed(config.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.yaml").write_text(config.to_yaml())
+        write_text(output_dir / "train_config.yaml", config.to_yaml())
         checkpoints.remove_incomplete(output_dir)
     if config.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
-    weight_dtype = DTYPES[config.mixed_precision]
+    weight_dtype = MIXED_PRECISION_DTYPES[config.mixed_precision]
     device = accelerator.device
 
     # 1. Models and what trains.
@@ -612,7 +602,7 @@ def export(components: Components, transformer: Transformer3DModel, config: Trai
     if any(not is_motion_key(name) for name, _ in trainable):
         state = {k: v.detach().cpu().contiguous() for k, v in transformer.state_dict().items()
                  if not is_motion_key(k)}
-        write_safetensors_atomic(state, output_dir / "pixart_transformer.safetensors")
+        write_safetensors(output_dir / "pixart_transformer.safetensors", state)
         exports["pixart_transformer"] = output_dir / "pixart_transformer.safetensors"
     for name, path in exports.items():
         logger.info("exported %s: %s", name, path)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,18 +34,17 @@ from ..generation import (
     ModelDefaults,
     ModelSelection,
     apply_lora,
-    best_device,
     build_transformer,
-    check_sampler,
     generate,
     load_pipeline,
     read_model_defaults,
-    resolve_dtype,
     run_record,
     save_result,
     select_model,
     set_sampler,
 )
+from ..devices import best_device, resolve_dtype
+from ..files import write_text
 from ..lora import LoraMerger
 from ..models import WeightLoadError
 from ..pipelines import EasyAnimatePipeline
@@ -125,7 +123,7 @@ class WeightChoice:
     motion_module: str | None = NONE
     base_model: str | None = NONE
     lora: str | None = NONE
-    lora_weight: float = 0.55
+    lora_weight: float = GenerationRequest.lora_weight
 
 
 @dataclass
@@ -290,7 +288,7 @@ class EasyAnimateController:
     def _reload_transformer(self, loaded: _Loaded, selection: ModelSelection) -> None:
         """Swap the motion module / base checkpoint in place (the VAE and T5 stay loaded)."""
         try:
-            fresh = build_transformer(selection, loaded.pipeline.easyanimate_config)
+            fresh = build_transformer(selection)
         except (WeightLoadError, ConfigError, OSError, ValueError) as error:
             raise UIError(f"could not load the weights: {error}") from error
         if loaded.merger is not None:
@@ -323,27 +321,24 @@ class EasyAnimateController:
         model's. Raises :class:`UIError` with a message for the page on bad input, missing weights
         or out-of-memory.
         """
-        try:
-            check_sampler(request.sampler)
-        except ValueError as error:
-            raise UIError(str(error)) from error
         with self._holding(wait=True):
             warnings = self._ensure(choice)
             if request.frames == 1:
                 warnings = []
             loaded = self._loaded
-            request = replace(request, fps=fps or loaded.selection.defaults.fps)
+            request = replace(request, fps=fps or loaded.selection.defaults.request.fps,
+                              lora_weight=float(choice.lora_weight))
+            try:
+                request.validate(loaded.pipeline)
+            except ValueError as error:
+                raise UIError(str(error)) from error
             set_sampler(loaded.pipeline, request.sampler)
             seed = request.resolved_seed()
-            try:
-                with _out_of_memory_message(f"at {request.width}x{request.height}, {request.frames} frames",
-                                            "use a smaller size or fewer frames, or "):
-                    video = generate(loaded.pipeline, request, seed, _step_callback(on_step))
-            except ValueError as error:  # the pipeline's input checks
-                raise UIError(str(error)) from error
+            with _out_of_memory_message(f"at {request.width}x{request.height}, {request.frames} frames",
+                                        "use a smaller size or fewer frames, or "):
+                video = generate(loaded.pipeline, request, seed, _step_callback(on_step))
             selection = replace(loaded.selection, lora=loaded.lora[0] if loaded.lora else None)
-            record = run_record(request, seed, selection, float(choice.lora_weight), self.dtype, self.device,
-                                self.memory_mode)
+            record = run_record(request, seed, selection, self.dtype, self.device, self.memory_mode)
             (path,) = save_result(video, self.output_dir / "sample", record, request.fps)
             self._append_log({**record, "file": str(path.relative_to(self.output_dir))})
         return GenerationResult(path, seed, record, warnings)
@@ -353,9 +348,7 @@ class EasyAnimateController:
         log = self.output_dir / "logs.json"
         records = json.loads(log.read_text()) if log.is_file() else []
         records.append(record)
-        tmp = log.with_name(f".{log.name}.tmp")
-        tmp.write_text(json.dumps(records, indent=2))
-        os.replace(tmp, log)
+        write_text(log, json.dumps(records, indent=2))
 
 
 def _same(a: ModelSelection, b: ModelSelection, *fields: str) -> bool:

@@ -1,4 +1,8 @@
-"""The Gradio page: model checkpoints, generation settings, result (spec section 5).
+"""The Gradio page: model checkpoints, generation settings, result (the layout of the original v1 UI).
+
+The controls start at the generation defaults (:class:`~easyanimate.generation.GenerationRequest`);
+selecting a model applies the defaults its folder carries. One deliberate difference: the seed starts
+at -1 (a new random seed per generation, as in the original UI), where the scripts default to 43.
 
 Every handler turns :class:`~easyanimate.ui.controller.UIError` (and any other failure) into a
 ``gr.Error`` message on the page, so the app keeps serving. The generate event is the API endpoint
@@ -12,7 +16,7 @@ import random
 
 import gradio as gr
 
-from ..generation import DEFAULT_NEGATIVE_PROMPT, GenerationRequest, ModelDefaults
+from ..generation import GenerationRequest
 from ..models.motion_module import default_context_overlap
 from ..schedulers import SAMPLER_NAMES
 from .controller import NONE, BusyError, EasyAnimateController, UIError, WeightChoice
@@ -45,6 +49,16 @@ def _whole(value: float | int | None, name: str) -> int:
     if value is None or float(value) != int(value):
         raise UIError(f"{name} must be a whole number, got {value!r}")
     return int(value)
+
+
+def control_values(d: GenerationRequest, prompt: str) -> dict:
+    """The setting controls' values for the defaults ``d`` (the prompt only when the box is empty)."""
+    return {"sampler": d.sampler, "steps": d.steps, "width": d.width, "height": d.height,
+            "frames": d.frames, "cfg": d.guidance_scale, "negative_prompt": d.negative_prompt,
+            "context_frames": d.context_frames or 0,  # a model without a window turns windows off
+            **({"context_overlap": d.context_overlap if d.context_overlap is not None
+                else default_context_overlap(d.context_frames)} if d.context_frames else {}),
+            **({"prompt": d.prompt} if not prompt.strip() else {})}
 
 
 def _status(controller: EasyAnimateController, warnings: list[str]) -> str:
@@ -81,8 +95,8 @@ class _Handlers:
         if defaults is not None:
             motion_module = self._default_label("motion_modules", defaults.motion_module, motion_module)
             lora = self._default_label("personalized", defaults.lora, lora)
-            lora_alpha = defaults.lora_weight
-            updates = self._setting_updates(defaults, prompt)
+            lora_alpha = defaults.request.lora_weight
+            updates = control_values(defaults.request, prompt)
         status = self._load(WeightChoice(model, motion_module, base_model, lora, lora_alpha)) if model != NONE else (
             _status(self.c, []))
         keep = gr.update()
@@ -96,15 +110,6 @@ class _Handlers:
             return current
         label = self.c.label_of(kind, self.c.models_dir / relative)
         return label if label != NONE else current
-
-    @staticmethod
-    def _setting_updates(d: ModelDefaults, prompt: str) -> dict:
-        return {"sampler": d.sampler, "steps": d.steps, "width": d.width, "height": d.height,
-                "frames": d.frames, "cfg": d.guidance_scale, "negative_prompt": d.negative_prompt,
-                "context_frames": d.context_frames or 0,  # a model without a window turns windows off
-                **({"context_overlap": d.context_overlap if d.context_overlap is not None
-                    else default_context_overlap(d.context_frames)} if d.context_frames else {}),
-                **({"prompt": d.prompt} if not prompt.strip() else {})}
 
     def switch(self, model, motion_module, base_model, lora, lora_alpha):
         """Motion module, base checkpoint or LoRA changed: apply it now (when a model is loaded)."""
@@ -156,6 +161,7 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
     """The page, wired to ``controller``; launch it with ``.queue().launch(...)``."""
     h = _Handlers(controller)
     choices = controller.choices
+    d = GenerationRequest()
     with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
         gr.Markdown(f"# {TITLE}\n\nText-to-video with a diffusion transformer. Weights are read from "
                     f"`{controller.models_dir}`; results are saved to `{controller.output_dir}`.")
@@ -171,27 +177,27 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                 base_model = gr.Dropdown(_choices(choices.personalized), value=NONE,
                                          label="Select base Dreambooth model (optional)")
                 lora = gr.Dropdown(_choices(choices.personalized), value=NONE, label="Select LoRA model (optional)")
-                lora_alpha = gr.Slider(0, 2, value=0.55, step=0.05, label="LoRA alpha")
+                lora_alpha = gr.Slider(0, 2, value=d.lora_weight, step=0.05, label="LoRA alpha")
                 personalized_refresh = gr.Button("Refresh", scale=0, min_width=100)
             status = gr.Markdown(_status(controller, []), label="Status", elem_id="status")
         with gr.Column(variant="panel"):
             gr.Markdown("## 2. Configs for Generation")
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
-            negative_prompt = gr.Textbox(label="Negative prompt", lines=2, value=DEFAULT_NEGATIVE_PROMPT)
+            negative_prompt = gr.Textbox(label="Negative prompt", lines=2, value=d.negative_prompt)
             with gr.Row():
                 with gr.Column():
                     with gr.Row():
-                        sampler = gr.Dropdown(SAMPLER_NAMES, value=SAMPLER_NAMES[0], label="Sampling method")
-                        steps = gr.Slider(1, 100, value=30, step=1, label="Sampling steps")
-                    width = gr.Slider(SIZE_STEP, MAX_SIZE, value=512, step=SIZE_STEP, label="Width")
-                    height = gr.Slider(SIZE_STEP, MAX_SIZE, value=512, step=SIZE_STEP, label="Height")
-                    frames = gr.Slider(1, MAX_FRAMES, value=80, step=1, label="Animation length",
+                        sampler = gr.Dropdown(SAMPLER_NAMES, value=d.sampler, label="Sampling method")
+                        steps = gr.Slider(1, 100, value=d.steps, step=1, label="Sampling steps")
+                    width = gr.Slider(SIZE_STEP, MAX_SIZE, value=d.width, step=SIZE_STEP, label="Width")
+                    height = gr.Slider(SIZE_STEP, MAX_SIZE, value=d.height, step=SIZE_STEP, label="Height")
+                    frames = gr.Slider(1, MAX_FRAMES, value=d.frames, step=1, label="Animation length",
                                        info="frames; 1 gives an image")
-                    cfg_scale = gr.Slider(0, 20, value=6.0, step=0.1, label="CFG Scale")
+                    cfg_scale = gr.Slider(0, 20, value=d.guidance_scale, step=0.1, label="CFG Scale")
                     with gr.Accordion("Longer videos (temporal window)", open=False):
-                        context_frames = gr.Slider(0, MAX_FRAMES, value=0, step=1, label="Temporal window",
+                        context_frames = gr.Slider(0, MAX_FRAMES, value=d.context_frames or 0, step=1, label="Temporal window",
                                                    info="frames the motion module sees at once; 0: the whole video")
-                        context_overlap = gr.Slider(0, MAX_FRAMES - 1, value=4, step=1, label="Window overlap",
+                        context_overlap = gr.Slider(0, MAX_FRAMES - 1, value=d.context_overlap or 4, step=1, label="Window overlap",
                                                     info="frames shared by consecutive windows")
                     with gr.Row():
                         seed = gr.Number(value=-1, precision=0, minimum=-1, label="Seed", info="-1: random")

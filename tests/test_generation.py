@@ -1,0 +1,56 @@
+"""Generation settings: one source of defaults, model folders overriding them, one validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from easyanimate.config import ConfigError
+from easyanimate.generation import GenerationRequest, ModelDefaults, load_pipeline, read_model_defaults, select_model
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_models):
+    return load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
+
+
+def test_the_defaults_are_the_original_scripts_and_a_model_folder_overrides_them(tmp_path):
+    d = GenerationRequest()
+    assert (d.sampler, d.steps, d.guidance_scale, d.seed, d.height, d.width, d.frames, d.fps, d.lora_weight) == (
+        "DPM++", 30, 6.0, 43, 512, 512, 80, 12, 0.55)
+    (tmp_path / "easyanimate_defaults.yaml").write_text("height: 64\nmotion_module: Motion_Module/x.safetensors\n")
+    defaults = read_model_defaults(tmp_path)
+    assert defaults.motion_module == "Motion_Module/x.safetensors"
+    assert defaults.request == GenerationRequest(height=64)  # the rest stays the one source's
+    assert read_model_defaults(tmp_path / "elsewhere") == ModelDefaults()
+
+
+def test_an_unknown_key_in_a_model_defaults_file_names_the_key(tmp_path):
+    (tmp_path / "easyanimate_defaults.yaml").write_text("hieght: 64\n")
+    with pytest.raises(ConfigError, match="hieght"):
+        read_model_defaults(tmp_path)
+
+
+def test_flags_override_only_what_they_give():
+    request = GenerationRequest(steps=20, seed=1).overridden(steps=None, seed=5, prompt="x")
+    assert (request.steps, request.seed, request.prompt) == (20, 5, "x")
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(prompt="  "), "prompt is empty"),
+    (dict(steps=1_000_000), "steps must be a whole number from 1 to 1000"),
+    (dict(steps=0), "steps must be"),
+    (dict(fps=0), "fps must be a positive"),
+    (dict(seed=2**64), "seed must be"),
+    (dict(sampler="Heun"), "unknown sampler 'Heun'"),
+    (dict(context_frames=8, context_overlap=8), "overlap from 0 to one less"),
+    (dict(height=50), "multiples of 32"),
+    (dict(frames=0), "video_length must be an integer"),
+])
+def test_validation_names_the_setting_and_what_would_be_right(pipe, change, match):
+    request = GenerationRequest(prompt="a red circle", height=64, width=64, frames=4, steps=2).overridden(**change)
+    with pytest.raises(ValueError, match=match):
+        request.validate(pipe)
+
+
+def test_a_valid_request_passes(pipe):
+    GenerationRequest(prompt="a red circle", height=64, width=64, frames=4, steps=2).validate(pipe)
