@@ -38,14 +38,6 @@ RELEASED_MOTION_MODULE = "Motion_Module/easyanimate_v1_mm.safetensors"
 DEMO_MODEL = "Diffusion_Transformer/EasyAnimate-Shapes-Demo"
 DEMO_MOTION_MODULE = "Motion_Module/easyanimate_shapes_mm.safetensors"
 DEMO_LORA = "Personalized_Model/easyanimate_shapes_dark_lora.safetensors"  # its dark-background style
-# The long-clip demo model: trained on a world whose shapes wrap around the frame (config/shapes/world_long.yaml),
-# so its motion holds for any number of frames; its defaults generate 64 frames in 16-frame windows.
-LONG_DEMO_MODEL = "Diffusion_Transformer/EasyAnimate-Shapes-Long"
-LONG_DEMO_MOTION_MODULE = "Motion_Module/easyanimate_shapes_long_mm.safetensors"
-LONG_DEMO_LORA = "Personalized_Model/easyanimate_shapes_long_dark_lora.safetensors"
-SHAPES_RELEASES = {"demo": (DEMO_MODEL, DEMO_MOTION_MODULE, DEMO_LORA),
-                   "long": (LONG_DEMO_MODEL, LONG_DEMO_MOTION_MODULE, LONG_DEMO_LORA)}
-"""(model folder, motion module, style LoRA) of each shapes demo model, relative to the models folder."""
 TINY_MODEL = "Diffusion_Transformer/tiny-easyanimate"  # written by scripts/make_tiny_model.py (random weights)
 DEFAULTS_FILE = "easyanimate_defaults.yaml"
 CONFIG_FILE = "easyanimate_config.yaml"
