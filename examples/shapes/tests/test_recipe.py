@@ -289,39 +289,94 @@ def test_the_long_variant_is_released_beside_the_demo_model_with_its_window(reci
     assert load_world(models / model / "shapes_world.yaml").wrap
 
 
-def test_the_recipe_script_passes_each_variant_its_world_and_t2v_length(tmp_path, repo_root):
-    """examples/shapes/train_shapes.sh with a stand-in PYTHON that records its arguments: the long variant
-    makes its data from world_long.yaml, trains t2v (only) for 8000 steps, and releases under its own names;
-    the demo variant keeps the t2v yaml's length; an unknown variant stops before anything runs."""
+STAGES = {"data": "examples.shapes.make_dataset", "vae": "examples.shapes.vae", "base": "examples.shapes.build init",
+          "t2i": "configs/t2i.yaml", "t2v": "configs/t2v.yaml", "lora": "configs/lora.yaml",
+          "release": "examples.shapes.build release"}
+"""What identifies each stage's command line in the recipe script."""
+
+
+@pytest.fixture
+def recipe_script(tmp_path, repo_root):
+    """Runs examples/shapes/train_shapes.sh with a stand-in PYTHON that only records its arguments:
+    ``run(env, *args, cwd=repo_root)`` returns the finished process and each stage's command line."""
     log = tmp_path / "calls"
     fake = tmp_path / "python"
     fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
     fake.chmod(0o755)
 
-    def calls(variant: str) -> dict[str, str]:
+    def run(env: dict[str, str], *args: str, cwd: Path = repo_root):
         log.write_text("")
-        done = subprocess.run(["sh", "examples/shapes/train_shapes.sh", "--report_to", "none"], cwd=repo_root,
-                              env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "VARIANT": variant,
-                                   "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"),
-                                   "MODELS": str(tmp_path / "models")}, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
+        done = subprocess.run(["sh", str(repo_root / "examples/shapes/train_shapes.sh"), *args], cwd=cwd,
+                              env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), **env}, capture_output=True,
+                              text=True)
         lines = log.read_text().splitlines()
-        return {line.split()[1] if "train_config" not in line else line.split()[2]: line for line in lines}
+        calls = {name: [line for line in lines if marker in line] for name, marker in STAGES.items()}
+        assert all(len(found) <= 1 for found in calls.values()), lines
+        return done, {name: found[0] for name, found in calls.items() if found}
 
-    long = calls("long")
-    assert "--world examples/shapes/configs/world_long.yaml" in long["examples.shapes.make_dataset"]
-    assert "--max_train_steps 8000 --report_to none" in long["examples/shapes/configs/t2v.yaml"]
-    assert "--max_train_steps" not in long["examples/shapes/configs/t2i.yaml"] + long["examples/shapes/configs/lora.yaml"]
-    release = [line for line in long.values() if " release " in f" {line} "][0]
-    assert "--variant long --world examples/shapes/configs/world_long.yaml" in release
-    assert f"--pretrained_model_name_or_path {tmp_path / 'out'}/base" in long["examples/shapes/configs/t2v.yaml"]
+    return run
 
-    demo = calls("demo")
-    assert "--world examples/shapes/configs/world.yaml" in demo["examples.shapes.make_dataset"]
-    assert "--max_train_steps" not in demo["examples/shapes/configs/t2v.yaml"]
-    assert "--variant demo" in [line for line in demo.values() if " release " in f" {line} "][0]
 
-    log.write_text("")
-    refused = subprocess.run(["sh", "examples/shapes/train_shapes.sh"], cwd=repo_root, capture_output=True, text=True,
-                             env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "VARIANT": "longer"})
-    assert refused.returncode == 2 and "VARIANT is demo or long" in refused.stderr and log.read_text() == ""
+def test_the_recipe_script_passes_each_variant_its_world_and_t2v_length(recipe_script, tmp_path):
+    """The long variant makes its data from world_long.yaml, trains t2v (only) for 8000 steps, and
+    releases under its own names; the demo variant keeps the t2v yaml's length; an unknown variant stops
+    before anything runs."""
+    folders = {"OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data")}
+    done, long = recipe_script({"VARIANT": "long", **folders}, "--report_to", "none")
+    assert done.returncode == 0, done.stderr
+    assert "--world examples/shapes/configs/world_long.yaml" in long["data"]
+    assert "--max_train_steps 8000 --report_to none" in long["t2v"]
+    assert "--max_train_steps" not in long["t2i"] + long["lora"]
+    assert "--variant long --world examples/shapes/configs/world_long.yaml" in long["release"]
+    assert f"--pretrained_model_name_or_path {tmp_path / 'out'}/base" in long["t2v"]
+
+    done, demo = recipe_script({"VARIANT": "demo", **folders}, "--report_to", "none")
+    assert done.returncode == 0, done.stderr
+    assert "--world examples/shapes/configs/world.yaml" in demo["data"]
+    assert "--max_train_steps" not in demo["t2v"]
+    assert "--variant demo" in demo["release"]
+
+    refused, calls = recipe_script({"VARIANT": "longer"})
+    assert refused.returncode == 2 and "VARIANT is demo or long" in refused.stderr and not calls
+
+
+def test_the_recipe_releases_into_its_own_output_folder_unless_asked(recipe_script, tmp_path, repo_root):
+    """Without MODELS the release goes to OUT/models and the models folder is only named in the printed
+    command that ships it; MODELS=models is the explicit request. The script runs from the root only."""
+    out = tmp_path / "out"
+    done, calls = recipe_script({"OUT": str(out), "DATA": str(tmp_path / "data")})
+    assert done.returncode == 0, done.stderr
+    assert calls["release"].endswith(f"--models_dir {out}/models")
+    assert not any(" models" in line or "--models_dir models" in line for line in calls.values())
+    shipping = done.stdout.splitlines()[-1]
+    assert "-m examples.shapes.build release --base" in shipping and shipping.endswith("--models_dir models")
+    assert f"--lora {out}/lora/lora.safetensors --variant demo" in shipping
+
+    done, calls = recipe_script({"OUT": str(out), "DATA": str(tmp_path / "data"), "MODELS": "models"})
+    assert done.returncode == 0, done.stderr
+    assert calls["release"].endswith("--models_dir models") and "ship it" not in done.stdout
+
+    refused, calls = recipe_script({"OUT": str(out)}, cwd=tmp_path)
+    assert refused.returncode == 2 and "repository root" in refused.stderr and not calls
+
+
+@pytest.mark.parametrize("variant", ["demo", "long"])
+def test_a_dry_run_shortens_every_stage_and_keeps_to_its_own_folders(recipe_script, variant):
+    """DRY_RUN=1: one clip per combination, 20 steps for the VAE and each training stage (the long
+    variant's 8000 t2v steps too), outputs in ..._dry_run folders, and a release into models/ refused."""
+    suffix = "_long" if variant == "long" else ""
+    done, calls = recipe_script({"DRY_RUN": "1", "VARIANT": variant})
+    assert done.returncode == 0, done.stderr
+    assert set(calls) == set(STAGES)
+    assert "--clips-per-combination 1 --style-clips-per-combination 1" in calls["data"]
+    assert f"--output-dir datasets/shapes{suffix}_dry_run" in calls["data"]
+    for stage in ("vae", "t2i", "t2v", "lora"):
+        assert calls[stage].endswith("--max_train_steps 20"), calls[stage]
+    assert "8000" not in calls["t2v"]
+    assert calls["release"].endswith(f"--models_dir output_dir/shapes{suffix}_dry_run/models")
+    assert "nothing to ship" in done.stdout and "--models_dir models" not in done.stdout
+
+    refused, calls = recipe_script({"DRY_RUN": "1", "VARIANT": variant, "MODELS": "models"})
+    assert refused.returncode == 2 and "leave MODELS unset" in refused.stderr and not calls
+    refused, calls = recipe_script({"DRY_RUN": "yes"})
+    assert refused.returncode == 2 and "DRY_RUN is 0 or 1" in refused.stderr and not calls
