@@ -46,12 +46,7 @@ RELEASED_CONFIG = REPO_ROOT / "config" / "easyanimate_video_motion_module_v1.yam
 # The shipped demo model: what runs when the released weights are absent (it carries its own defaults).
 DEMO_MODEL = "Diffusion_Transformer/EasyAnimate-Shapes-Demo"
 DEMO_MOTION_MODULE = "Motion_Module/easyanimate_shapes_mm.safetensors"
-DEMO_LORA = "Personalized_Model/easyanimate_shapes_dark_lora.safetensors"
-LONG_DEMO_MODEL = "Diffusion_Transformer/EasyAnimate-Shapes-Long"
-LONG_DEMO_MOTION_MODULE = "Motion_Module/easyanimate_shapes_long_mm.safetensors"
-LONG_DEMO_LORA = "Personalized_Model/easyanimate_shapes_long_dark_lora.safetensors"
-SHAPES_RELEASES = {"demo": (DEMO_MODEL, DEMO_MOTION_MODULE, DEMO_LORA),
-                   "long": (LONG_DEMO_MODEL, LONG_DEMO_MOTION_MODULE, LONG_DEMO_LORA)}
+DEMO_LORA = "Personalized_Model/easyanimate_shapes_dark_lora.safetensors"  # its dark-background style
 TINY_MODEL = "Diffusion_Transformer/tiny-easyanimate"  # written by easyanimate.tiny.write_tiny_model (random weights)
 DEFAULTS_FILE = "easyanimate_defaults.yaml"
 CONFIG_FILE = "easyanimate_config.yaml"

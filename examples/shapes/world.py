@@ -7,7 +7,7 @@ captioned ``"a red circle moving left"``; "style" clips have a dark background a
 y downwards, so "up" is decreasing y.
 
 A clip is a pure function of ``(world, seed, index)``: the world (sizes, speeds, palette, held-out
-combinations) comes from ``config/shapes/world.yaml``, and the per-clip randomness (shape size, speed,
+combinations) comes from ``configs/world.yaml``, and the per-clip randomness (shape size, speed,
 start position) from ``numpy.random.default_rng([seed, index])``. Held-out (colour, shape, direction)
 combinations never appear in the training metadata; the evaluation renders them from text only.
 
@@ -26,7 +26,10 @@ import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..config import ConfigError
+from easyanimate.config import ConfigError
+from easyanimate.video_io import save_video
+
+from . import CONFIGS
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -39,6 +42,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 """Unit step ``(dx, dy)`` in image coordinates (y grows downwards)."""
+
+WORLDS = {"demo": CONFIGS / "world.yaml", "long": CONFIGS / "world_long.yaml"}
+"""The world yaml of each shapes demo model: the default model's, and the long-clip model's (wrapping)."""
 
 STYLE_SUFFIX = " on a dark background"
 SUPERSAMPLING = 4  # coverage is computed on a 4x finer grid, so edges are anti-aliased
@@ -67,7 +73,7 @@ class Combination:
 
 @dataclass
 class ShapesWorld:
-    """Everything that defines the world (``config/shapes/world.yaml``); sizes in pixels."""
+    """Everything that defines the world (``configs/world.yaml``); sizes in pixels."""
 
     size: int = 64
     """clip height and width."""
@@ -305,8 +311,6 @@ def write_dataset(world: ShapesWorld, root: str | Path) -> DatasetFiles:
     train on different pixels. Losslessly, every write decodes to the same frames (the rendered ones after
     4:2:0 chroma subsampling), whatever bytes the encoder chose; that costs about 6 KB per clip instead of 3.
     """
-    from ..video_io import save_video
-
     validate_world(world)
     root = Path(root)
     lists = {"train": (world.clips_per_combination, False), "style": (world.style_clips_per_combination, True)}

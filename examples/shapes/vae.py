@@ -1,6 +1,6 @@
 """Train the toy VAE of the shapes demo model on video frames.
 
-    python scripts/train_vae.py --train_data_meta datasets/shapes/train.json datasets/shapes/style.json \
+    python -m examples.shapes.vae --train_data_meta datasets/shapes/train.json datasets/shapes/style.json \
         --output_dir output_dir/shapes/vae
 
 The VAE is an SD-style diffusers ``AutoencoderKL`` (8x downsampling, 4 latent channels; sizes in the
@@ -27,6 +27,8 @@ from omegaconf import OmegaConf
 from easyanimate.data import load_entries
 from easyanimate.video_io import read_video_frames
 
+from . import CONFIGS
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--kl_weight", type=float, default=1e-4, help="weight of the mean per-element KL term")
     add("--learning_rate", type=float, default=3e-3, help="peak AdamW learning rate (cosine decay to 0)")
     add("--max_train_steps", type=int, default=1600, help="optimizer steps")
-    add("--model_config", default="config/shapes/model.yaml", help="yaml whose vae: section sizes the VAE")
+    add("--model_config", default=str(CONFIGS / "model.yaml"), help="yaml whose vae: section sizes the VAE")
     add("--output_dir", required=True, help="where the VAE folder is written")
     add("--seed", type=int, default=0, help="weights, crops and batches depend only on this seed")
     add("--train_batch_size", type=int, default=8, help="crops per step")

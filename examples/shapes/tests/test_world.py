@@ -1,20 +1,22 @@
-"""The shapes world, its pixel classifiers, the shipped demo model and the training recipe that made it."""
+"""The shapes world (its generator, yaml and dataset files) and the pixel classifiers on its ground truth."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from easyanimate.config import ConfigError
-from easyanimate.data.shapes import (
+from easyanimate.video_io import read_video_frames
+from examples.shapes.classify import read_clip, read_long_clip, temporal_windows
+from examples.shapes.world import (
     COLOURS,
     DIRECTIONS,
     SHAPES,
     STYLE_SUFFIX,
+    WORLDS,
     Combination,
     ShapesWorld,
     all_combinations,
@@ -24,12 +26,8 @@ from easyanimate.data.shapes import (
     validate_world,
     write_dataset,
 )
-from easyanimate.evaluation.shapes import read_clip, read_long_clip, temporal_windows
-from easyanimate.video_io import read_video_frames
 
-ROOT = Path(__file__).resolve().parents[1]
-WORLD = ROOT / "config" / "shapes" / "world.yaml"
-MODELS = ROOT / "models"
+WORLD = WORLDS["demo"]
 
 
 # ------------------------------------------------------------------------------------------------

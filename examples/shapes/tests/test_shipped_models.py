@@ -1,33 +1,18 @@
 """The shipped shapes demo models: the demo model is the default when the released weights are absent, and
-on a small sample of its evaluation (scripts/eval_shapes.py) it meets the issue's targets; the long-clip
-model keeps colour and direction across the windows of 64-frame clips."""
+on a small sample of its evaluation (examples.shapes.evaluate) it meets its model card's targets; the
+long-clip model keeps colour and direction across the windows of 64-frame clips."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from easyanimate.data.shapes import Combination, all_combinations, load_world
-from easyanimate.evaluation.shapes import accuracy, generate_and_read, long_clip_scores
-from easyanimate.generation import (
-    DEMO_LORA,
-    DEMO_MODEL,
-    DEMO_MOTION_MODULE,
-    LONG_DEMO_LORA,
-    LONG_DEMO_MODEL,
-    LONG_DEMO_MOTION_MODULE,
-    apply_lora,
-    load_pipeline,
-    select_model,
-)
+from easyanimate.generation import apply_lora, load_pipeline, select_model
+from examples.shapes.build import RELEASES
+from examples.shapes.evaluate import accuracy, generate_and_read, long_clip_scores
+from examples.shapes.world import Combination, all_combinations, load_world
 
-REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "models"
-DEMO = MODELS / DEMO_MODEL
-LORA = MODELS / DEMO_LORA
-MOTION_MODULE = MODELS / DEMO_MOTION_MODULE
+DEMO, LONG = RELEASES["demo"], RELEASES["long"]
 
 
 def every_nth(combinations: list[Combination], n: int, offset: int = 0) -> list[Combination]:
@@ -52,18 +37,20 @@ def load_shapes_model(selection) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def demo():
-    selection = select_model(MODELS)
-    assert selection.model == DEMO, "without the released weights the shipped demo model is the default"
+def demo(shipped_models):
+    selection = select_model(shipped_models)
+    assert selection.model == shipped_models / DEMO.model, "without the released weights the demo model is the default"
     return (selection, *load_shapes_model(selection))
 
 
-def test_shipped_files_are_small_and_in_the_released_layout():
-    files = [p for p in DEMO.rglob("*") if p.is_file()] + [MOTION_MODULE, LORA]
+def test_shipped_files_are_small_and_in_the_released_layout(shipped_models):
+    folder = shipped_models / DEMO.model
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    files += [shipped_models / DEMO.motion_module, shipped_models / DEMO.lora]
     assert all(p.is_file() for p in files)
     assert sum(p.stat().st_size for p in files) <= 20 * 2**20
     for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
-        assert (DEMO / part).is_dir()
+        assert (folder / part).is_dir()
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +71,9 @@ def test_video_mode_meets_the_direction_target_on_seen_combinations(video_scores
 
 
 @pytest.mark.slow
-def test_without_the_motion_module_direction_is_about_chance(demo):
+def test_without_the_motion_module_direction_is_about_chance(demo, shipped_models):
     selection, _, seen, held_out, settings = demo
-    plain = select_model(MODELS, use_motion_module=False)
+    plain = select_model(shipped_models, use_motion_module=False)
     pipeline = load_pipeline(plain, selection.defaults.sampler, device="cpu")
     pipeline.set_progress_bar_config(disable=True)
     scores = accuracy(generate_and_read(pipeline, every_nth(seen, 2), [0], held_out, **settings))
@@ -96,13 +83,14 @@ def test_without_the_motion_module_direction_is_about_chance(demo):
 
 
 @pytest.mark.slow
-def test_style_lora_sets_the_dark_background_only_when_merged(demo):
+def test_style_lora_sets_the_dark_background_only_when_merged(demo, shipped_models):
     _, pipeline, seen, held_out, settings = demo
     sample = every_nth(seen, 4, offset=1)
-    merger = apply_lora(pipeline, None, LORA, 1.0)
+    lora = shipped_models / DEMO.lora
+    merger = apply_lora(pipeline, None, lora, 1.0)
     try:
         styled = accuracy(generate_and_read(pipeline, sample, [0], held_out, style=True, **settings))
-        merger = apply_lora(pipeline, merger, LORA, 0.0)
+        merger = apply_lora(pipeline, merger, lora, 0.0)
         plain = accuracy(generate_and_read(pipeline, sample, [0], held_out, style=True, **settings))
     finally:
         apply_lora(pipeline, merger, None, 0.0)
@@ -110,23 +98,24 @@ def test_style_lora_sets_the_dark_background_only_when_merged(demo):
     assert plain["dark"] <= 0.1, plain
 
 
-def test_shipped_long_clip_model_is_small_and_generates_64_frames_in_windows_by_default():
-    files = [p for p in (MODELS / LONG_DEMO_MODEL).rglob("*") if p.is_file()]
-    files += [MODELS / LONG_DEMO_MOTION_MODULE, MODELS / LONG_DEMO_LORA]
+def test_shipped_long_clip_model_is_small_and_generates_64_frames_in_windows_by_default(shipped_models):
+    folder = shipped_models / LONG.model
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    files += [shipped_models / LONG.motion_module, shipped_models / LONG.lora]
     assert all(p.is_file() for p in files) and sum(p.stat().st_size for p in files) <= 20 * 2**20
-    defaults = select_model(MODELS, MODELS / LONG_DEMO_MODEL).defaults
+    defaults = select_model(shipped_models, folder).defaults
     assert (defaults.frames, defaults.context_frames, defaults.context_overlap) == (64, 16, 4)
-    assert load_world(MODELS / LONG_DEMO_MODEL / "shapes_world.yaml").wrap
+    assert load_world(folder / "shapes_world.yaml").wrap
 
 
 @pytest.mark.slow
-def test_long_clips_in_windows_keep_colour_and_direction_without_visible_seams():
+def test_long_clips_in_windows_keep_colour_and_direction_without_visible_seams(shipped_models):
     """The long-clip demo model with its own defaults: 64-frame clips denoised in 16-frame windows (4 shared),
     on 7 seen combinations. Every window of every clip shows the prompted colour; most windows move the
     prompted way (25% is chance), the later windows as often as the first, so the windows carry the
     direction on rather than each drawing its own; and the frame-to-frame change at window seams stays
     within 1.5x of the change inside windows (median over the clips)."""
-    pipeline, seen, held_out, settings = load_shapes_model(select_model(MODELS, MODELS / LONG_DEMO_MODEL))
+    pipeline, seen, held_out, settings = load_shapes_model(select_model(shipped_models, shipped_models / LONG.model))
     assert (settings["frames"], settings["context_frames"], settings["context_overlap"]) == (64, 16, 4)
     results = generate_and_read(pipeline, every_nth(seen, 6, offset=2), [0], held_out, **settings)
     scores = long_clip_scores(results)

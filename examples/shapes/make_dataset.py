@@ -1,16 +1,17 @@
 """Write the shapes dataset: mp4 clips plus "normal"-format json metadata (train.json, style.json).
 
-    python scripts/make_shapes_dataset.py                                   # datasets/shapes from config/shapes/world.yaml
-    python scripts/make_shapes_dataset.py --output-dir /tmp/shapes --clips-per-combination 2
+    python -m examples.shapes.make_dataset                       # datasets/shapes from configs/world.yaml
+    python -m examples.shapes.make_dataset --output-dir /tmp/shapes --clips-per-combination 2
 
-The world (palette, sizes, speeds, held-out combinations, seed) is config/shapes/world.yaml; the same
-seed always writes the same frames. See easyanimate/data/shapes.py.
+The world (palette, sizes, speeds, held-out combinations, seed) is ``examples/shapes/configs/world.yaml``
+unless ``--world`` names another; the same seed always writes the same frames. See
+:mod:`examples.shapes.world`.
 """
 
 import argparse
 import dataclasses
 
-from easyanimate.data.shapes import load_world, write_dataset
+from .world import WORLDS, load_world, write_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default="datasets/shapes", help="where videos/ and the json files go")
     parser.add_argument("--seed", type=int, help="dataset seed (override)")
     parser.add_argument("--style-clips-per-combination", type=int, help="dark-background clips per combination (override)")
-    parser.add_argument("--world", default="config/shapes/world.yaml", help="world yaml")
+    parser.add_argument("--world", default=str(WORLDS["demo"]), help="world yaml (default: the demo model's)")
     args = parser.parse_args(argv)
     world = load_world(args.world)
     overrides = {"clips_per_combination": args.clips_per_combination, "seed": args.seed,

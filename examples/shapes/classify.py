@@ -37,8 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.shapes import COLOURS, Combination, caption
-from ..models.motion_module import TemporalContext, default_context_overlap
+from easyanimate.models.motion_module import TemporalContext
+
+from .world import COLOURS
 
 DARK_LUMA = 0.35
 FOREGROUND_DISTANCE = 0.25  # RGB distance (0..sqrt(3)) from the background that counts as "clearly shape"
@@ -268,97 +269,3 @@ def read_long_clip(video: np.ndarray | torch.Tensor, windows: list[tuple[int, in
     at_seam[[t - 1 for t in seam_transitions(windows, len(frames))]] = True
     mean = lambda values: float(values.mean()) if len(values) else float("nan")
     return LongClipReading(list(windows), readings, mean(differences[at_seam]), mean(differences[~at_seam]))
-
-
-# ------------------------------------------------------------------------------------------------
-# Generating and scoring
-
-
-@dataclass
-class ClipResult:
-    """One generated clip: what was asked, what was read, and whether its combination was held out."""
-
-    combination: Combination
-    seed: int
-    held_out: bool
-    reading: ClipReading
-    """the whole clip read at once."""
-    windows: LongClipReading | None = None
-    """per temporal window, when the clip was generated with ``context_frames``."""
-
-    @property
-    def correct(self) -> dict[str, bool]:
-        r, c = self.reading, self.combination
-        return {"colour": r.colour == c.colour, "shape": r.shape == c.shape, "direction": r.direction == c.direction}
-
-
-def generate_and_read(pipeline, combinations: list[Combination], seeds: list[int], held_out: set[Combination],
-                      style: bool = False, steps: int = 20, guidance_scale: float = 4.5, frames: int = 16,
-                      size: int = 64, negative_prompt: str = "", batch_size: int = 16,
-                      context_frames: int | None = None, context_overlap: int | None = None,
-                      front_shade: float = 1.0, wrap: bool = False, on_clip=None) -> list[ClipResult]:
-    """Generate one clip per (combination, seed) with ``pipeline`` and read each from its pixels.
-
-    Clip ``(c, s)`` starts from the noise of ``torch.Generator().manual_seed(s)``, whatever the batch it
-    runs in, so results do not depend on ``batch_size``. ``on_clip(result, video)`` sees every clip
-    (``video`` is ``(3, F, H, W)`` in [0, 1]), e.g. to save samples. ``front_shade`` is the world's (the
-    readings then include the facing), and so is ``wrap`` (shapes crossing the edges read whole). With
-    ``context_frames`` the pipeline denoises in temporal windows (``context_overlap`` defaults to the
-    pipeline's, :func:`default_context_overlap`) and each result also reads every window
-    (:attr:`ClipResult.windows`).
-    """
-    windows = None
-    if context_frames is not None:
-        if context_overlap is None:
-            context_overlap = default_context_overlap(context_frames)
-        windows = temporal_windows(frames, context_frames, context_overlap)
-    jobs = [(c, s) for s in seeds for c in combinations]
-    results = []
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start:start + batch_size]
-        generators = [torch.Generator().manual_seed(s) for _, s in batch]
-        videos = pipeline([caption(c, style) for c, _ in batch], negative_prompt=[negative_prompt] * len(batch),
-                          video_length=frames, height=size, width=size, num_inference_steps=steps,
-                          guidance_scale=guidance_scale, generator=generators, output_type="pt",
-                          context_frames=context_frames, context_overlap=context_overlap).videos
-        for (combination, seed), video in zip(batch, videos):
-            result = ClipResult(combination, seed, combination in held_out, read_clip(video, front_shade, wrap),
-                                read_long_clip(video, windows, front_shade, wrap) if windows else None)
-            results.append(result)
-            if on_clip is not None:
-                on_clip(result, video)
-    return results
-
-
-def accuracy(results: list[ClipResult]) -> dict[str, float]:
-    """Fraction correct per attribute, all three at once, with the darker front half on the prompted side
-    (worlds that draw one; 0 otherwise), and with a dark background; plus the count."""
-    if not results:
-        return {"clips": 0}
-    scores = {name: float(np.mean([r.correct[name] for r in results])) for name in ("colour", "shape", "direction")}
-    scores["all"] = float(np.mean([all(r.correct.values()) for r in results]))
-    scores["facing"] = float(np.mean([r.reading.facing == r.combination.direction for r in results]))
-    scores["dark"] = float(np.mean([r.reading.dark_background for r in results]))
-    scores["clips"] = len(results)
-    return scores
-
-
-def long_clip_scores(results: list[ClipResult]) -> dict[str, float]:
-    """Scores of long clips (generated with ``context_frames``), plus the count:
-
-    * "colour kept" / "shape kept": fraction of clips whose every window reads the prompted colour / shape;
-    * "direction": fraction of windows (over all clips) moving in the prompted direction;
-    * "seam median" / "seam max": median and max over the clips of :attr:`LongClipReading.seam_ratio`
-      (NaN ratios, from clips without seams or change, are left out).
-    """
-    if not results:
-        return {"clips": 0}
-    clips = [(r.windows, r.combination) for r in results]
-    ratios = np.array([w.seam_ratio for w, _ in clips])
-    ratios = ratios[~np.isnan(ratios)]
-    return {"colour kept": float(np.mean([w.colour_kept(c.colour) == 1 for w, c in clips])),
-            "shape kept": float(np.mean([w.shape_kept(c.shape) == 1 for w, c in clips])),
-            "direction": float(np.mean([d == c.direction for w, c in clips for d in w.directions])),
-            "seam median": float(np.median(ratios)) if len(ratios) else float("nan"),
-            "seam max": float(ratios.max()) if len(ratios) else float("nan"),
-            "clips": len(results)}

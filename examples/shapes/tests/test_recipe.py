@@ -1,4 +1,4 @@
-"""The shapes recipe (scripts/train_shapes.sh) at reduced size: every stage lowers its loss, and a second
+"""The shapes recipe (examples/shapes/train_shapes.sh) at reduced size: every stage lowers its loss, and a second
 run from the same seed gives bit-identical weights.
 
 About two minutes on 2 cores.
@@ -13,29 +13,21 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from easyanimate.config import load_config
 from easyanimate.generation import ModelSelection, build_transformer
 from easyanimate.lora import LoraMerger
+from easyanimate.text import encode_text
 from easyanimate.training.config import parse_config
 from easyanimate.training.diffusion import ImprovedDDPM
-from easyanimate.training.trainer import encode_text, train
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-
-import build_shapes_model
-import make_shapes_dataset
-import train_vae
-
-SHAPES = REPO / "config" / "shapes"
-
+from easyanimate.training.trainer import train
+from examples.shapes import CONFIGS, build, make_dataset, vae
+from examples.shapes.world import WORLDS, load_world
 
 
 @functools.lru_cache
@@ -70,7 +62,7 @@ def fixed_batch_loss(base: Path, config_yaml: Path, metadata: Path, frames: int,
     """Improved-DDPM loss of the given weights on :func:`fixed_batch` (timesteps from ``low`` up)."""
     selection = ModelSelection(model=base, config=config_yaml, motion_module=motion_module,
                                transformer_path=transformer_path)
-    transformer = build_transformer(selection, load_config(config_yaml)).eval()
+    transformer = build_transformer(selection).eval()
     if lora is not None:
         LoraMerger(transformer).merge(lora, multiplier=1.0, transformer_only=True)
     latents, states, mask, draws = fixed_batch(base, metadata, frames, low=low)
@@ -85,28 +77,28 @@ def fixed_batch_loss(base: Path, config_yaml: Path, metadata: Path, frames: int,
 
 
 def run_reduced_recipe(root: Path) -> tuple[Path, Path]:
-    """Run every stage of scripts/train_shapes.sh at reduced size under ``root``; returns the dataset
-    folder and the folder of the stages' outputs."""
+    """Run every stage of examples/shapes/train_shapes.sh at reduced size under ``root``; returns the
+    dataset folder and the folder of the stages' outputs."""
     data, out = root / "data", root / "out"
-    assert make_shapes_dataset.main(["--output-dir", str(data), "--clips-per-combination", "1",
-                                     "--style-clips-per-combination", "1", "--seed", "3"]) == 0
-    assert train_vae.main(["--train_data_meta", str(data / "train.json"), str(data / "style.json"), "--output_dir",
-                           str(out / "vae"), "--max_train_steps", "150", "--train_batch_size", "8", "--seed", "3"]) == 0
-    assert build_shapes_model.main(["init", "--vae", str(out / "vae"), "--output", str(out / "base"), "--seed", "3"]) == 0
+    assert make_dataset.main(["--output-dir", str(data), "--clips-per-combination", "1",
+                              "--style-clips-per-combination", "1", "--seed", "3"]) == 0
+    assert vae.main(["--train_data_meta", str(data / "train.json"), str(data / "style.json"), "--output_dir",
+                     str(out / "vae"), "--max_train_steps", "150", "--train_batch_size", "8", "--seed", "3"]) == 0
+    assert build.main(["init", "--vae", str(out / "vae"), "--output", str(out / "base"), "--seed", "3"]) == 0
     common = ["--pretrained_model_name_or_path", str(out / "base"), "--train_data_dir", str(data), "--seed", "3",
               "--checkpointing_steps", "100000"]
     stages = {
-        "t2i": (train, SHAPES / "t2i.yaml", False, ["--train_data_meta", str(data / "train.json"), "--max_train_steps",
-                                                     "200", "--train_batch_size", "8"]),
-        "t2v": (train, SHAPES / "t2v.yaml", False, ["--train_data_meta", str(data / "train.json"), "--transformer_path",
-                                                     str(out / "t2i" / "pixart_transformer.safetensors"),
-                                                     "--max_train_steps", "150", "--train_batch_size", "2",
-                                                     "--sample_n_frames", "8"]),
-        "lora": (train, SHAPES / "lora.yaml", True, ["--train_data_meta", str(data / "style.json"), "--transformer_path",
+        "t2i": (train, CONFIGS / "t2i.yaml", False, ["--train_data_meta", str(data / "train.json"), "--max_train_steps",
+                                                      "200", "--train_batch_size", "8"]),
+        "t2v": (train, CONFIGS / "t2v.yaml", False, ["--train_data_meta", str(data / "train.json"), "--transformer_path",
                                                       str(out / "t2i" / "pixart_transformer.safetensors"),
-                                                      "--motion_module_path", str(out / "t2v" / "motion_module.safetensors"),
                                                       "--max_train_steps", "150", "--train_batch_size", "2",
                                                       "--sample_n_frames", "8"]),
+        "lora": (train, CONFIGS / "lora.yaml", True, ["--train_data_meta", str(data / "style.json"), "--transformer_path",
+                                                       str(out / "t2i" / "pixart_transformer.safetensors"),
+                                                       "--motion_module_path", str(out / "t2v" / "motion_module.safetensors"),
+                                                       "--max_train_steps", "150", "--train_batch_size", "2",
+                                                       "--sample_n_frames", "8"]),
     }
     for name, (run, yaml, lora, flags) in stages.items():
         config = parse_config(["--train_config", str(yaml), *common, "--output_dir", str(out / name), *flags],
@@ -168,7 +160,7 @@ def test_vae_stage_lowers_reconstruction_error(recipe):
 @pytest.mark.slow
 def test_image_stage_lowers_the_loss_on_a_fixed_batch(recipe):
     data, out = recipe
-    video_yaml = SHAPES / "easyanimate_shapes_video.yaml"
+    video_yaml = CONFIGS / "easyanimate_shapes_video.yaml"
     before = fixed_batch_loss(out / "base", video_yaml, data / "train.json", frames=1)
     after = fixed_batch_loss(out / "base", video_yaml, data / "train.json", frames=1,
                              transformer_path=out / "t2i" / "pixart_transformer.safetensors")
@@ -178,10 +170,10 @@ def test_image_stage_lowers_the_loss_on_a_fixed_batch(recipe):
 
 @pytest.mark.slow
 def test_motion_module_stage_lowers_the_loss_on_a_fixed_batch(recipe):
-    """On the timesteps the stage trains on (config/shapes/t2v.yaml's min_train_timestep and up)."""
+    """On the timesteps the stage trains on (configs/t2v.yaml's min_train_timestep and up)."""
     data, out = recipe
-    video_yaml = SHAPES / "easyanimate_shapes_video.yaml"
-    low = parse_config(["--train_config", str(SHAPES / "t2v.yaml")], "t2v").min_train_timestep
+    video_yaml = CONFIGS / "easyanimate_shapes_video.yaml"
+    low = parse_config(["--train_config", str(CONFIGS / "t2v.yaml")], "t2v").min_train_timestep
     before = fixed_batch_loss(out / "base", video_yaml, data / "train.json", frames=8,
                               transformer_path=out / "t2i" / "pixart_transformer.safetensors", low=low)
     after = fixed_batch_loss(out / "base", video_yaml, data / "train.json", frames=8,
@@ -194,7 +186,7 @@ def test_motion_module_stage_lowers_the_loss_on_a_fixed_batch(recipe):
 @pytest.mark.slow
 def test_lora_stage_lowers_the_loss_on_a_fixed_batch_of_styled_clips(recipe):
     data, out = recipe
-    video_yaml = SHAPES / "easyanimate_shapes_video.yaml"
+    video_yaml = CONFIGS / "easyanimate_shapes_video.yaml"
     image, motion = out / "t2i" / "pixart_transformer.safetensors", out / "t2v" / "motion_module.safetensors"
     before = fixed_batch_loss(out / "base", video_yaml, data / "style.json", frames=8, transformer_path=image,
                               motion_module=motion)
@@ -218,7 +210,7 @@ def test_release_writes_a_model_predict_loads_and_a_mismatched_file_changes_noth
     models = tmp_path / "models"
     image, motion, lora = (out / "t2i" / "pixart_transformer.safetensors", out / "t2v" / "motion_module.safetensors",
                            out / "lora" / "lora.safetensors")
-    release = lambda transformer=image, lora=lora: build_shapes_model.main(
+    release = lambda transformer=image, lora=lora: build.main(
         ["release", "--base", str(out / "base"), "--models_dir", str(models), "--transformer", str(transformer),
          "--motion_module", str(motion), "--lora", str(lora)])
     assert release() == 0
@@ -266,7 +258,7 @@ def test_a_release_swap_that_fails_halfway_puts_the_previous_release_back(tmp_pa
 
     monkeypatch.setattr(Path, "rename", failing_rename)
     with pytest.raises(OSError, match="disk gone"):
-        build_shapes_model._swap_in(staging, models, names)
+        build.swap_in(staging, models, names)
     assert (models / names[0] / "weights").read_text() == "old"
     assert [(models / name).read_text() for name in names[1:]] == ["old", "old"]
 
@@ -275,64 +267,116 @@ def test_a_release_swap_that_fails_halfway_puts_the_previous_release_back(tmp_pa
 def test_the_long_variant_is_released_beside_the_demo_model_with_its_window(recipe, tmp_path):
     """``release --variant long`` writes the long-clip model under its own names, next to the demo model,
     which stays the default; its defaults generate 64 frames in 16-frame windows and name its own world."""
-    from easyanimate.data.shapes import load_world
-    from easyanimate.generation import SHAPES_RELEASES, select_model
+    from easyanimate.generation import select_model
 
     _, out = recipe
     models = tmp_path / "models"
     for variant in ("demo", "long"):
-        assert build_shapes_model.main(
+        assert build.main(
             ["release", "--base", str(out / "base"), "--models_dir", str(models), "--variant", variant,
              "--transformer", str(out / "t2i" / "pixart_transformer.safetensors"),
              "--motion_module", str(out / "t2v" / "motion_module.safetensors"),
              "--lora", str(out / "lora" / "lora.safetensors")]) == 0
-    assert all((models / name).exists() for names in SHAPES_RELEASES.values() for name in names)
-    assert select_model(models).model == models / SHAPES_RELEASES["demo"][0]
+    assert all((models / name).exists() for names in build.RELEASES.values() for name in names)
+    assert select_model(models).model == models / build.RELEASES["demo"].model
 
-    model, motion_module, _ = SHAPES_RELEASES["long"]
+    model, motion_module, _ = build.RELEASES["long"]
     long = select_model(models, models / model)
     d = long.defaults
     assert (d.frames, d.context_frames, d.context_overlap) == (64, 16, 4)
     assert long.motion_module == models / motion_module
-    assert load_world(models / model / "shapes_world.yaml") == load_world(SHAPES / "world_long.yaml")
+    assert load_world(models / model / "shapes_world.yaml") == load_world(WORLDS["long"])
     assert load_world(models / model / "shapes_world.yaml").wrap
 
 
-def test_the_recipe_script_passes_each_variant_its_world_and_t2v_length(tmp_path):
-    """scripts/train_shapes.sh with a stand-in PYTHON that records its arguments: the long variant makes
-    its data from world_long.yaml, trains t2v (only) for 8000 steps, and releases under its own names;
-    the demo variant keeps the t2v yaml's length; an unknown variant stops before anything runs."""
-    import subprocess
+STAGES = {"data": "examples.shapes.make_dataset", "vae": "examples.shapes.vae", "base": "examples.shapes.build init",
+          "t2i": "configs/t2i.yaml", "t2v": "configs/t2v.yaml", "lora": "configs/lora.yaml",
+          "release": "examples.shapes.build release"}
+"""What identifies each stage's command line in the recipe script."""
 
+
+@pytest.fixture
+def recipe_script(tmp_path, repo_root):
+    """Runs examples/shapes/train_shapes.sh with a stand-in PYTHON that only records its arguments:
+    ``run(env, *args, cwd=repo_root)`` returns the finished process and each stage's command line."""
     log = tmp_path / "calls"
     fake = tmp_path / "python"
     fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
     fake.chmod(0o755)
 
-    def calls(variant: str) -> dict[str, str]:
+    def run(env: dict[str, str], *args: str, cwd: Path = repo_root):
         log.write_text("")
-        done = subprocess.run(["sh", "scripts/train_shapes.sh", "--report_to", "none"], cwd=REPO,
-                              env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "VARIANT": variant,
-                                   "OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data"),
-                                   "MODELS": str(tmp_path / "models")}, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
+        done = subprocess.run(["sh", str(repo_root / "examples/shapes/train_shapes.sh"), *args], cwd=cwd,
+                              env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), **env}, capture_output=True,
+                              text=True)
         lines = log.read_text().splitlines()
-        return {line.split()[0] if "train_config" not in line else line.split()[2]: line for line in lines}
+        calls = {name: [line for line in lines if marker in line] for name, marker in STAGES.items()}
+        assert all(len(found) <= 1 for found in calls.values()), lines
+        return done, {name: found[0] for name, found in calls.items() if found}
 
-    long = calls("long")
-    assert "--world config/shapes/world_long.yaml" in long["scripts/make_shapes_dataset.py"]
-    assert "--max_train_steps 8000 --report_to none" in long["config/shapes/t2v.yaml"]
-    assert "--max_train_steps" not in long["config/shapes/t2i.yaml"] + long["config/shapes/lora.yaml"]
-    release = [line for line in long.values() if " release " in f" {line} "][0]
-    assert "--variant long --world config/shapes/world_long.yaml" in release
-    assert f"--pretrained_model_name_or_path {tmp_path / 'out'}/base" in long["config/shapes/t2v.yaml"]
+    return run
 
-    demo = calls("demo")
-    assert "--world config/shapes/world.yaml" in demo["scripts/make_shapes_dataset.py"]
-    assert "--max_train_steps" not in demo["config/shapes/t2v.yaml"]
-    assert "--variant demo" in [line for line in demo.values() if " release " in f" {line} "][0]
 
-    log.write_text("")
-    refused = subprocess.run(["sh", "scripts/train_shapes.sh"], cwd=REPO, capture_output=True, text=True,
-                             env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "VARIANT": "longer"})
-    assert refused.returncode == 2 and "VARIANT is demo or long" in refused.stderr and log.read_text() == ""
+def test_the_recipe_script_passes_each_variant_its_world_and_t2v_length(recipe_script, tmp_path):
+    """The long variant makes its data from world_long.yaml, trains t2v (only) for 8000 steps, and
+    releases under its own names; the demo variant keeps the t2v yaml's length; an unknown variant stops
+    before anything runs."""
+    folders = {"OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data")}
+    done, long = recipe_script({"VARIANT": "long", **folders}, "--report_to", "none")
+    assert done.returncode == 0, done.stderr
+    assert "--world examples/shapes/configs/world_long.yaml" in long["data"]
+    assert "--max_train_steps 8000 --report_to none" in long["t2v"]
+    assert "--max_train_steps" not in long["t2i"] + long["lora"]
+    assert "--variant long --world examples/shapes/configs/world_long.yaml" in long["release"]
+    assert f"--pretrained_model_name_or_path {tmp_path / 'out'}/base" in long["t2v"]
+
+    done, demo = recipe_script({"VARIANT": "demo", **folders}, "--report_to", "none")
+    assert done.returncode == 0, done.stderr
+    assert "--world examples/shapes/configs/world.yaml" in demo["data"]
+    assert "--max_train_steps" not in demo["t2v"]
+    assert "--variant demo" in demo["release"]
+
+    refused, calls = recipe_script({"VARIANT": "longer"})
+    assert refused.returncode == 2 and "VARIANT is demo or long" in refused.stderr and not calls
+
+
+def test_the_recipe_releases_into_its_own_output_folder_unless_asked(recipe_script, tmp_path, repo_root):
+    """Without MODELS the release goes to OUT/models and the models folder is only named in the printed
+    command that ships it; MODELS=models is the explicit request. The script runs from the root only."""
+    out = tmp_path / "out"
+    done, calls = recipe_script({"OUT": str(out), "DATA": str(tmp_path / "data")})
+    assert done.returncode == 0, done.stderr
+    assert calls["release"].endswith(f"--models_dir {out}/models")
+    assert not any(" models" in line or "--models_dir models" in line for line in calls.values())
+    shipping = done.stdout.splitlines()[-1]
+    assert "-m examples.shapes.build release --base" in shipping and shipping.endswith("--models_dir models")
+    assert f"--lora {out}/lora/lora.safetensors --variant demo" in shipping
+
+    done, calls = recipe_script({"OUT": str(out), "DATA": str(tmp_path / "data"), "MODELS": "models"})
+    assert done.returncode == 0, done.stderr
+    assert calls["release"].endswith("--models_dir models") and "ship it" not in done.stdout
+
+    refused, calls = recipe_script({"OUT": str(out)}, cwd=tmp_path)
+    assert refused.returncode == 2 and "repository root" in refused.stderr and not calls
+
+
+@pytest.mark.parametrize("variant", ["demo", "long"])
+def test_a_dry_run_shortens_every_stage_and_keeps_to_its_own_folders(recipe_script, variant):
+    """DRY_RUN=1: one clip per combination, 20 steps for the VAE and each training stage (the long
+    variant's 8000 t2v steps too), outputs in ..._dry_run folders, and a release into models/ refused."""
+    suffix = "_long" if variant == "long" else ""
+    done, calls = recipe_script({"DRY_RUN": "1", "VARIANT": variant})
+    assert done.returncode == 0, done.stderr
+    assert set(calls) == set(STAGES)
+    assert "--clips-per-combination 1 --style-clips-per-combination 1" in calls["data"]
+    assert f"--output-dir datasets/shapes{suffix}_dry_run" in calls["data"]
+    for stage in ("vae", "t2i", "t2v", "lora"):
+        assert calls[stage].endswith("--max_train_steps 20"), calls[stage]
+    assert "8000" not in calls["t2v"]
+    assert calls["release"].endswith(f"--models_dir output_dir/shapes{suffix}_dry_run/models")
+    assert "nothing to ship" in done.stdout and "--models_dir models" not in done.stdout
+
+    refused, calls = recipe_script({"DRY_RUN": "1", "VARIANT": variant, "MODELS": "models"})
+    assert refused.returncode == 2 and "leave MODELS unset" in refused.stderr and not calls
+    refused, calls = recipe_script({"DRY_RUN": "yes"})
+    assert refused.returncode == 2 and "DRY_RUN is 0 or 1" in refused.stderr and not calls

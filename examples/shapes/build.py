@@ -1,25 +1,25 @@
-"""Assemble the shapes demo model: the untrained base folder before training, the released layout after.
+"""Assemble a shapes demo model: the untrained base folder before training, the released layout after.
 
-    python scripts/build_shapes_model.py init --vae output_dir/shapes/vae --output output_dir/shapes/base
-    python scripts/build_shapes_model.py release --base output_dir/shapes/base \
+    python -m examples.shapes.build init --vae output_dir/shapes/vae --output output_dir/shapes/base
+    python -m examples.shapes.build release --base output_dir/shapes/base \
         --transformer output_dir/shapes/t2i/pixart_transformer.safetensors \
         --motion_module output_dir/shapes/t2v/motion_module.safetensors \
         --lora output_dir/shapes/lora/lora.safetensors --models_dir models
 
 ``init`` writes a PixArt-alpha diffusers folder that train.py starts from: the tiny tokenizer, a frozen
 randomly initialised tiny T5, the trained toy VAE, a randomly initialised PixArt transformer sized by
-``config/shapes/model.yaml`` and the PixArt scheduler.
+``configs/model.yaml`` and the PixArt scheduler.
 
 ``release`` writes the released layout under ``--models_dir``:
 
 * ``Diffusion_Transformer/EasyAnimate-Shapes-Demo/``: the base folder with the trained image
   transformer (the t2i stage's), plus ``easyanimate_config.yaml`` (the video yaml), ``easyanimate_defaults.yaml`` (size,
   frames, sampler ... that predict_t2v.py and app.py then use) and ``shapes_world.yaml`` (the world it
-  was trained on, with its held-out combinations, which eval_shapes.py reads);
+  was trained on, with its held-out combinations, which ``examples.shapes.evaluate`` reads);
 * ``Motion_Module/easyanimate_shapes_mm.safetensors`` (without the position tables, which the loader computes);
 * ``Personalized_Model/easyanimate_shapes_dark_lora.safetensors`` (kohya format).
 
-``release --variant long`` writes the long-clip demo model (trained on ``config/shapes/world_long.yaml``) under
+``release --variant long`` writes the long-clip demo model (trained on ``configs/world_long.yaml``) under
 the names ``EasyAnimate-Shapes-Long``, ``easyanimate_shapes_long_mm.safetensors`` and
 ``easyanimate_shapes_long_dark_lora.safetensors``; its defaults generate 64 frames in 16-frame windows.
 """
@@ -32,17 +32,19 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from diffusers import AutoencoderKL, PixArtAlphaPipeline, PixArtTransformer2DModel
 from omegaconf import OmegaConf
 
 from easyanimate.config import load_config
-from easyanimate.data.shapes import load_world, save_world
 from easyanimate.generation import (
     CONFIG_FILE,
     DEFAULTS_FILE,
-    SHAPES_RELEASES,
+    DEMO_LORA,
+    DEMO_MODEL,
+    DEMO_MOTION_MODULE,
     ModelDefaults,
     build_transformer,
     select_model,
@@ -56,8 +58,30 @@ from easyanimate.tiny import (
     tiny_transformer_config,
 )
 
+from . import CONFIGS
+from .world import WORLDS, load_world, save_world
+
+
+class ReleaseNames(NamedTuple):
+    """Where a shapes model is released: model folder, motion module and dark-background style LoRA,
+    relative to the models folder."""
+
+    model: str
+    motion_module: str
+    lora: str
+
+
+RELEASES = {
+    # the default model, the fallback when the released weights are absent (the library's DEMO_* names)
+    "demo": ReleaseNames(DEMO_MODEL, DEMO_MOTION_MODULE, DEMO_LORA),
+    # trained on a world whose shapes wrap around the frame (configs/world_long.yaml), so its motion holds
+    # for any number of frames; its defaults generate 64 frames in 16-frame windows
+    "long": ReleaseNames("Diffusion_Transformer/EasyAnimate-Shapes-Long",
+                         "Motion_Module/easyanimate_shapes_long_mm.safetensors",
+                         "Personalized_Model/easyanimate_shapes_long_dark_lora.safetensors"),
+}
+"""The released names of each shapes demo model, by ``--variant``."""
 WORLD_FILE = "shapes_world.yaml"
-WORLDS = {"demo": "config/shapes/world.yaml", "long": "config/shapes/world_long.yaml"}
 TEXT_TOKENS = 24
 
 
@@ -104,7 +128,7 @@ def init(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
-def _swap_in(staging: Path, models: Path, names: tuple[str, ...]) -> None:
+def swap_in(staging: Path, models: Path, names: tuple[str, ...]) -> None:
     """Move ``staging / name`` to ``models / name`` for every name, the previous files aside into
     ``staging``; if a move fails, the ones already made are undone, so the previous release is back."""
     done: list[tuple[Path, Path | None]] = []  # (target, where its previous version went)
@@ -148,7 +172,7 @@ def release(args: argparse.Namespace) -> None:
     try:
         pipe = PixArtAlphaPipeline.from_pretrained(args.base)
         load_transformer_checkpoint(pipe.transformer, args.transformer)  # names any missing, foreign or mis-shaped key
-        model, motion_module, lora = SHAPES_RELEASES[args.variant]
+        model, motion_module, lora = RELEASES[args.variant]
         folder = staging / model
         pipe.save_pretrained(folder)
         _forget_build_paths(folder)
@@ -171,11 +195,11 @@ def release(args: argparse.Namespace) -> None:
 
         # the staged release must load the way predict_t2v.py loads it: image model, motion module, LoRA
         selection = select_model(staging, staging / model)
-        LoraMerger(build_transformer(selection, load_config(selection.config))).merge(
+        LoraMerger(build_transformer(selection)).merge(
             staging / lora, multiplier=1.0, transformer_only=True)
         for path in staging.rglob("*"):  # safetensors writes owner-only files; these are to be shared
             path.chmod(0o755 if path.is_dir() else 0o644)
-        _swap_in(staging, models, (model, motion_module, lora))
+        swap_in(staging, models, (model, motion_module, lora))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     written = [models / name for name in (model, motion_module, lora)]
@@ -187,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     first = commands.add_parser("init", help="the untrained base folder")
-    first.add_argument("--model_config", default="config/shapes/model.yaml", help="architecture yaml")
+    first.add_argument("--model_config", default=str(CONFIGS / "model.yaml"), help="architecture yaml")
     first.add_argument("--output", required=True, help="folder to write")
     first.add_argument("--seed", type=int, default=0, help="initial transformer weights")
-    first.add_argument("--vae", required=True, help="trained VAE folder (scripts/train_vae.py)")
+    first.add_argument("--vae", required=True, help="trained VAE folder (examples.shapes.vae)")
     last = commands.add_parser("release", help="the released layout under --models_dir")
     last.add_argument("--base", required=True, help="the base folder written by init")
     last.add_argument("--guidance_scale", type=float, default=2.0, help="default guidance of the demo")
@@ -199,12 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     last.add_argument("--motion_module", required=True, help="train.py's motion_module.safetensors (t2v)")
     last.add_argument("--steps", type=int, default=20, help="default sampling steps of the demo")
     last.add_argument("--transformer", required=True, help="train.py's pixart_transformer.safetensors (t2i)")
-    last.add_argument("--video_config", default="config/shapes/easyanimate_shapes_video.yaml", help="video model yaml")
-    last.add_argument("--variant", choices=sorted(SHAPES_RELEASES), default="demo",
+    last.add_argument("--video_config", default=str(CONFIGS / "easyanimate_shapes_video.yaml"),
+                      help="video model yaml")
+    last.add_argument("--variant", choices=sorted(RELEASES), default="demo",
                       help="which demo model: 'demo' (16-frame clips, the default model) or 'long' (wrapping world, "
                            "64 frames in 16-frame windows by default); sets the released names")
     last.add_argument("--world", help="world yaml the model was trained on (default: the variant's, "
-                                      "config/shapes/world.yaml or world_long.yaml)")
+                                      "configs/world.yaml or world_long.yaml)")
     args = parser.parse_args(argv)
     init(args) if args.command == "init" else release(args)
     return 0

@@ -1,12 +1,12 @@
-"""Evaluate the shapes demo model from the pixels it generates.
+"""Evaluate a shapes demo model from the pixels it generates.
 
-    python scripts/eval_shapes.py                          # the shipped model, 4 seeds, every mode but long
-    python scripts/eval_shapes.py --seeds 0 --modes video  # quicker
-    python scripts/eval_shapes.py --json results.json --samples samples/shapes-eval
-    python scripts/eval_shapes.py --modes long             # 64-frame clips in 16-frame windows (slow)
+    python -m examples.shapes.evaluate                          # the shipped model, 4 seeds, every mode but long
+    python -m examples.shapes.evaluate --seeds 0 --modes video  # quicker
+    python -m examples.shapes.evaluate --json results.json --samples samples/shapes-eval
+    python -m examples.shapes.evaluate --modes long             # 64-frame clips in 16-frame windows (slow)
 
 Generates one 16-frame clip for every (colour, shape, direction) combination and seed, reads its colour,
-shape and direction of motion from the pixels (easyanimate/evaluation/shapes.py) and prints accuracy
+shape and direction of motion from the pixels (:mod:`examples.shapes.classify`) and prints accuracy
 tables for the combinations seen in training and those held out (from the model's shapes_world.yaml).
 Modes:
 
@@ -24,7 +24,9 @@ Modes:
   "shape kept" is the fraction of clips whose every window shows the prompted colour / shape,
   "direction" the fraction of windows moving the prompted way, "seam median" / "seam max" the median
   and max over clips of the seam ratio (mean frame-to-frame change where windows hand over divided by
-  the mean inside windows: ~1 is seamless; see easyanimate.evaluation.shapes.read_long_clip).
+  the mean inside windows: ~1 is seamless; see :func:`examples.shapes.classify.read_long_clip`).
+
+From Python: :func:`generate_and_read` with any pipeline, then :func:`accuracy` or :func:`long_clip_scores`.
 """
 
 from __future__ import annotations
@@ -33,19 +35,122 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from easyanimate.data.shapes import all_combinations, load_world
-from easyanimate.evaluation.shapes import accuracy, generate_and_read, long_clip_scores
-from easyanimate.generation import SHAPES_RELEASES, apply_lora, load_pipeline, select_model
+from easyanimate.generation import apply_lora, load_pipeline, select_model
+from easyanimate.models.motion_module import default_context_overlap
 from easyanimate.video_io import save_video
+
+from .build import RELEASES
+from .classify import ClipReading, LongClipReading, read_clip, read_long_clip, temporal_windows
+from .world import Combination, all_combinations, caption, load_world
 
 DEFAULT_MODES = ("video", "no_motion_module", "lora")
 MODES = DEFAULT_MODES + ("long",)
 COLUMNS = ("colour", "shape", "direction", "all", "facing", "dark", "clips")
 LONG_COLUMNS = ("colour kept", "shape kept", "direction", "seam median", "seam max", "clips")
+
+
+# ------------------------------------------------------------------------------------------------
+# Generating and scoring
+
+
+@dataclass
+class ClipResult:
+    """One generated clip: what was asked, what was read, and whether its combination was held out."""
+
+    combination: Combination
+    seed: int
+    held_out: bool
+    reading: ClipReading
+    """the whole clip read at once."""
+    windows: LongClipReading | None = None
+    """per temporal window, when the clip was generated with ``context_frames``."""
+
+    @property
+    def correct(self) -> dict[str, bool]:
+        r, c = self.reading, self.combination
+        return {"colour": r.colour == c.colour, "shape": r.shape == c.shape, "direction": r.direction == c.direction}
+
+
+def generate_and_read(pipeline, combinations: list[Combination], seeds: list[int], held_out: set[Combination],
+                      style: bool = False, steps: int = 20, guidance_scale: float = 4.5, frames: int = 16,
+                      size: int = 64, negative_prompt: str = "", batch_size: int = 16,
+                      context_frames: int | None = None, context_overlap: int | None = None,
+                      front_shade: float = 1.0, wrap: bool = False, on_clip=None) -> list[ClipResult]:
+    """Generate one clip per (combination, seed) with ``pipeline`` and read each from its pixels.
+
+    Clip ``(c, s)`` starts from the noise of ``torch.Generator().manual_seed(s)``, whatever the batch it
+    runs in, so results do not depend on ``batch_size``. ``on_clip(result, video)`` sees every clip
+    (``video`` is ``(3, F, H, W)`` in [0, 1]), e.g. to save samples. ``front_shade`` is the world's (the
+    readings then include the facing), and so is ``wrap`` (shapes crossing the edges read whole). With
+    ``context_frames`` the pipeline denoises in temporal windows (``context_overlap`` defaults to the
+    pipeline's, :func:`default_context_overlap`) and each result also reads every window
+    (:attr:`ClipResult.windows`).
+    """
+    windows = None
+    if context_frames is not None:
+        if context_overlap is None:
+            context_overlap = default_context_overlap(context_frames)
+        windows = temporal_windows(frames, context_frames, context_overlap)
+    jobs = [(c, s) for s in seeds for c in combinations]
+    results = []
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        generators = [torch.Generator().manual_seed(s) for _, s in batch]
+        videos = pipeline([caption(c, style) for c, _ in batch], negative_prompt=[negative_prompt] * len(batch),
+                          video_length=frames, height=size, width=size, num_inference_steps=steps,
+                          guidance_scale=guidance_scale, generator=generators, output_type="pt",
+                          context_frames=context_frames, context_overlap=context_overlap).videos
+        for (combination, seed), video in zip(batch, videos):
+            result = ClipResult(combination, seed, combination in held_out, read_clip(video, front_shade, wrap),
+                                read_long_clip(video, windows, front_shade, wrap) if windows else None)
+            results.append(result)
+            if on_clip is not None:
+                on_clip(result, video)
+    return results
+
+
+def accuracy(results: list[ClipResult]) -> dict[str, float]:
+    """Fraction correct per attribute, all three at once, with the darker front half on the prompted side
+    (worlds that draw one; 0 otherwise), and with a dark background; plus the count."""
+    if not results:
+        return {"clips": 0}
+    scores = {name: float(np.mean([r.correct[name] for r in results])) for name in ("colour", "shape", "direction")}
+    scores["all"] = float(np.mean([all(r.correct.values()) for r in results]))
+    scores["facing"] = float(np.mean([r.reading.facing == r.combination.direction for r in results]))
+    scores["dark"] = float(np.mean([r.reading.dark_background for r in results]))
+    scores["clips"] = len(results)
+    return scores
+
+
+def long_clip_scores(results: list[ClipResult]) -> dict[str, float]:
+    """Scores of long clips (generated with ``context_frames``), plus the count:
+
+    * "colour kept" / "shape kept": fraction of clips whose every window reads the prompted colour / shape;
+    * "direction": fraction of windows (over all clips) moving in the prompted direction;
+    * "seam median" / "seam max": median and max over the clips of :attr:`LongClipReading.seam_ratio`
+      (NaN ratios, from clips without seams or change, are left out).
+    """
+    if not results:
+        return {"clips": 0}
+    clips = [(r.windows, r.combination) for r in results]
+    ratios = np.array([w.seam_ratio for w, _ in clips])
+    ratios = ratios[~np.isnan(ratios)]
+    return {"colour kept": float(np.mean([w.colour_kept(c.colour) == 1 for w, c in clips])),
+            "shape kept": float(np.mean([w.shape_kept(c.shape) == 1 for w, c in clips])),
+            "direction": float(np.mean([d == c.direction for w, c in clips for d in w.directions])),
+            "seam median": float(np.median(ratios)) if len(ratios) else float("nan"),
+            "seam max": float(ratios.max()) if len(ratios) else float("nan"),
+            "clips": len(results)}
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,10 +184,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def shipped_lora(models_dir: Path, model: Path) -> Path:
     """The style LoRA released with the shapes model in ``model`` (the demo model's for any other folder)."""
-    for name, _, lora in SHAPES_RELEASES.values():
-        if model.resolve() == (models_dir / name).resolve():
-            return models_dir / lora
-    return models_dir / SHAPES_RELEASES["demo"][2]
+    for release in RELEASES.values():
+        if model.resolve() == (models_dir / release.model).resolve():
+            return models_dir / release.lora
+    return models_dir / RELEASES["demo"].lora
 
 
 def format_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = COLUMNS) -> str:

@@ -1,18 +1,20 @@
-"""Reading long clips window by window (easyanimate.evaluation.shapes.read_long_clip) and the long eval mode."""
+"""Reading long clips window by window (examples.shapes.classify.read_long_clip) and the long eval mode."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from easyanimate.data.shapes import (
+from easyanimate.models.motion_module import TemporalContext
+from examples.shapes.classify import read_long_clip, seam_transitions, temporal_windows
+from examples.shapes.evaluate import LONG_COLUMNS, format_table, generate_and_read, long_clip_scores, parse_args
+from examples.shapes.world import (
+    WORLDS,
     Combination,
     all_combinations,
     load_world,
@@ -20,23 +22,14 @@ from easyanimate.data.shapes import (
     sample_clip,
     validate_world,
 )
-from easyanimate.evaluation.shapes import (
-    generate_and_read,
-    long_clip_scores,
-    read_long_clip,
-    seam_transitions,
-    temporal_windows,
-)
-from easyanimate.models.motion_module import TemporalContext
 
-ROOT = Path(__file__).resolve().parents[1]
 FRAMES, CONTEXT, OVERLAP = 64, 16, 4
 WINDOWS = temporal_windows(FRAMES, CONTEXT, OVERLAP)
 
 
 def long_world():
     """The shipped world, 64 frames long: smaller and slower shapes so they stay in frame throughout."""
-    world = dataclasses.replace(load_world(ROOT / "config" / "shapes" / "world.yaml"), frames=FRAMES,
+    world = dataclasses.replace(load_world(WORLDS["demo"]), frames=FRAMES,
                                 shape_size=[18.0, 22.0], speed=[0.5, 0.6])
     validate_world(world)
     return world
@@ -125,24 +118,15 @@ def test_generate_and_read_passes_the_windows_to_the_pipeline_and_scores_long_cl
     assert plain[0].windows is None and plain[0].reading.direction == combinations[0].direction
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("eval_shapes", ROOT / "scripts" / "eval_shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_eval_script_long_mode_flags():
-    script = load_script()
-    args = script.parse_args(["--modes", "long"])
+    args = parse_args(["--modes", "long"])
     assert args.modes == ["long"] and (args.long_frames, args.context_frames, args.context_overlap) == (64, 16, 4)
-    args = script.parse_args(["--modes", "video", "long", "--long-frames", "40", "--context-frames", "8",
-                              "--context-overlap", "2"])
+    args = parse_args(["--modes", "video", "long", "--long-frames", "40", "--context-frames", "8",
+                       "--context-overlap", "2"])
     assert (args.long_frames, args.context_frames, args.context_overlap) == (40, 8, 2)
-    assert "long" not in script.parse_args([]).modes
+    assert "long" not in parse_args([]).modes
     with pytest.raises(SystemExit):
-        script.parse_args(["--modes", "long", "--context-frames", "8", "--context-overlap", "8"])
-    table = script.format_table({"long/seen": {"colour kept": 1.0, "shape kept": 0.5, "direction": 0.75,
-                                               "seam median": 1.04, "seam max": 2.5, "clips": 42}},
-                                script.LONG_COLUMNS)
+        parse_args(["--modes", "long", "--context-frames", "8", "--context-overlap", "8"])
+    table = format_table({"long/seen": {"colour kept": 1.0, "shape kept": 0.5, "direction": 0.75,
+                                        "seam median": 1.04, "seam max": 2.5, "clips": 42}}, LONG_COLUMNS)
     assert table.splitlines()[-1] == "| long | seen | 100% | 50% | 75% | 1.04 | 2.50 | 42 |"

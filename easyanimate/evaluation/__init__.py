@@ -1,1 +1,0 @@
-"""Measuring what a trained model generates (the shapes world: easyanimate.evaluation.shapes)."""
