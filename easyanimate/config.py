@@ -1,6 +1,7 @@
 """Model configuration: the original yaml files read into typed, validated objects.
 
-The yaml files under ``config/`` keep the original EasyAnimate v1 keys. They are merged into
+The v1 model yamls ship inside the package (``easyanimate/configs/``, so an installed wheel has them);
+``config/`` in a checkout links to them under the original names. They keep the original keys. They are merged into
 OmegaConf *structured* configs built from the dataclasses below, so an unknown key or a value of
 the wrong type is an error that names the key, instead of being silently ignored.
 """
@@ -14,6 +15,17 @@ from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+V1_VIDEO_CONFIG = PACKAGED_CONFIGS / "easyanimate_video_motion_module_v1.yaml"
+"""The released video model: PixArt-alpha blocks, each with a 2x2-grid motion module."""
+V1_IMAGE_CONFIG = PACKAGED_CONFIGS / "easyanimate_image_normal_v1.yaml"
+"""The image (2D) model: plain PixArt-alpha blocks."""
+
+MODEL_CONFIG_FILE = "easyanimate_config.yaml"
+"""A model folder's own model yaml (the shipped demo models carry one)."""
+MODEL_DEFAULTS_FILE = "easyanimate_defaults.yaml"
+"""A model folder's generation defaults and the motion module / LoRA that go with it."""
 
 BLOCK_TYPES = ("motionmodule", "selfattentiontemporal")
 MOTION_MODULE_TYPES = ("VanillaGrid", "Vanilla")
@@ -94,7 +106,7 @@ class EasyAnimateConfig:
 
 def load_config(path: str | Path) -> EasyAnimateConfig:
     """Read a model yaml into an :class:`EasyAnimateConfig`, rejecting unknown keys and bad types."""
-    path = Path(path)
+    path = resolve_config_path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (expected a yaml such as "
                           "config/easyanimate_video_motion_module_v1.yaml)")
@@ -110,6 +122,16 @@ def load_config(path: str | Path) -> EasyAnimateConfig:
         raise ConfigError(f"{path}: vae_kwargs.enable_magvit=true selects the experimental MagViT VAE, "
                           "which has no released v1 weights and is not built here; use false")
     return config
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path``, or the packaged yaml of the same name when ``path`` is ``config/<a packaged name>`` that
+    does not exist from here (another working directory, or an installed package without a checkout)."""
+    path = Path(path)
+    packaged = PACKAGED_CONFIGS / path.name
+    if not path.is_file() and path.parent.name == "config" and packaged.is_file():
+        return packaged
+    return path
 
 
 def validate_transformer_kwargs(kwargs: TransformerAdditionalKwargs) -> None:

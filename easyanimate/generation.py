@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, load_config
+from .config import MODEL_CONFIG_FILE, MODEL_DEFAULTS_FILE, V1_VIDEO_CONFIG, ConfigError, load_config
 from .devices import best_device
 from .files import NumberedOutput
 from .lora import LoraMerger
@@ -37,19 +37,17 @@ from .video_io import save_image, save_video
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parent
-REPO_ROOT = PACKAGE_ROOT.parent
 MODELS_DIR = Path("models")
 RELEASED_MODEL = "Diffusion_Transformer/PixArt-XL-2-512x512"
 RELEASED_MOTION_MODULE = "Motion_Module/easyanimate_v1_mm.safetensors"
-RELEASED_CONFIG = REPO_ROOT / "config" / "easyanimate_video_motion_module_v1.yaml"
+RELEASED_CONFIG = V1_VIDEO_CONFIG
 # The shipped demo model: what runs when the released weights are absent (it carries its own defaults).
 DEMO_MODEL = "Diffusion_Transformer/EasyAnimate-Shapes-Demo"
 DEMO_MOTION_MODULE = "Motion_Module/easyanimate_shapes_mm.safetensors"
 DEMO_LORA = "Personalized_Model/easyanimate_shapes_dark_lora.safetensors"  # its dark-background style
 TINY_MODEL = "Diffusion_Transformer/tiny-easyanimate"  # written by easyanimate.tiny.write_tiny_model (random weights)
-DEFAULTS_FILE = "easyanimate_defaults.yaml"
-CONFIG_FILE = "easyanimate_config.yaml"
+DEFAULTS_FILE = MODEL_DEFAULTS_FILE
+CONFIG_FILE = MODEL_CONFIG_FILE
 
 DEFAULT_PROMPT = (
     "A snowy forest landscape with a dirt road running through it. The road is flanked by trees covered in "
@@ -293,11 +291,12 @@ def load_pipeline(selection: ModelSelection, sampler: str = "DPM++", device: tor
         str(selection.model), transformer=transformer, scheduler=build_scheduler(sampler, config.scheduler_kwargs()),
         dtype=dtype)
     pipeline.set_progress_bar_config(desc="denoising")
-    _place(pipeline, device, memory_mode)
+    apply_memory_mode(pipeline, device, memory_mode)
     return pipeline
 
 
-def _place(pipeline: EasyAnimatePipeline, device: torch.device, memory_mode: str) -> None:
+def apply_memory_mode(pipeline: EasyAnimatePipeline, device: torch.device, memory_mode: str) -> None:
+    """Put the pipeline's models where ``memory_mode`` (a key of :data:`MEMORY_MODES`) keeps them."""
     if memory_mode == "model_cpu_offload":
         pipeline.enable_model_cpu_offload(device=device)
     elif memory_mode == "sequential_cpu_offload":

@@ -51,17 +51,20 @@ class VideoInfo:
 # Converting arrays to frames
 
 
-def to_uint8_frames(video: torch.Tensor | np.ndarray) -> np.ndarray:
+def to_uint8_frames(video: torch.Tensor | np.ndarray | Sequence[Image.Image]) -> np.ndarray:
     """Convert a video to ``(F, H, W, 3)`` uint8 frames.
 
     Args:
-        video: float ``(3, F, H, W)`` in ``[0, 1]`` (tensor or array), or ``(F, H, W, 3)`` uint8 array.
-            Float values may overshoot ``[0, 1]`` by 1e-3 (clipped); anything further out is an error,
-            because it usually means a ``[-1, 1]`` tensor was passed without rescaling.
+        video: float ``(3, F, H, W)`` in ``[0, 1]`` (the pipeline's ``videos[i]``), float ``(F, H, W, 3)``
+            in ``[0, 1]`` (its ``frames[i]``, diffusers' layout), uint8 ``(F, H, W, 3)``, or a list of
+            PIL images. Float values may overshoot ``[0, 1]`` by 1e-3 (clipped); anything further out
+            is an error, because it usually means a ``[-1, 1]`` tensor was passed without rescaling.
 
     Returns:
         ``(F, H, W, 3)`` uint8, values rounded to the nearest integer.
     """
+    if isinstance(video, (list, tuple)) and video and all(isinstance(frame, Image.Image) for frame in video):
+        return np.stack([np.asarray(frame.convert("RGB")) for frame in video])
     if isinstance(video, torch.Tensor):
         video = video.detach().to("cpu", torch.float32).numpy()
     video = np.asarray(video)
@@ -70,12 +73,15 @@ def to_uint8_frames(video: torch.Tensor | np.ndarray) -> np.ndarray:
             raise ValueError(f"uint8 videos must be (F, H, W, 3); got shape {tuple(video.shape)}")
         return video
     if not np.issubdtype(video.dtype, np.floating):
-        raise ValueError(f"video must be float (3, F, H, W) in [0, 1] or uint8 (F, H, W, 3); got dtype {video.dtype}")
-    if video.ndim != 4 or video.shape[0] != 3:
-        raise ValueError(f"float videos must be (3, F, H, W); got shape {tuple(video.shape)}")
+        raise ValueError(f"video must be float (3, F, H, W) or (F, H, W, 3) in [0, 1], or uint8 (F, H, W, 3); "
+                         f"got dtype {video.dtype}")
+    if video.ndim != 4 or 3 not in (video.shape[0], video.shape[-1]):
+        raise ValueError(f"float videos must be (3, F, H, W) or (F, H, W, 3); got shape {tuple(video.shape)}")
     _check_unit_range(video)
-    frames = np.clip(video, 0.0, 1.0).transpose(1, 2, 3, 0)
-    return np.round(frames * 255.0).astype(np.uint8)
+    # (F, H, W, 3) when the last axis has 3 entries: a 3-pixel-wide channel-first video is not a real case,
+    # a 3-frame frame-major one is.
+    frames = video if video.shape[-1] == 3 else video.transpose(1, 2, 3, 0)
+    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _check_unit_range(values: np.ndarray) -> None:

@@ -7,7 +7,7 @@ import json
 import av
 import pytest
 
-import predict_t2v
+from easyanimate.cli import predict as predict_t2v
 
 FAST = ["--steps", "2", "--frames", "4", "--device", "cpu"]
 

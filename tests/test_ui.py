@@ -14,7 +14,7 @@ import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-import app
+from easyanimate.cli import ui as app
 from easyanimate.generation import GenerationRequest, generate
 from easyanimate.tiny import write_tiny_model
 from easyanimate.ui import EasyAnimateController, UIError, WeightChoice, scan_models
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 def start_app(models_dir: Path, samples_dir: Path):
     """Launch ``app.py`` with its default host in this process; returns the running page."""
-    return app.main(["--models-dir", str(models_dir), "--samples-dir", str(samples_dir), "--device", "cpu",
+    return app.launch(["--models-dir", str(models_dir), "--samples-dir", str(samples_dir), "--device", "cpu",
                      "--port", str(free_port())], block=False)
 
 

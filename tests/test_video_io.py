@@ -86,7 +86,7 @@ def test_format_can_be_forced_and_unknown_extensions_are_refused(tmp_path):
     [
         (torch.full((3, 2, 16, 16), float("nan")), "NaN"),
         (torch.full((3, 2, 16, 16), -1.0), r"\[0, 1\]"),
-        (torch.rand(2, 16, 16, 3), r"\(3, F, H, W\)"),
+        (torch.rand(2, 16, 16, 4), r"\(3, F, H, W\) or \(F, H, W, 3\)"),  # (F, H, W, 3) is diffusers' frames
     ],
 )
 def test_bad_data_is_refused_and_leaves_no_file(tmp_path, bad, message):

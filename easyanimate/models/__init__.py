@@ -8,11 +8,14 @@ from .loading import (
     read_state_dict,
     save_motion_module,
 )
-from .motion_module import VanillaTemporalModule, get_motion_module
+from .motion_adapter import EasyAnimateMotionModule
+from .motion_module import TemporalContext, VanillaTemporalModule, get_motion_module
 from .transformer3d import Transformer3DModel, Transformer3DModelOutput
 
 __all__ = [
+    "EasyAnimateMotionModule",
     "LoadReport",
+    "TemporalContext",
     "Transformer3DModel",
     "Transformer3DModelOutput",
     "VanillaTemporalModule",

@@ -287,17 +287,21 @@ def load_transformer_checkpoint(model: torch.nn.Module, path: str | Path) -> Loa
 
 def build_video_transformer(cls: type, model_dir: str | Path,
                             transformer_additional_kwargs: Mapping[str, Any] | TransformerAdditionalKwargs | None,
-                            transformer_path: str | Path | None = None, motion_module: str | Path | None = None,
+                            transformer_path: str | Path | None = None, motion_module=None,
                             subfolder: str | None = "transformer"):
     """The video transformer on the CPU in the original load order: 2D base, personalized checkpoint, motion module.
 
-    Used by generation and training alike. Without a motion module the temporal layers keep their
-    zero-initialised output projections, so they are identities and every frame is made on its own.
+    Used by generation and training alike. ``motion_module`` is a motion-module file or an
+    :class:`~easyanimate.models.motion_adapter.EasyAnimateMotionModule`. Without one the temporal
+    layers keep their zero-initialised output projections, so they are identities and every frame is
+    made on its own.
     """
     model = load_transformer_from_2d(cls, model_dir, subfolder, transformer_additional_kwargs)
     if transformer_path is not None:
         load_transformer_checkpoint(model, transformer_path)
-    if motion_module is not None:
+    if hasattr(motion_module, "apply_to"):
+        motion_module.apply_to(model)
+    elif motion_module is not None:
         load_motion_module(model, motion_module)
     return model
 

@@ -1,4 +1,4 @@
-"""The temporal motion module inserted into every PixArt block (EasyAnimate v1, spec section 2.3).
+"""The temporal motion module inserted into every PixArt block (EasyAnimate v1).
 
 Token layouts (C = model width, h x w = token grid of one frame, F = frames):
 
@@ -13,6 +13,10 @@ per token except the attention itself), so the grid reshape happens once on the 
 the way out. The frame-index sinusoid is added to the normalised input of each attention only,
 never to the residual stream. Module and parameter names match the released
 ``easyanimate_v1_mm.safetensors`` keys.
+
+The temporal attentions are diffusers ``Attention`` modules (the same ``to_q``/``to_k``/``to_v``/``to_out.0``
+parameters the released file names), so attention processors set on the transformer (SDPA, xformers,
+fused projections, a custom processor) apply to them as to the spatial attentions.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
 from einops import rearrange
 from torch import nn
 
@@ -61,30 +65,22 @@ class PositionalEncoding(nn.Module):
         return table.repeat_interleave(repeat, dim=1) if repeat > 1 else table
 
 
-class VersatileAttention(nn.Module):
+class VersatileAttention(Attention):
     """Temporal self-attention over one sequence axis, with the frame-index position signal.
 
-    ``to_q/to_k/to_v`` have no bias, ``to_out.0`` has one (released key layout).
+    ``to_q/to_k/to_v`` have no bias, ``to_out.0`` has one (released key layout). The position table is
+    added to the input here; the attention itself is whatever processor is set (SDPA by default).
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int, position_encoding: bool, max_len: int):
-        super().__init__()
-        inner = heads * head_dim
-        self.heads = heads
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_k = nn.Linear(dim, inner, bias=False)
-        self.to_v = nn.Linear(dim, inner, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
+        super().__init__(query_dim=dim, heads=heads, dim_head=head_dim, bias=False, out_bias=True)
         self.pos_encoder = PositionalEncoding(dim, max_len) if position_encoding else None
 
     def forward(self, x: torch.Tensor, num_frames: int, tokens_per_frame: int) -> torch.Tensor:
         """Attend along the sequence axis of ``x`` ``(N, num_frames*tokens_per_frame, C)``."""
         if self.pos_encoder is not None:
             x = x + self.pos_encoder(num_frames, tokens_per_frame).to(x.dtype)
-        q, k, v = (rearrange(proj(x), "n s (h d) -> n h s d", h=self.heads) for proj in (self.to_q, self.to_k, self.to_v))
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = rearrange(out, "n h s d -> n s (h d)")
-        return self.to_out[1](self.to_out[0](out))
+        return super().forward(x)
 
 
 class TemporalBlock(nn.Module):

@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin
+from diffusers.models.attention_processor import Attention, FusedAttnProcessor2_0
 from diffusers.models.embeddings import PatchEmbed, PixArtAlphaTextProjection
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormSingle
@@ -56,15 +59,21 @@ class TimePositionalEncoding(nn.Module):
         return rearrange(frames + self.pe[:, :num_frames, None].to(tokens.dtype), "b f s c -> b (f s) c")
 
 
-class Transformer3DModel(ModelMixin, ConfigMixin):
+class Transformer3DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMixin):
     """Video DiT: PixArt-alpha blocks with grid motion modules (or full spatio-temporal attention).
 
     The constructor takes the PixArt ``transformer/config.json`` keys plus the EasyAnimate keys of
     ``transformer_additional_kwargs``. Options that are not built here raise a :class:`ConfigError`.
+
+    It behaves like a diffusers transformer: ``attn_processors`` / ``set_attn_processor`` reach every
+    attention, the motion modules' included; ``fuse_qkv_projections``; ``compile_repeated_blocks``
+    (the blocks are identical, so one compiled graph serves all); peft adapters through
+    ``add_adapter`` / ``load_lora_adapter`` / ``set_adapters``.
     """
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["TemporalTransformerBlock", "SelfAttentionTemporalTransformerBlock"]
+    _repeated_blocks = ["TemporalTransformerBlock", "SelfAttentionTemporalTransformerBlock"]
 
     @register_to_config
     def __init__(
@@ -141,14 +150,30 @@ class Transformer3DModel(ModelMixin, ConfigMixin):
                                                      c.cross_attention_dim, **common)
 
     def compile_blocks(self, **compile_kwargs: Any) -> None:
-        """``torch.compile`` every transformer block in place (keywords go to ``torch.compile``).
+        """``torch.compile`` every transformer block in place: diffusers' ``compile_repeated_blocks``.
 
         The blocks are identical, so they share one compiled graph: compilation happens on the first
         forward (and again for a new input shape). Inductor fuses the norms, modulation, activations
         and residual adds around the matmuls; outputs match eager up to float rounding.
         """
-        for block in self.transformer_blocks:
-            block.compile(**compile_kwargs)
+        self.compile_repeated_blocks(**compile_kwargs)
+
+    def fuse_qkv_projections(self) -> None:
+        """Fuse the query, key and value projections of every attention (key and value for cross-attention).
+
+        Adds ``to_qkv`` / ``to_kv`` layers beside the originals and sets ``FusedAttnProcessor2_0``;
+        :meth:`unfuse_qkv_projections` restores the processors that were set before.
+        """
+        self.original_attn_processors = self.attn_processors
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.fuse_projections(fuse=True)
+        self.set_attn_processor(FusedAttnProcessor2_0())
+
+    def unfuse_qkv_projections(self) -> None:
+        """Go back to the processors set before :meth:`fuse_qkv_projections`."""
+        if getattr(self, "original_attn_processors", None) is not None:
+            self.set_attn_processor(self.original_attn_processors)
 
     @property
     def has_motion_module(self) -> bool:
@@ -258,13 +283,14 @@ class Transformer3DModel(ModelMixin, ConfigMixin):
     def from_pretrained_2d(cls, pretrained_model_path: str | Path, subfolder: str | None = "transformer",
                            transformer_additional_kwargs: dict[str, Any] | TransformerAdditionalKwargs | None = None,
                            torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                           transformer_path: str | Path | None = None, motion_module: str | Path | None = None,
+                           transformer_path: str | Path | None = None, motion_module=None,
                            ) -> "Transformer3DModel":
         """Build the video model from a 2D PixArt diffusers folder, in the original load order.
 
         The folder's PixArt weights come first, then the optional personalized/full checkpoint
-        ``transformer_path``, then the optional ``motion_module`` file; without one the motion
-        modules stay fresh (identities). Only the motion-module keys may be missing from the folder's
+        ``transformer_path``, then the optional ``motion_module`` (a file such as
+        ``easyanimate_v1_mm.safetensors`` or an :class:`~easyanimate.models.EasyAnimateMotionModule`);
+        without one the motion modules stay fresh (identities). Only the motion-module keys may be missing from the folder's
         weights; any other missing or unexpected key, or a shape mismatch, raises a
         :class:`~easyanimate.models.loading.WeightLoadError`.
         """

@@ -1,0 +1,385 @@
+"""Loading models and generating videos: the one module behind ``predict_t2v.py`` and ``app.py``.
+
+A model is a PixArt diffusers folder under ``models/Diffusion_Transformer`` plus a motion-module file
+(``models/Motion_Module``), optionally a personalized base checkpoint and a LoRA
+(``models/Personalized_Model``). A model folder may carry ``easyanimate_defaults.yaml`` (its own
+size, frame count, sampler, motion module ...) and ``easyanimate_config.yaml`` (its model yaml);
+those become the defaults when that model is used.
+
+Generation defaults live in one place, :class:`GenerationRequest`: its field defaults are the original
+v1 scripts' settings, a model folder overrides them (:class:`ModelDefaults`), and the command line or
+the UI override those (:meth:`GenerationRequest.overridden`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import MODEL_CONFIG_FILE, MODEL_DEFAULTS_FILE, V1_VIDEO_CONFIG, ConfigError, load_config
+from .devices import best_device
+from .files import NumberedOutput
+from .lora import LoraMerger
+from .models import Transformer3DModel, WeightLoadError
+from .pipelines import EasyAnimatePipeline
+from .schedulers import SAMPLER_NAMES, build_scheduler, switch_sampler
+from .video_io import save_image, save_video
+
+logger = logging.getLogger(__name__)
+
+MODELS_DIR = Path("models")
+RELEASED_MODEL = "Diffusion_Transformer/PixArt-XL-2-512x512"
+RELEASED_MOTION_MODULE = "Motion_Module/easyanimate_v1_mm.safetensors"
+RELEASED_CONFIG = V1_VIDEO_CONFIG
+# The shipped demo model: what runs when the released weights are absent (it carries its own defaults).
+DEMO_MODEL = "Diffusion_Transformer/EasyAnimate-Shapes-Demo"
+DEMO_MOTION_MODULE = "Motion_Module/easyanimate_shapes_mm.safetensors"
+DEMO_LORA = "Personalized_Model/easyanimate_shapes_dark_lora.safetensors"  # its dark-background style
+TINY_MODEL = "Diffusion_Transformer/tiny-easyanimate"  # written by easyanimate.tiny.write_tiny_model (random weights)
+DEFAULTS_FILE = MODEL_DEFAULTS_FILE
+CONFIG_FILE = MODEL_CONFIG_FILE
+
+DEFAULT_PROMPT = (
+    "A snowy forest landscape with a dirt road running through it. The road is flanked by trees covered in "
+    "snow, and the ground is also covered in snow. The sun is shining, creating a bright and serene "
+    "atmosphere. The road appears to be empty, and there are no people or animals visible in the video. "
+    "The style of the video is a natural landscape shot, with a focus on the beauty of the snowy forest "
+    "and the peacefulness of the road."
+)
+DEFAULT_NEGATIVE_PROMPT = (
+    "Strange motion trajectory, a poor composition and deformed video, worst quality, normal quality, "
+    "low quality, low resolution, duplicate and ugly"
+)
+
+_DOWNLOADS = "https://pai-aigc-photog.oss-cn-hangzhou.aliyuncs.com/easyanimate"
+MODEL_ZOO = (
+    # (where it goes, size, what, download address)
+    ("models/Diffusion_Transformer/PixArt-XL-2-512x512/", "11.4 GB tar",
+     "PixArt-XL-2-512x512 diffusers folder (transformer, vae, text_encoder, tokenizer, scheduler)",
+     f"{_DOWNLOADS}/Diffusion_Transformer/PixArt-XL-2-512x512.tar"),
+    ("models/Motion_Module/easyanimate_v1_mm.safetensors", "4.1 GB",
+     "EasyAnimate v1 motion module, trained with 80 frames at 12 fps",
+     f"{_DOWNLOADS}/Motion_Module/easyanimate_v1_mm.safetensors"),
+    ("models/Personalized_Model/easyanimate_portrait.safetensors", "2.3 GB", "portrait base checkpoint (optional)",
+     f"{_DOWNLOADS}/Personalized_Model/easyanimate_portrait.safetensors"),
+    ("models/Personalized_Model/easyanimate_portrait_lora.safetensors", "654 MB", "portrait LoRA (optional)",
+     f"{_DOWNLOADS}/Personalized_Model/easyanimate_portrait_lora.safetensors"),
+)
+
+MEMORY_MODES = {
+    "none": "everything on the device",
+    "text_encoder_cpu": "T5 runs on the CPU; transformer and VAE on the device",
+    "model_cpu_offload": "each model moves to the device only while it runs (diffusers model offload)",
+    "sequential_cpu_offload": "weights stream to the device layer by layer (slowest, least memory)",
+}
+
+MAX_STEPS = 1000
+"""Denoising steps beyond the 1000 training timesteps repeat timesteps and only cost time."""
+MAX_SEED = 2**63 - 1
+
+
+class MissingWeightsError(FileNotFoundError):
+    """The weights a generation needs are not where they were expected."""
+
+
+def model_zoo_text() -> str:
+    """The model-zoo table as plain text, for error messages and ``--help``."""
+    return "\n".join(f"  {path}  ({size}): {what}\n    {url}" for path, size, what, url in MODEL_ZOO)
+
+
+# ------------------------------------------------------------------------------------------------
+# What to generate
+
+
+@dataclass
+class GenerationRequest:
+    """One video to generate, and the one source of generation defaults.
+
+    The field defaults are the original v1 scripts' (DPM++, 30 steps, guidance 6.0, seed 43, 512x512,
+    80 frames at 12 fps, LoRA weight 0.55); a model folder's ``easyanimate_defaults.yaml`` overrides
+    them. ``seed`` None or -1 draws a random seed (the one used is recorded).
+    """
+
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    sampler: str = "DPM++"
+    steps: int = 30
+    guidance_scale: float = 6.0
+    seed: int | None = 43
+    height: int = 512
+    width: int = 512
+    frames: int = 80
+    fps: int = 12
+    context_frames: int | None = None
+    """temporal window for videos longer than it (None: the motion module sees the whole video)"""
+    context_overlap: int | None = None
+    """frames shared by consecutive windows (None: the pipeline's default, a quarter of the window)"""
+    lora_weight: float = 0.55
+    """multiplier of the LoRA merged into the weights, if one is"""
+
+    def overridden(self, **values: Any) -> GenerationRequest:
+        """A copy with the given fields replaced; a value of None keeps this request's value."""
+        return dataclasses.replace(self, **{name: value for name, value in values.items() if value is not None})
+
+    def resolved_seed(self) -> int:
+        if self.seed is None or self.seed < 0:
+            return random.SystemRandom().randint(0, 2**31 - 1)
+        return self.seed
+
+    def validate(self, pipeline: EasyAnimatePipeline) -> None:
+        """Raise a ValueError that names the setting and says what would be right for this pipeline."""
+        check_sampler(self.sampler)
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {self.steps!r}")
+        if not isinstance(self.fps, int) or self.fps < 1:
+            raise ValueError(f"fps must be a positive whole number, got {self.fps!r}")
+        if self.seed is not None and not (isinstance(self.seed, int) and -1 <= self.seed <= MAX_SEED):
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, or -1 for a random one, "
+                             f"got {self.seed!r}")
+        if not self.prompt.strip():
+            raise ValueError("the prompt is empty: say what the video should show")
+        if self.context_frames is not None:
+            overlap = self.context_overlap if self.context_overlap is not None else self.context_frames // 4
+            if self.context_frames < 1 or not 0 <= overlap < self.context_frames:
+                raise ValueError(f"the temporal window must be >= 1 frame and its overlap from 0 to one less "
+                                 f"than the window, got window {self.context_frames}, overlap {overlap}")
+        pipeline.check_inputs(
+            prompt=self.prompt, height=self.height, width=self.width, video_length=self.frames,
+            num_inference_steps=self.steps, guidance_scale=self.guidance_scale, negative_prompt=self.negative_prompt,
+            prompt_embeds=None, negative_prompt_embeds=None, prompt_attention_mask=None,
+            negative_prompt_attention_mask=None, output_type="pt", num_images_per_prompt=1, latents=None,
+            timesteps=None)
+
+
+def check_sampler(name: str) -> str:
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLER_NAMES)}")
+    return name
+
+
+@dataclass
+class ModelDefaults(GenerationRequest):
+    """What a model folder's ``easyanimate_defaults.yaml`` says: its generation defaults and its files.
+
+    Every :class:`GenerationRequest` field, plus ``config`` (relative to the model folder) and
+    ``motion_module`` and ``lora`` (relative to the models folder).
+    """
+
+    config: str | None = None
+    motion_module: str | None = None
+    lora: str | None = None
+
+    @property
+    def request(self) -> GenerationRequest:
+        """The generation defaults alone."""
+        return GenerationRequest(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationRequest)})
+
+
+def read_model_defaults(model_dir: Path) -> ModelDefaults:
+    """The defaults stored with a model, or the original v1 defaults when it has none."""
+    path = Path(model_dir) / DEFAULTS_FILE
+    if not path.is_file():
+        return ModelDefaults()
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelDefaults), OmegaConf.load(path)))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"invalid {path}: {error}") from error
+
+
+# ------------------------------------------------------------------------------------------------
+# Which weights
+
+
+@dataclass
+class ModelSelection:
+    """Which weights to load. Paths are resolved against ``models_dir`` where relative."""
+
+    model: Path
+    config: Path
+    motion_module: Path | None
+    transformer_path: Path | None = None
+    lora: Path | None = None
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)
+
+
+def select_model(models_dir: Path = MODELS_DIR, model: str | Path | None = None, config: str | Path | None = None,
+                 motion_module: str | Path | None = None, transformer_path: str | Path | None = None,
+                 lora: str | Path | None = None, use_motion_module: bool = True) -> ModelSelection:
+    """Resolve what to load, falling back to the shipped demo model when the released weights are absent.
+
+    Raises :class:`MissingWeightsError` listing every expected path (and the model zoo) when
+    something is missing; nothing has been loaded or written at that point.
+    """
+    models_dir = Path(models_dir)
+    explicit = model is not None
+    model_dir = Path(model) if explicit else models_dir / RELEASED_MODEL
+    if not explicit and not model_dir.is_dir():
+        fallback = next((models_dir / m for m in (DEMO_MODEL, TINY_MODEL) if (models_dir / m).is_dir()), None)
+        if fallback is not None:
+            logger.warning("released weights not found at %s; using %s and its own defaults", model_dir, fallback)
+            model_dir = fallback
+    defaults = read_model_defaults(model_dir) if model_dir.is_dir() else ModelDefaults()
+    if config is None:
+        config = model_dir / defaults.config if defaults.config else RELEASED_CONFIG
+    if motion_module is None and use_motion_module:
+        motion_module = models_dir / (defaults.motion_module or RELEASED_MOTION_MODULE)
+    if lora is None and defaults.lora:
+        lora = models_dir / defaults.lora
+    selection = ModelSelection(model_dir, Path(config), Path(motion_module) if motion_module else None,
+                               Path(transformer_path) if transformer_path else None,
+                               Path(lora) if lora else None, defaults)
+    _check_present(selection)
+    return selection
+
+
+def _check_present(selection: ModelSelection) -> None:
+    missing = []
+    if not (selection.model / "transformer" / "config.json").is_file():
+        missing.append(f"{selection.model}/ (a PixArt diffusers folder with transformer/, vae/, text_encoder/, tokenizer/)")
+    for label, path in (("model config", selection.config), ("motion module", selection.motion_module),
+                        ("transformer checkpoint", selection.transformer_path), ("LoRA", selection.lora)):
+        if path is not None and not path.is_file():
+            missing.append(f"{path} ({label})")
+    if missing:
+        raise MissingWeightsError("missing weights:\n  " + "\n  ".join(missing)
+                                  + "\nDownload them into place (model zoo):\n" + model_zoo_text())
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+
+
+def build_transformer(selection: ModelSelection) -> Transformer3DModel:
+    """The selection's video transformer on the CPU (2D base, personalized checkpoint, motion module)."""
+    config = load_config(selection.config)
+    return Transformer3DModel.from_pretrained_2d(
+        selection.model, subfolder="transformer", transformer_additional_kwargs=config.transformer_additional_kwargs,
+        transformer_path=selection.transformer_path, motion_module=selection.motion_module)
+
+
+def load_pipeline(selection: ModelSelection, sampler: str = "DPM++", device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float32, memory_mode: str = "none") -> EasyAnimatePipeline:
+    """Load the pipeline in the original order: 2D base, personalized checkpoint, motion module, VAE, T5.
+
+    The scheduler is the sampler ``sampler`` built from the model yaml's ``noise_scheduler_kwargs``;
+    :func:`set_sampler` switches it later, keeping that noise schedule.
+    """
+    device = torch.device(device) if device is not None else best_device()
+    if memory_mode not in MEMORY_MODES:
+        raise ValueError(f"unknown memory mode {memory_mode!r}; valid: {', '.join(MEMORY_MODES)}")
+    if memory_mode in ("model_cpu_offload", "sequential_cpu_offload") and device.type == "cpu":
+        raise ValueError(f"memory mode {memory_mode!r} moves weights between the CPU and an accelerator; "
+                         "on a CPU-only run use 'none'")
+    config = load_config(selection.config)
+    transformer = build_transformer(selection)
+    if selection.motion_module is None and transformer.has_motion_module:
+        logger.warning("no motion module: the motion modules are identities, so every frame is generated "
+                       "independently (no temporal coherence)")
+    if transformer.dtype != dtype:
+        transformer = transformer.to(dtype)
+    pipeline = EasyAnimatePipeline.from_pretrained(
+        str(selection.model), transformer=transformer, scheduler=build_scheduler(sampler, config.scheduler_kwargs()),
+        dtype=dtype)
+    pipeline.set_progress_bar_config(desc="denoising")
+    apply_memory_mode(pipeline, device, memory_mode)
+    return pipeline
+
+
+def apply_memory_mode(pipeline: EasyAnimatePipeline, device: torch.device, memory_mode: str) -> None:
+    """Put the pipeline's models where ``memory_mode`` (a key of :data:`MEMORY_MODES`) keeps them."""
+    if memory_mode == "model_cpu_offload":
+        pipeline.enable_model_cpu_offload(device=device)
+    elif memory_mode == "sequential_cpu_offload":
+        pipeline.enable_sequential_cpu_offload(device=device)
+    elif memory_mode == "text_encoder_cpu":
+        pipeline.transformer.to(device)
+        pipeline.vae.to(device)
+        if pipeline.text_encoder is not None:
+            pipeline.text_encoder.to("cpu", torch.float32)
+    else:
+        pipeline.to(device)
+
+
+def set_sampler(pipeline: EasyAnimatePipeline, sampler: str) -> None:
+    """Swap the scheduler by name (the original's table), keeping the current noise schedule."""
+    pipeline.scheduler = switch_sampler(pipeline.scheduler, check_sampler(sampler))
+
+
+def apply_lora(pipeline: EasyAnimatePipeline, merger: LoraMerger | None, lora: Path | None,
+               weight: float) -> LoraMerger:
+    """Merge ``lora`` at ``weight`` (or restore the base when None); exact, however often switched."""
+    merger = merger or LoraMerger(pipeline.transformer, pipeline.text_encoder)
+    if lora is None:
+        merger.unmerge()
+    else:
+        merger.merge(lora, multiplier=weight)
+    return merger
+
+
+# ------------------------------------------------------------------------------------------------
+# Generating and saving
+
+
+def generate(pipeline: EasyAnimatePipeline, request: GenerationRequest, seed: int,
+             callback_on_step_end=None) -> torch.Tensor:
+    """Run the pipeline; returns the video ``(3, F, H, W)`` in [0, 1] on the CPU."""
+    device = pipeline._execution_device
+    generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
+    output = pipeline(prompt=request.prompt, negative_prompt=request.negative_prompt,
+                      num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                      height=request.height, width=request.width, video_length=request.frames,
+                      generator=generator, output_type="pt", callback_on_step_end=callback_on_step_end,
+                      context_frames=request.context_frames, context_overlap=request.context_overlap)
+    return output.videos[0]
+
+
+def save_result(video: torch.Tensor, output_dir: Path, record: dict[str, Any], fps: int,
+                formats: tuple[str, ...] = ("mp4",)) -> list[Path]:
+    """Write the video (mp4 and/or gif; png for one frame) plus one JSON sidecar with the same base name.
+
+    Files are numbered ``00000001``, ``00000002``, ... after the highest number in the folder; the
+    number is claimed first (:class:`~easyanimate.files.NumberedOutput`), so runs writing into one
+    folder at once never replace each other's files, and the media files and the sidecar appear
+    together or not at all. Returns the media files written.
+    """
+    exts = (".png",) if video.shape[1] == 1 else tuple(f".{fmt}" for fmt in formats)
+    with NumberedOutput.claim(output_dir) as output:
+        written = []
+        for ext in exts:
+            if ext == ".png":
+                written.append(output.add(ext, lambda tmp: save_image(video[:, 0], tmp, fmt="png")))
+            else:
+                written.append(output.add(ext, lambda tmp, ext=ext: save_video(video, tmp, fps=fps, fmt=ext[1:])))
+        sidecar = json.dumps({**record, "files": [p.name for p in written]}, indent=2)
+        output.add(".json", lambda tmp: tmp.write_text(sidecar, encoding="utf-8"))
+    return written
+
+
+def run_record(request: GenerationRequest, seed: int, selection: ModelSelection, dtype: torch.dtype,
+               device: torch.device, memory_mode: str) -> dict[str, Any]:
+    """Everything needed to reproduce a video, as stored in its JSON sidecar."""
+    return {
+        **dataclasses.asdict(request), "seed": seed, "model": str(selection.model), "config": str(selection.config),
+        "motion_module": str(selection.motion_module) if selection.motion_module else None,
+        "transformer_path": str(selection.transformer_path) if selection.transformer_path else None,
+        "lora": str(selection.lora) if selection.lora else None,
+        "dtype": str(dtype).removeprefix("torch."), "device": str(device), "memory_mode": memory_mode,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+__all__ = [
+    "DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "MEMORY_MODES", "GenerationRequest", "MissingWeightsError",
+    "ModelDefaults", "ModelSelection", "WeightLoadError", "apply_lora", "build_transformer", "generate",
+    "load_pipeline", "read_model_defaults", "run_record", "save_result", "select_model", "set_sampler",
+]

@@ -1,0 +1,339 @@
+"""Every way weights enter or leave the video transformer, in one place.
+
+* :func:`read_state_dict` — the one reader of weight files (safetensors; pickle formats only through
+  ``torch.load(weights_only=True)``): every file is checked to hold finite floating-point tensors.
+* :func:`load_transformer_from_2d` — a PixArt diffusers folder (``transformer/config.json`` +
+  weights) into the video model; only the motion-module keys may be missing.
+* :func:`load_motion_module` — ``easyanimate_v1_mm.safetensors`` (original key names, with or
+  without the ``pos_encoder.pe`` tables).
+* :func:`load_transformer_checkpoint` — a personalized / full transformer state dict such as
+  ``easyanimate_portrait.safetensors`` (the 603 PixArt keys, optionally motion-module keys too).
+* :func:`build_video_transformer` — the load order of the original: 2D base, personalized
+  checkpoint, motion module.
+* :func:`motion_module_state_dict` / :func:`save_motion_module` — cut the motion module out.
+
+Nothing is loaded with ``strict=False`` silently: keys are compared first, the expected gaps are
+stated in code, and anything else raises a :class:`WeightLoadError` naming the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..config import ConfigError, TransformerAdditionalKwargs, transformer_kwargs_for_model
+from ..files import write_safetensors
+
+logger = logging.getLogger(__name__)
+
+MOTION_MODULE_MARKER = ".attn_temporal."
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# Buffers that are a fixed function of their shape: a file may leave them out.
+COMPUTED_BUFFERS = re.compile(r"(\.pos_encoder\.pe|^t_pos\.pe)$")
+
+
+class WeightLoadError(ValueError):
+    """A weight file that is missing, unreadable, or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """What one load did; ``str()`` gives the line that is logged."""
+
+    source: str
+    kind: str
+    loaded: int
+    computed_buffers_kept: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"loaded {self.loaded} tensors ({self.kind}) from {self.source}"
+        if self.computed_buffers_kept:
+            text += f"; {self.computed_buffers_kept} position tables not in the file were computed"
+        return text + "".join(f"; {note}" for note in self.notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading files
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weight file: safetensors, or a pickle through ``torch.load(weights_only=True)``.
+
+    A top-level ``"state_dict"`` entry is unwrapped. Missing, truncated or corrupt files raise a
+    :class:`WeightLoadError` that says so.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightLoadError(f"weight file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise WeightLoadError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from error
+    elif path.suffix in PICKLE_SUFFIXES:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many types for bad pickles
+            raise WeightLoadError(f"{path} could not be read with torch.load(weights_only=True) "
+                                  f"(corrupt, or it holds more than tensors): {error}") from error
+        if isinstance(state, Mapping) and "state_dict" in state:
+            state = state["state_dict"]
+    else:
+        raise WeightLoadError(f"{path}: unknown weight format {path.suffix!r}; expected .safetensors "
+                              f"or one of {', '.join(PICKLE_SUFFIXES)}")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightLoadError(f"{path} does not hold a flat mapping of tensor names to tensors")
+    check_weights(state, str(path))
+    return dict(state)
+
+
+def check_weights(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise a :class:`WeightLoadError` naming the first tensor that is not floating point or not finite.
+
+    Loading casts to the model's dtype, so an integer or boolean tensor would load with every value
+    changed, and a NaN would surface only as a black video after a whole generation.
+    """
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise WeightLoadError(f"{source}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}; "
+                                  "weights must be floating point (a file of weights, not of indices or masks)")
+        if not bool(torch.isfinite(tensor).all()):
+            raise WeightLoadError(f"{source}: tensor {key!r} holds NaN or infinite values; the file is damaged "
+                                  "or came from a diverged training run")
+
+
+def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
+    """Say in words what a state dict looks like (LoRA, motion module, PixArt transformer, ...)."""
+    keys = list(state)
+    if not keys:
+        return "an empty file"
+    blocks = {int(m.group(1)) for k in keys if (m := re.match(r"transformer_blocks\.(\d+)\.", k))}
+    width = _width_of(state)
+    shape = f"{len(blocks)} blocks, width {width}" if blocks and width else "unknown size"
+    motion = [k for k in keys if MOTION_MODULE_MARKER in k]
+    if any(".lora_down." in k or ".lora_A." in k or ".lora_up." in k for k in keys):
+        return f"a LoRA file ({len(keys)} tensors, keys such as {keys[0]!r})"
+    if motion and len(motion) == len(keys):
+        return f"a motion-module file ({len(keys)} tensors, {shape})"
+    if "adaln_single.linear.weight" in state:
+        kind = "a video transformer with motion modules" if motion else "a PixArt (2D) transformer"
+        return f"{kind} ({len(keys)} tensors, {shape})"
+    return f"an unrecognised state dict ({len(keys)} tensors, keys such as {', '.join(keys[:3])})"
+
+
+def _width_of(state: Mapping[str, torch.Tensor]) -> int | None:
+    for key, tensor in state.items():
+        if key.endswith(("attn1.to_q.weight", "temporal_transformer.proj_in.weight")):
+            return int(tensor.shape[0])
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing a state dict with a model
+
+
+@dataclass
+class KeyComparison:
+    """Missing, unexpected and shape-mismatched keys of a state dict against a model."""
+
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+
+
+def compare_keys(model: torch.nn.Module, state: Mapping[str, torch.Tensor],
+                 expected_keys: Iterable[str] | None = None) -> KeyComparison:
+    """Compare ``state`` against the model's state dict (or the subset ``expected_keys``)."""
+    model_state = model.state_dict()
+    expected = set(model_state if expected_keys is None else expected_keys)
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - set(model_state))
+    mismatched = [(k, tuple(state[k].shape), tuple(model_state[k].shape))
+                  for k in sorted(set(state) & set(model_state)) if state[k].shape != model_state[k].shape]
+    return KeyComparison(missing, unexpected, mismatched)
+
+
+def _raise_if_bad(comparison: KeyComparison, source: str, state: Mapping[str, torch.Tensor],
+                  expected: str, allowed_missing: re.Pattern | None = None) -> list[str]:
+    """Raise a WeightLoadError naming what does not fit; return the allowed missing keys."""
+    allowed = [k for k in comparison.missing if allowed_missing is not None and allowed_missing.search(k)]
+    missing = [k for k in comparison.missing if k not in allowed]
+    problems = []
+    if comparison.mismatched:
+        problems.append(f"{len(comparison.mismatched)} shape mismatches (file vs model), e.g. "
+                        + "; ".join(f"{k}: {a} vs {b}" for k, a, b in comparison.mismatched[:3]))
+    if missing:
+        problems.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:5])}")
+    if comparison.unexpected:
+        problems.append(f"{len(comparison.unexpected)} unexpected keys, e.g. {', '.join(comparison.unexpected[:5])}")
+    if problems:
+        raise WeightLoadError(f"{source} does not fit: it looks like {describe_state_dict(state)}; "
+                              f"expected {expected}. " + ". ".join(problems))
+    return allowed
+
+
+def is_motion_key(key: str) -> bool:
+    """A motion-module entry: its name contains ``.attn_temporal.``."""
+    return MOTION_MODULE_MARKER in key
+
+
+# --------------------------------------------------------------------------------------------
+# Loaders
+
+
+def load_transformer_from_2d(cls: type, pretrained_model_path: str | Path, subfolder: str | None = "transformer",
+                             transformer_additional_kwargs: Mapping[str, Any] | TransformerAdditionalKwargs | None = None):
+    """Build a video transformer from a 2D PixArt folder; see ``Transformer3DModel.from_pretrained_2d``."""
+    folder = Path(pretrained_model_path) / (subfolder or "")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise WeightLoadError(f"no transformer config at {config_path}: expected a diffusers PixArt folder "
+                              f"with transformer/config.json and transformer/{WEIGHT_FILES[0]}")
+    config = _pixart_config(config_path, cls)
+    extras = _extras_dict(transformer_additional_kwargs)
+    model = cls.from_config({**config, **extras})
+    weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if weights is None:
+        raise WeightLoadError(f"no transformer weights in {folder}: expected {' or '.join(WEIGHT_FILES)}")
+    state = read_state_dict(weights)
+    expected = [k for k in model.state_dict() if not is_motion_key(k)]
+    comparison = compare_keys(model, state, expected)
+    # Stated gap: a 2D checkpoint has no motion modules, and t_pos.pe is computed.
+    _raise_if_bad(comparison, str(weights), state, "the PixArt keys of the configured video transformer",
+                  allowed_missing=COMPUTED_BUFFERS)
+    model.load_state_dict(state, strict=False)
+    report = LoadReport(str(weights), "PixArt transformer", len(state),
+                        notes=["motion modules start fresh (zero output projection)"] if model.has_motion_module else [])
+    logger.info("%s", report)
+    return model
+
+
+def _pixart_config(path: Path, cls: type) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise WeightLoadError(f"{path} is not valid JSON: {error}") from error
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    accepted = set(cls._get_init_keys(cls)) - {"self"}
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise ConfigError(f"{path}: unknown transformer config keys {unknown}; this model takes "
+                          f"{', '.join(sorted(accepted))}")
+    return config
+
+
+def _extras_dict(extras: Mapping[str, Any] | TransformerAdditionalKwargs | None) -> dict[str, Any]:
+    if extras is None:
+        return {}
+    if isinstance(extras, TransformerAdditionalKwargs):
+        return transformer_kwargs_for_model(extras)
+    return dict(extras)
+
+
+def load_motion_module(model: torch.nn.Module, path: str | Path) -> LoadReport:
+    """Load a motion-module file into ``model``; every motion-module key must be in the file.
+
+    The ``pos_encoder.pe`` tables may be absent (they are computed). Anything that is not
+    motion-module weights of this model's size raises a :class:`WeightLoadError`.
+    """
+    if not getattr(model, "has_motion_module", False):
+        raise WeightLoadError("this transformer has no motion modules (basic_block_type is not "
+                              "'motionmodule'); a motion-module file cannot be loaded into it")
+    state = read_state_dict(path)
+    expected = [k for k in model.state_dict() if is_motion_key(k)]
+    foreign = [k for k in state if not is_motion_key(k)]
+    if foreign:
+        raise WeightLoadError(f"{path} is not a motion-module file: it looks like {describe_state_dict(state)}; "
+                              f"expected only '...attn_temporal...' keys ({len(expected)} for this model)")
+    comparison = compare_keys(model, state, expected)
+    kept = _raise_if_bad(comparison, str(path), state,
+                         f"the {len(expected)} motion-module keys of this model", allowed_missing=COMPUTED_BUFFERS)
+    model.load_state_dict(state, strict=False)
+    report = LoadReport(str(path), "motion module", len(state), computed_buffers_kept=len(kept))
+    logger.info("%s", report)
+    return report
+
+
+def load_transformer_checkpoint(model: torch.nn.Module, path: str | Path) -> LoadReport:
+    """Load a personalized / full transformer checkpoint (e.g. ``easyanimate_portrait.safetensors``).
+
+    All PixArt keys must be present. Motion-module keys are optional, but if the file has any it
+    must have all of them (a half motion module would silently mix two models).
+    """
+    state = read_state_dict(path)
+    model_keys = list(model.state_dict())
+    has_motion = any(is_motion_key(k) for k in state)
+    expected = [k for k in model_keys if has_motion or not is_motion_key(k)]
+    comparison = compare_keys(model, state, expected)
+    _raise_if_bad(comparison, str(path), state,
+                  "a transformer checkpoint with the PixArt keys of this model", allowed_missing=COMPUTED_BUFFERS)
+    model.load_state_dict(state, strict=False)
+    kind = "full video transformer" if has_motion else "PixArt transformer (motion modules kept)"
+    report = LoadReport(str(path), kind, len(state))
+    logger.info("%s", report)
+    return report
+
+
+def build_video_transformer(cls: type, model_dir: str | Path,
+                            transformer_additional_kwargs: Mapping[str, Any] | TransformerAdditionalKwargs | None,
+                            transformer_path: str | Path | None = None, motion_module=None,
+                            subfolder: str | None = "transformer"):
+    """The video transformer on the CPU in the original load order: 2D base, personalized checkpoint, motion module.
+
+    Used by generation and training alike. ``motion_module`` is a motion-module file or an
+    :class:`~easyanimate.models.motion_adapter.EasyAnimateMotionModule`. Without one the temporal
+    layers keep their zero-initialised output projections, so they are identities and every frame is
+    made on its own.
+    """
+    model = load_transformer_from_2d(cls, model_dir, subfolder, transformer_additional_kwargs)
+    if transformer_path is not None:
+        load_transformer_checkpoint(model, transformer_path)
+    if hasattr(motion_module, "apply_to"):
+        motion_module.apply_to(model)
+    elif motion_module is not None:
+        load_motion_module(model, motion_module)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Cutting the motion module out
+
+
+def motion_module_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The motion-module entries of a full state dict (keys containing ``.attn_temporal.``).
+
+    The original selected the bare substring ``temporal``; the block attribute is matched here
+    so unrelated names containing "temporal" are never swept in.
+    """
+    selected = {k: v for k, v in state.items() if is_motion_key(k)}
+    if not selected:
+        raise WeightLoadError(f"no motion-module keys ('...attn_temporal...') found: the state dict looks "
+                              f"like {describe_state_dict(state)}")
+    return selected
+
+
+def save_motion_module(model_or_state: torch.nn.Module | Mapping[str, torch.Tensor], path: str | Path,
+                       include_position_tables: bool = True, dtype: torch.dtype | None = None) -> int:
+    """Write the motion module with the original key names; returns the number of tensors.
+
+    ``include_position_tables`` keeps the ``pos_encoder.pe`` buffers as the released file does.
+    The file appears whole or not at all (:func:`easyanimate.files.atomic_write`).
+    """
+    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    selected = motion_module_state_dict(state)
+    if not include_position_tables:
+        selected = {k: v for k, v in selected.items() if not COMPUTED_BUFFERS.search(k)}
+    tensors = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in selected.items()}
+    write_safetensors(path, tensors, metadata={"format": "pt", "content": "easyanimate motion module"})
+    return len(tensors)

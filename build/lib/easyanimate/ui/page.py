@@ -1,0 +1,227 @@
+"""The Gradio page: model checkpoints, generation settings, result (the layout of the original v1 UI).
+
+The controls start at the generation defaults (:class:`~easyanimate.generation.GenerationRequest`);
+selecting a model applies the defaults its folder carries. One deliberate difference: the seed starts
+at -1 (a new random seed per generation, as in the original UI), where the scripts default to 43.
+
+Every handler turns :class:`~easyanimate.ui.controller.UIError` (and any other failure) into a
+``gr.Error`` message on the page, so the app keeps serving. The generate event is the API endpoint
+``/generate`` (see the README for calling it with ``gradio_client``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import gradio as gr
+
+from ..generation import GenerationRequest
+from ..models.motion_module import default_context_overlap
+from ..schedulers import SAMPLER_NAMES
+from .controller import NONE, BusyError, EasyAnimateController, UIError, WeightChoice
+
+logger = logging.getLogger(__name__)
+
+TITLE = "EasyAnimate: Generate your animation easily"
+MAX_SIZE = 1024
+SIZE_STEP = 32
+"""Width/height slider step: the grid motion module needs multiples of 32 px (2x2 grid of 2x2 patches on 8x
+latents), which suits every v1 model; the pipeline checks the loaded model's own multiple."""
+MAX_FRAMES = 512  # beyond the trained length, use a temporal window
+MAX_SEED = 10**8
+
+
+def _choices(labels) -> list[str]:
+    return [NONE, *labels]
+
+
+def _message(error: Exception) -> gr.Error:
+    """The page message for a failure (unexpected ones are logged with their traceback)."""
+    if isinstance(error, UIError):
+        return gr.Error(str(error))
+    logger.exception("unexpected error in the UI")
+    return gr.Error(f"{type(error).__name__}: {error}")
+
+
+def _whole(value: float | int | None, name: str) -> int:
+    """A slider/number value as an int; refuses fractions and blanks."""
+    if value is None or float(value) != int(value):
+        raise UIError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def control_values(d: GenerationRequest, prompt: str) -> dict:
+    """The setting controls' values for the defaults ``d`` (the prompt only when the box is empty)."""
+    return {"sampler": d.sampler, "steps": d.steps, "width": d.width, "height": d.height,
+            "frames": d.frames, "cfg": d.guidance_scale, "negative_prompt": d.negative_prompt,
+            "context_frames": d.context_frames or 0,  # a model without a window turns windows off
+            **({"context_overlap": d.context_overlap if d.context_overlap is not None
+                else default_context_overlap(d.context_frames)} if d.context_frames else {}),
+            **({"prompt": d.prompt} if not prompt.strip() else {})}
+
+
+def _status(controller: EasyAnimateController, warnings: list[str]) -> str:
+    lines = [controller.describe(), *(f"**Warning:** {w}" for w in warnings)]
+    return "\n\n".join(lines)
+
+
+class _Handlers:
+    """The page's event handlers around one controller."""
+
+    def __init__(self, controller: EasyAnimateController) -> None:
+        self.c = controller
+
+    def _load(self, choice: WeightChoice) -> str:
+        """Load ``choice`` now; a running generation defers it (with a message) instead of waiting."""
+        try:
+            warnings = self.c.load(choice)
+        except BusyError as error:
+            gr.Info(str(error))
+            return _status(self.c, [str(error)])
+        except Exception as error:
+            raise _message(error) from error
+        for warning in warnings:
+            gr.Warning(warning)
+        return _status(self.c, warnings)
+
+    def select_model(self, model, motion_module, base_model, lora, lora_alpha, prompt):
+        """Load a model and apply the defaults its folder carries (size, frames, sampler, weights...)."""
+        try:
+            defaults = self.c.model_defaults(model)
+        except Exception as error:
+            raise _message(error) from error
+        updates = {}
+        if defaults is not None:
+            motion_module = self._default_label("motion_modules", defaults.motion_module, motion_module)
+            lora = self._default_label("personalized", defaults.lora, lora)
+            lora_alpha = defaults.request.lora_weight
+            updates = control_values(defaults.request, prompt)
+        status = self._load(WeightChoice(model, motion_module, base_model, lora, lora_alpha)) if model != NONE else (
+            _status(self.c, []))
+        keep = gr.update()
+        return (motion_module, lora, lora_alpha, *(updates.get(name, keep) for name in (
+            "sampler", "steps", "width", "height", "frames", "cfg", "prompt", "negative_prompt", "context_frames",
+            "context_overlap")), status)
+
+    def _default_label(self, kind: str, relative: str | None, current: str) -> str:
+        """The dropdown label of a defaults entry (relative to ``models_dir``) if the scan has it."""
+        if relative is None:
+            return current
+        label = self.c.label_of(kind, self.c.models_dir / relative)
+        return label if label != NONE else current
+
+    def switch(self, model, motion_module, base_model, lora, lora_alpha):
+        """Motion module, base checkpoint or LoRA changed: apply it now (when a model is loaded)."""
+        if model == NONE:
+            gr.Info("Please select a pretrained model path first.")
+            return _status(self.c, [])
+        return self._load(WeightChoice(model, motion_module, base_model, lora, lora_alpha))
+
+    def refresh(self, model, motion_module, base_model, lora):
+        """Rescan the models folder; keep each selection that is still there."""
+        choices = self.c.refresh()
+        keep = lambda value, labels: value if value in labels else NONE  # noqa: E731
+        return (gr.update(choices=_choices(choices.models), value=keep(model, choices.models)),
+                gr.update(choices=_choices(choices.motion_modules), value=keep(motion_module, choices.motion_modules)),
+                gr.update(choices=_choices(choices.personalized), value=keep(base_model, choices.personalized)),
+                gr.update(choices=_choices(choices.personalized), value=keep(lora, choices.personalized)))
+
+    def generate(self, model: str, motion_module: str, base_model: str, lora: str, lora_alpha: float, prompt: str,
+                 negative_prompt: str, sampler: str, steps: float, width: float, height: float, frames: float,
+                 cfg_scale: float, seed: float, context_frames: float = 0, context_overlap: float = 0,
+                 progress=gr.Progress()):  # noqa: B008 (gradio's progress idiom)
+        """Generate one video (or an image for 1 frame); returns (video, image, seed used, status)."""
+        try:
+            request = GenerationRequest(
+                prompt=prompt or "", negative_prompt=negative_prompt or "", sampler=sampler,
+                steps=_whole(steps, "Sampling steps"), guidance_scale=float(cfg_scale), seed=_whole(seed, "Seed"),
+                height=_whole(height, "Height"), width=_whole(width, "Width"),
+                frames=_whole(frames, "Animation length"),
+                context_frames=_whole(context_frames, "Temporal window") or None,
+                context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None)
+            progress(0, desc="loading weights")
+            result = self.c.generate(WeightChoice(model, motion_module, base_model, lora, lora_alpha), request,
+                                     on_step=lambda done, total: progress((done, total), desc="denoising"))
+        except Exception as error:
+            raise _message(error) from error
+        for warning in result.warnings:
+            gr.Warning(warning)
+        is_image = result.path.suffix == ".png"
+        status = _status(self.c, result.warnings) + f"\n\nSaved {result.path} (seed {result.seed})."
+        return None if is_image else str(result.path), str(result.path) if is_image else None, result.seed, status
+
+    @staticmethod
+    def show_result(video, image):
+        """Show the image box only for a 1-frame result (the generate API returns plain values)."""
+        return gr.update(visible=image is None), gr.update(visible=image is not None)
+
+
+def build_ui(controller: EasyAnimateController) -> gr.Blocks:
+    """The page, wired to ``controller``; launch it with ``.queue().launch(...)``."""
+    h = _Handlers(controller)
+    choices = controller.choices
+    d = GenerationRequest()
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+        gr.Markdown(f"# {TITLE}\n\nText-to-video with a diffusion transformer. Weights are read from "
+                    f"`{controller.models_dir}`; results are saved to `{controller.output_dir}`.")
+        with gr.Column(variant="panel"):
+            gr.Markdown("## 1. Model checkpoints (select pretrained model path first)")
+            with gr.Row():
+                model = gr.Dropdown(_choices(choices.models), value=NONE, label="Pretrained Model Path")
+                model_refresh = gr.Button("Refresh", scale=0, min_width=100)
+            with gr.Row():
+                motion_module = gr.Dropdown(_choices(choices.motion_modules), value=NONE, label="Select motion module")
+                motion_refresh = gr.Button("Refresh", scale=0, min_width=100)
+            with gr.Row():
+                base_model = gr.Dropdown(_choices(choices.personalized), value=NONE,
+                                         label="Select base Dreambooth model (optional)")
+                lora = gr.Dropdown(_choices(choices.personalized), value=NONE, label="Select LoRA model (optional)")
+                lora_alpha = gr.Slider(0, 2, value=d.lora_weight, step=0.05, label="LoRA alpha")
+                personalized_refresh = gr.Button("Refresh", scale=0, min_width=100)
+            status = gr.Markdown(_status(controller, []), label="Status", elem_id="status")
+        with gr.Column(variant="panel"):
+            gr.Markdown("## 2. Configs for Generation")
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+            negative_prompt = gr.Textbox(label="Negative prompt", lines=2, value=d.negative_prompt)
+            with gr.Row():
+                with gr.Column():
+                    with gr.Row():
+                        sampler = gr.Dropdown(SAMPLER_NAMES, value=d.sampler, label="Sampling method")
+                        steps = gr.Slider(1, 100, value=d.steps, step=1, label="Sampling steps")
+                    width = gr.Slider(SIZE_STEP, MAX_SIZE, value=d.width, step=SIZE_STEP, label="Width")
+                    height = gr.Slider(SIZE_STEP, MAX_SIZE, value=d.height, step=SIZE_STEP, label="Height")
+                    frames = gr.Slider(1, MAX_FRAMES, value=d.frames, step=1, label="Animation length",
+                                       info="frames; 1 gives an image")
+                    cfg_scale = gr.Slider(0, 20, value=d.guidance_scale, step=0.1, label="CFG Scale")
+                    with gr.Accordion("Longer videos (temporal window)", open=False):
+                        context_frames = gr.Slider(0, MAX_FRAMES, value=d.context_frames or 0, step=1, label="Temporal window",
+                                                   info="frames the motion module sees at once; 0: the whole video")
+                        context_overlap = gr.Slider(0, MAX_FRAMES - 1, value=d.context_overlap or 4, step=1, label="Window overlap",
+                                                    info="frames shared by consecutive windows")
+                    with gr.Row():
+                        seed = gr.Number(value=-1, precision=0, minimum=-1, label="Seed", info="-1: random")
+                        dice = gr.Button("Random", scale=0, min_width=80)
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Column():
+                    video = gr.Video(label="Generated Animation", interactive=False, format="mp4", elem_id="result")
+                    image = gr.Image(label="Generated Image", interactive=False, visible=False, type="filepath")
+                    seed_used = gr.Number(None, label="Seed used", precision=0, interactive=False, elem_id="seed-used")
+
+        weights = [model, motion_module, base_model, lora, lora_alpha]
+        private = {"api_visibility": "private"}
+        model.input(h.select_model, [*weights[:5], prompt],
+                    [motion_module, lora, lora_alpha, sampler, steps, width, height, frames, cfg_scale, prompt,
+                     negative_prompt, context_frames, context_overlap, status], api_name="select_model")
+        for control in (motion_module, base_model, lora):
+            control.input(h.switch, weights, status, **private)
+        lora_alpha.release(h.switch, weights, status, **private)
+        for button in (model_refresh, motion_refresh, personalized_refresh):
+            button.click(h.refresh, weights[:4], weights[:4], **private)
+        page.load(h.refresh, weights[:4], weights[:4], **private)  # a new visitor sees the current files
+        dice.click(lambda: random.randint(1, MAX_SEED), None, seed, **private)
+        generate.click(h.generate, [*weights, prompt, negative_prompt, sampler, steps, width, height, frames,
+                                    cfg_scale, seed, context_frames, context_overlap],
+                       [video, image, seed_used, status], api_name="generate").then(
+            h.show_result, [video, image], [video, image], **private)
+    return page
