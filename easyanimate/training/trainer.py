@@ -162,15 +162,16 @@ class EpochSampler(Sampler[int]):
         return self.size
 
 
-def build_dataset(config: TrainConfig, image_mode: bool) -> VideoImageDataset:
+def build_dataset(config: TrainConfig, image_mode: bool, size_multiple: int) -> VideoImageDataset:
+    """``size_multiple``: the model's pixel multiple, which bucket sizes are rounded down to."""
     frames = 1 if image_mode else config.sample_n_frames
     return VideoImageDataset.from_metadata(
         config.train_data_format, config.train_data_meta, config.train_data_dir, config.caption_column,
         sample_size=config.sample_size, sample_stride=config.sample_stride, sample_n_frames=frames,
         image_sample_size=config.image_sample_size, video_repeat=config.video_repeat,
         caption_dropout=config.caption_dropout, min_frames=frames if config.skip_short_videos else None,
-        enable_bucket=config.enable_bucket, random_flip=config.random_flip, seed=config.seed or 0,
-        validate_all=config.validate_data)
+        enable_bucket=config.enable_bucket, size_multiple=size_multiple, random_flip=config.random_flip,
+        seed=config.seed or 0, validate_all=config.validate_data)
 
 
 class CachedDataset(Dataset):
@@ -395,7 +396,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 2. Data. Noise, timesteps and VAE sampling draw from one generator per process, saved in checkpoints.
     noise_generator = torch.Generator(device).manual_seed((config.seed or 0) * 1000 + accelerator.process_index)
-    raw = build_dataset(config, components.image_mode)
+    pixel_multiple = transformer.spatial_multiple * 2 ** (len(components.vae.config.block_out_channels) - 1)
+    raw = build_dataset(config, components.image_mode, pixel_multiple)
     mixed = len({e.data_type for e in raw.entries}) > 1
     if config.precompute:
         if config.lora is not None and config.lora.train_text_encoder:
