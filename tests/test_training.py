@@ -199,6 +199,9 @@ def test_bad_settings_are_refused_with_the_option_named(tiny_models, dataset, tm
                  {"min_train_timestep": 700, "max_train_timestep": 700}):
         with pytest.raises(ConfigError, match="max_train_timestep"):
             config_from_sources(None, settings(tiny_models, dataset, tmp_path, **band))
+    for bad in ({"normal_cdf": "erf"},):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            config_from_sources(None, settings(tiny_models, dataset, tmp_path, **bad))
     with pytest.raises(ValueError, match="nothing would train"):
         run(tiny_models, dataset, tmp_path, trainable_modules=["no_such_layer"])
 
@@ -281,3 +284,4 @@ def test_training_draws_timesteps_only_from_the_configured_band(tiny_models, dat
     run(tiny_models, dataset, tmp_path, max_train_steps=6, min_train_timestep=300, max_train_timestep=400)
     t = torch.cat(drawn)
     assert len(t) == 12 and t.min().item() >= 300 and t.max().item() < 400, t
+

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ConfigError
+from .diffusion import NORMAL_LOG_CDFS
 
 
 @dataclass
@@ -146,6 +147,8 @@ class TrainConfig:
     """frames of validation videos (default: sample_n_frames)."""
     snr_loss: bool = False
     """x0 target for t <= 249 (the original's option)."""
+    normal_cdf: str = "tanh"
+    """normal CDF in the t = 0 loss term: tanh (v1's approximation, as the released weights) or exact."""
     train_sampling_steps: int = 1000
     """diffusion steps of the training process."""
     min_train_timestep: int = 0
@@ -201,6 +204,8 @@ def validate(config: TrainConfig) -> None:
             config.min_train_timestep < config.max_train_timestep <= config.train_sampling_steps):
         raise ConfigError(f"max_train_timestep must be in (min_train_timestep = {config.min_train_timestep}, "
                           f"train_sampling_steps = {config.train_sampling_steps}] or unset, got {config.max_train_timestep}")
+    if config.normal_cdf not in NORMAL_LOG_CDFS:
+        raise ConfigError(f"normal_cdf must be one of {', '.join(NORMAL_LOG_CDFS)}, got {config.normal_cdf!r}")
     if config.lora is None and not config.trainable_modules:
         raise ConfigError("nothing to train: give trainable_modules (e.g. attn_temporal) or a lora section")
 

@@ -434,7 +434,8 @@ def train(config: TrainConfig) -> TrainResult:
     components.vae.to(device)
     components.text_encoder.to(device)
     io = CheckpointIO(accelerator, components, config, ema, trainable, noise_generator)
-    diffusion = ImprovedDDPM(num_timesteps=config.train_sampling_steps, snr_loss=config.snr_loss)
+    diffusion = ImprovedDDPM(num_timesteps=config.train_sampling_steps, snr_loss=config.snr_loss,
+                             normal_cdf=config.normal_cdf)
 
     # 4. Resume.
     global_step = 0
