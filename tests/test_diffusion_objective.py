@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from easyanimate.training.diffusion import ImprovedDDPM
+from easyanimate.training.diffusion import ImprovedDDPM, spaced_timesteps
 
 LN2 = math.log(2.0)
 
@@ -34,6 +34,15 @@ def _tanh_normal_cdf(z: float) -> float:
 
 
 NORMAL_CDFS = {"tanh": _tanh_normal_cdf, "exact": _normal_cdf}
+
+
+def _cumulative_alphas() -> list[float]:
+    """abar_t, t = 0..999, of the linear 1e-4 -> 0.02 schedule, in plain Python floats."""
+    abar, out = 1.0, []
+    for i in range(1000):
+        abar *= 1.0 - (1e-4 + (0.02 - 1e-4) * i / 999)
+        out.append(abar)
+    return out
 
 
 def _direct_model_params(t: int, x0: float, eps: float, eps_hat: float, v: float):
@@ -312,3 +321,44 @@ def test_mismatched_shapes_raise(diffusion):
     with pytest.raises(ValueError, match="t must have shape"):
         diffusion.training_losses(torch.zeros(2, 8, 1, 2, 2), x0, x0, torch.tensor([1]), x0)
 
+
+# --------------------------------------------------------------------------------------------------
+# Respacing (train_sampling_steps below 1000)
+
+
+def test_spaced_timesteps_are_evenly_spread_over_the_1000_steps():
+    assert spaced_timesteps(1000, 500) == [round(i * 999 / 499) for i in range(500)]  # no halves: 499 is prime
+    assert spaced_timesteps(1000, 1000) == list(range(1000))
+    assert spaced_timesteps(1000, 3) == [0, 500, 999]  # 499.5 rounds half to even
+    assert spaced_timesteps(1000, 2) == [0, 999]
+    for count in range(2, 1001):
+        kept = spaced_timesteps(1000, count)
+        assert len(kept) == count and kept[0] == 0 and kept[-1] == 999
+        assert all(a < b for a, b in zip(kept, kept[1:]))
+        assert all(abs(step - i * 999 / (count - 1)) <= 0.5 + 1e-9 for i, step in enumerate(kept))
+    with pytest.raises(ValueError, match="1001 of 1000"):
+        spaced_timesteps(1000, 1001)
+
+
+@pytest.mark.parametrize("steps", [500, 250, 37])
+def test_fewer_training_steps_respace_the_1000_step_process(steps):
+    diffusion = ImprovedDDPM(num_timesteps=steps)
+    abar = _cumulative_alphas()
+    kept = spaced_timesteps(1000, steps)
+    assert diffusion.timestep_map.tolist() == kept
+    for i, step in enumerate(kept):
+        previous = abar[kept[i - 1]] if i > 0 else 1.0
+        assert diffusion.betas[i].item() == pytest.approx(1.0 - abar[step] / previous, rel=1e-9)
+        assert diffusion.alphas_cumprod[i].item() == pytest.approx(abar[step], rel=1e-9)
+    # the model sees the original steps, the schedule is indexed by position
+    t = torch.tensor([0, steps // 2, steps - 1])
+    assert diffusion.model_timesteps(t).tolist() == [kept[0], kept[steps // 2], kept[-1]]
+    assert diffusion.sample_timesteps(5000, torch.Generator().manual_seed(0)).max().item() == steps - 1
+
+
+def test_respacing_differs_from_a_fresh_short_schedule():
+    respaced = ImprovedDDPM(num_timesteps=500).betas
+    fresh = torch.linspace(1e-4, 0.02, 500, dtype=torch.float64)
+    assert ((respaced - fresh).abs() / respaced).max().item() > 0.5
+    full = ImprovedDDPM()
+    assert torch.equal(full.timestep_map, torch.arange(1000)) and torch.equal(full.model_timesteps(torch.tensor([7])), torch.tensor([7]))

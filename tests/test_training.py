@@ -199,7 +199,8 @@ def test_bad_settings_are_refused_with_the_option_named(tiny_models, dataset, tm
                  {"min_train_timestep": 700, "max_train_timestep": 700}):
         with pytest.raises(ConfigError, match="max_train_timestep"):
             config_from_sources(None, settings(tiny_models, dataset, tmp_path, **band))
-    for bad in ({"normal_cdf": "erf"},):
+    for bad in ({"train_sampling_steps": 1001}, {"train_sampling_steps": 1, "min_train_timestep": 0},
+                {"normal_cdf": "erf"}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             config_from_sources(None, settings(tiny_models, dataset, tmp_path, **bad))
     with pytest.raises(ValueError, match="nothing would train"):
@@ -285,3 +286,26 @@ def test_training_draws_timesteps_only_from_the_configured_band(tiny_models, dat
     t = torch.cat(drawn)
     assert len(t) == 12 and t.min().item() >= 300 and t.max().item() < 400, t
 
+
+def test_fewer_training_steps_feed_the_model_the_original_timesteps(tiny_models, dataset, tmp_path, monkeypatch):
+    """train_sampling_steps 50 respaces the 1000-step process: indices are drawn, the kept steps go to the model."""
+    from easyanimate.models import Transformer3DModel
+    from easyanimate.training.diffusion import ImprovedDDPM, spaced_timesteps
+
+    drawn, fed = [], []
+    sample, forward = ImprovedDDPM.sample_timesteps, Transformer3DModel.forward
+
+    def recording_sample(self, *args, **kwargs):
+        drawn.append(sample(self, *args, **kwargs))
+        return drawn[-1]
+
+    def recording_forward(self, hidden_states, encoder_hidden_states, encoder_attention_mask, timestep, **kwargs):
+        fed.append(timestep.clone())
+        return forward(self, hidden_states, encoder_hidden_states, encoder_attention_mask, timestep, **kwargs)
+
+    monkeypatch.setattr(ImprovedDDPM, "sample_timesteps", recording_sample)
+    monkeypatch.setattr(Transformer3DModel, "forward", recording_forward)
+    run(tiny_models, dataset, tmp_path, max_train_steps=3, train_sampling_steps=50)
+    kept = torch.tensor(spaced_timesteps(1000, 50))
+    drawn, fed = torch.cat(drawn), torch.cat(fed)
+    assert drawn.max().item() < 50 and torch.equal(fed, kept[drawn])

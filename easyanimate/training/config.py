@@ -150,7 +150,8 @@ class TrainConfig:
     normal_cdf: str = "tanh"
     """normal CDF in the t = 0 loss term: tanh (v1's approximation, as the released weights) or exact."""
     train_sampling_steps: int = 1000
-    """diffusion steps of the training process."""
+    """diffusion steps of the training process, 2..1000; fewer than 1000 respace the 1000-step process as v1
+    (evenly spaced kept steps, betas from their cumulative alphas, the model fed the original steps)."""
     min_train_timestep: int = 0
     """train on timesteps drawn uniformly from [min_train_timestep, train_sampling_steps) only (0: all). For a
     motion module on a frozen image model: at low noise each frame is denoised from itself, and only the
@@ -197,6 +198,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("train_batch_size, gradient_accumulation_steps and sample_n_frames must be >= 1")
     if config.max_train_steps is None and config.num_train_epochs < 1:
         raise ConfigError("set max_train_steps or num_train_epochs >= 1")
+    if not 2 <= config.train_sampling_steps <= 1000:
+        raise ConfigError(f"train_sampling_steps must be in [2, 1000], got {config.train_sampling_steps}")
     if not 0 <= config.min_train_timestep < config.train_sampling_steps:
         raise ConfigError(f"min_train_timestep must be in [0, train_sampling_steps = {config.train_sampling_steps}), "
                           f"got {config.min_train_timestep}")

@@ -16,11 +16,17 @@ Phi(x) ~ 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))): the released weights
 is at most 1.8e-4 from the exact CDF, which moves the t = 0 loss by a few 1e-4 relative;
 ``ImprovedDDPM(normal_cdf="exact")`` (``normal_cdf: exact`` in a training config) uses the exact one.
 
+With ``num_timesteps`` N below 1000 the 1000-step process is respaced, as v1 did: N steps t_0 < ... < t_{N-1}
+evenly spaced over 0..999 are kept (improved DDPM's ``space_timesteps`` with one section), the schedule's
+betas become beta_i = 1 - abar_{t_i} / abar_{t_{i-1}} (abar_{t_{-1}} = 1), so that abar_i = abar_{t_i}, and
+the model is fed the original step t_i (:meth:`ImprovedDDPM.model_timesteps`), not the index i.
+
 Latents are ``(B, C, ...)`` with channels on axis 1; ours are ``(B, 4, F, H, W)``. The schedule is kept in
 float64 on the CPU; coefficients are gathered at ``t`` and only then cast to the compute dtype, which is
 float32 for bf16/fp16/fp32 inputs (float64 inputs stay float64).
 """
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -126,6 +132,19 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
     return log_prob.clamp(min=DECODER_MIN_LOG_PROB)
 
 
+def spaced_timesteps(num_base_timesteps: int, count: int) -> list[int]:
+    """The ``count`` steps of a ``num_base_timesteps``-step process that respacing keeps, ascending.
+
+    Evenly spaced from 0 to ``num_base_timesteps - 1``: position i is the stride
+    (num_base_timesteps - 1) / (count - 1) added up i times in floating point, rounded to the nearest
+    integer (halves to even), as improved DDPM's ``space_timesteps`` with a single section does.
+    """
+    if not 1 <= count <= num_base_timesteps:
+        raise ValueError(f"cannot keep {count} of {num_base_timesteps} steps; need 1 <= steps <= {num_base_timesteps}")
+    stride = (num_base_timesteps - 1) / (count - 1) if count > 1 else 1.0
+    return [round(position) for position in itertools.accumulate([0.0] + [stride] * (count - 1))]
+
+
 def _mean_over_non_batch_dims(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=tuple(range(1, x.ndim)))
 
@@ -134,7 +153,10 @@ class ImprovedDDPM:
     """Improved-DDPM training objective: linear betas, eps prediction, learned-range variance (spec §6.5).
 
     Args:
-        num_timesteps, beta_start, beta_end: the process (1000 linear betas 1e-4 -> 0.02).
+        num_timesteps: steps N of the training process; below ``num_base_timesteps`` the base process is
+            respaced to N of its steps (see the module docstring), and timesteps drawn here are indices
+            0..N-1 that :meth:`model_timesteps` maps to the steps fed to the model.
+        num_base_timesteps, beta_start, beta_end: the base process (1000 linear betas 1e-4 -> 0.02).
         snr_loss: x0 target for t <= 249 (v1's ``--snr_loss``).
         normal_cdf: the t = 0 decoder's normal CDF: ``"tanh"`` (v1's approximation, default) or ``"exact"``.
 
@@ -142,7 +164,7 @@ class ImprovedDDPM:
     ``alphas_cumprod``, ``alphas_cumprod_prev``, ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``,
     ``posterior_variance`` (beta-tilde, 0 at t = 0), ``posterior_log_variance_clipped``
     (log beta-tilde with t = 0 taking the value of t = 1, since beta-tilde_0 = 0), ``posterior_mean_coef_x0``
-    and ``posterior_mean_coef_xt``.
+    and ``posterior_mean_coef_xt``; ``timestep_map`` (int64 ``(num_timesteps,)``): the base step of each index.
     """
 
     def __init__(
@@ -152,13 +174,22 @@ class ImprovedDDPM:
         beta_end: float = 0.02,
         snr_loss: bool = False,
         normal_cdf: str = "tanh",
+        num_base_timesteps: int = 1000,
     ):
         _normal_log_cdf(normal_cdf)
+        if num_timesteps < 2:
+            raise ValueError(f"the training process needs at least 2 steps, got {num_timesteps}")
         self.num_timesteps = num_timesteps
         self.snr_loss = snr_loss
         self.normal_cdf = normal_cdf
 
-        self.betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        base_betas = torch.linspace(beta_start, beta_end, num_base_timesteps, dtype=torch.float64)
+        self.timestep_map = torch.tensor(spaced_timesteps(num_base_timesteps, num_timesteps), dtype=torch.int64)
+        if num_timesteps == num_base_timesteps:
+            self.betas = base_betas  # every step kept: respacing is the identity
+        else:
+            kept = torch.cumprod(1.0 - base_betas, dim=0)[self.timestep_map]
+            self.betas = 1.0 - kept / torch.cat([kept.new_ones(1), kept[:-1]])
         alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(alphas, dim=0)
         self.alphas_cumprod_prev = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod[:-1]])
@@ -174,6 +205,10 @@ class ImprovedDDPM:
         )
         self.posterior_mean_coef_x0 = self.betas * torch.sqrt(self.alphas_cumprod_prev) / one_minus_cumprod
         self.posterior_mean_coef_xt = (1.0 - self.alphas_cumprod_prev) * torch.sqrt(alphas) / one_minus_cumprod
+
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """The base-process steps the model is fed for indices ``t`` (``(B,)`` int, same device); t itself at N = 1000."""
+        return self.timestep_map.to(t.device)[t.long()]
 
     def _at(self, schedule: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``schedule[t]`` cast to ``like``'s dtype and device, shaped ``(B, 1, ...)`` to broadcast over ``like``."""

@@ -536,7 +536,7 @@ def training_step(batch: dict[str, Any], components: Components, transformer, di
     t = diffusion.sample_timesteps(latents.shape[0], generator=generator, device=device,
                                    low=config.min_train_timestep, high=config.max_train_timestep)
     noisy = diffusion.q_sample(latents, t, noise)
-    output = transformer(noisy, states, mask, t, return_dict=False)[0]
+    output = transformer(noisy, states, mask, diffusion.model_timesteps(t), return_dict=False)[0]
     return diffusion.training_losses(output.float(), latents, noisy, t, noise)["loss"].mean()
 
 
