@@ -271,3 +271,12 @@ def test_a_long_video_with_a_temporal_window(served, samples):
     assert len(decode(video)[1]) == 12
     record = logs(samples)[-1]
     assert (record["frames"], record["context_frames"], record["context_overlap"]) == (12, 4, 1)
+
+
+def test_size_sliders_follow_the_loaded_models_pixel_multiple():
+    """A grid with block_size 4 needs multiples of 64 px: selecting such a model sets the sliders' step to 64."""
+    from easyanimate.ui.page import size_controls
+
+    width, height = size_controls(64, {"width": 512})
+    assert (width["value"], width["step"], width["minimum"]) == (512, 64, 64)
+    assert "value" not in height and (height["step"], height["minimum"]) == (64, 64)

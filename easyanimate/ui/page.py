@@ -26,8 +26,9 @@ logger = logging.getLogger(__name__)
 TITLE = "EasyAnimate: Generate your animation easily"
 MAX_SIZE = 1024
 SIZE_STEP = 32
-"""Width/height slider step: the grid motion module needs multiples of 32 px (2x2 grid of 2x2 patches on 8x
-latents), which suits every v1 model; the pipeline checks the loaded model's own multiple."""
+"""Width/height slider step before a model is loaded: the released grid motion module needs multiples of 32 px
+(2x2 grid of patch-2 tokens on 8x latents). Loading a model sets the step to its own pixel multiple
+(patch x block_size x 8: 64 for a 4x4 grid, 16 without a grid); the pipeline checks it too."""
 MAX_FRAMES = 512  # beyond the trained length, use a temporal window
 MAX_SEED = 10**8
 
@@ -59,6 +60,13 @@ def control_values(d: GenerationRequest, prompt: str) -> dict:
             **({"context_overlap": d.context_overlap if d.context_overlap is not None
                 else default_context_overlap(d.context_frames)} if d.context_frames else {}),
             **({"prompt": d.prompt} if not prompt.strip() else {})}
+
+
+def size_controls(pixel_multiple: int, updates: dict) -> tuple[dict, dict]:
+    """Width and height slider updates whose step and minimum are the loaded model's ``pixel_multiple``
+    (with the values in ``updates``, if any)."""
+    return tuple(gr.update(**({"value": updates[name]} if name in updates else {}), step=pixel_multiple,
+                           minimum=pixel_multiple) for name in ("width", "height"))
 
 
 def _status(controller: EasyAnimateController, warnings: list[str]) -> str:
@@ -100,6 +108,8 @@ class _Handlers:
         status = self._load(WeightChoice(model, motion_module, base_model, lora, lora_alpha)) if model != NONE else (
             _status(self.c, []))
         keep = gr.update()
+        if self.c.pipeline is not None:
+            updates["width"], updates["height"] = size_controls(self.c.pipeline.pixel_multiple, updates)
         return (motion_module, lora, lora_alpha, *(updates.get(name, keep) for name in (
             "sampler", "steps", "width", "height", "frames", "cfg", "prompt", "negative_prompt", "context_frames",
             "context_overlap")), status)
