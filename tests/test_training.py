@@ -127,6 +127,31 @@ def test_lora_training_exports_a_kohya_file_that_changes_the_pipeline(tiny_model
     assert base  # loaded for the assertion above to be meaningful
 
 
+def test_a_lora_with_motion_module_targets_exports_and_merges_back(tiny_models, dataset, tmp_path):
+    """lora.motion_module (v1's add_lora_in_attn_temporal): the motion modules are adapted too, the export names
+    them kohya-style (lora_unet__transformer_blocks_<i>_attn_temporal_...), and that part alone changes the video."""
+    overrides = dict(lora={"rank": 4, "network_alpha": 4.0, "motion_module": True}, max_train_steps=3,
+                     learning_rate=5e-3, motion_module_path=str(tiny_models["motion_module"]))
+    lora = load_file(str(run(tiny_models, dataset, tmp_path, **overrides).exports["lora"]))
+    modules = {key.partition(".")[0] for key in lora}
+    temporal = {name for name in modules if name.startswith("lora_unet__transformer_blocks_")
+                and "_attn_temporal_" in name}
+    assert len(temporal) == 2 * 12 and len(modules) == 26 + 2 * 12  # the tiny model has 2 blocks
+
+    pipe = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"],
+                                      motion_module=tiny_models["motion_module"]), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(height=64, width=64, video_length=4, num_inference_steps=2)
+    plain = pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).videos
+    motion_only = {key: value for key, value in lora.items() if key.partition(".")[0] in temporal}
+    merger = apply_lora(pipe, None, motion_only, 1.0)
+    assert merger.merged.num_modules == 24
+    styled = pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).videos
+    assert (styled - plain).abs().max() > 1e-4
+    assert apply_lora(pipe, merger, None, 0.0) is merger and merger.merged is None
+    assert apply_lora(pipe, merger, lora, 1.0).merged.num_modules == 50  # every exported name resolves
+
+
 def test_exported_motion_module_loads_in_the_pipeline_and_changes_it(tiny_models, dataset, tmp_path):
     result = run(tiny_models, dataset, tmp_path, max_train_steps=3, learning_rate=1e-2)
     kwargs = dict(height=64, width=64, video_length=4, num_inference_steps=2)
@@ -212,6 +237,13 @@ def test_flags_override_the_yaml_file(tmp_path):
     yaml.write_text("pretrained_model_name_or_path: m\nsample_n_frames: 8\nlearning_rate: 0.5\n")
     config = parse_config(["--train_config", str(yaml), "--learning_rate", "0.1", "--use_ema"], "test")
     assert (config.sample_n_frames, config.learning_rate, config.use_ema) == (8, 0.1, True)
+
+
+def test_lora_flags_leave_the_motion_module_out_unless_asked():
+    config = parse_config(["--pretrained_model_name_or_path", "m", "--rank", "8"], "test", lora=True)
+    assert (config.lora.rank, config.lora.motion_module) == (8, False)
+    config = parse_config(["--pretrained_model_name_or_path", "m", "--lora_motion_module"], "test", lora=True)
+    assert config.lora.motion_module is True
 
 
 def test_unusable_items_are_skipped_and_reported(tiny_models, dataset, tmp_path, capsys):

@@ -30,12 +30,14 @@ from .diffusion import NORMAL_LOG_CDFS
 
 @dataclass
 class LoraSettings:
-    """LoRA training (kohya-format export). Defaults: the original rank 128, alpha 64."""
+    """LoRA training (kohya-format export). Defaults: the original rank 128, alpha 64, motion module left out."""
 
     rank: int = 128
     network_alpha: float = 64.0
     train_text_encoder: bool = False
     text_encoder_lr_ratio: float = 0.5
+    motion_module: bool = False
+    """also adapt the motion modules' linears (v1's add_lora_in_attn_temporal; off, as in every v1 script)."""
 
 
 @dataclass
@@ -264,9 +266,13 @@ def parse_config(argv: list[str] | None, description: str, lora: bool = False) -
         parser.add_argument("--network_alpha", type=float, default=argparse.SUPPRESS, help="LoRA alpha (64)")
         parser.add_argument("--train_text_encoder", action="store_true", default=argparse.SUPPRESS,
                             help="also train a LoRA on the T5 encoder")
+        parser.add_argument("--lora_motion_module", action="store_true", default=argparse.SUPPRESS,
+                            help="also put LoRA into the motion modules (default: left out, as in v1)")
     values = vars(parser.parse_args(argv))
     train_config = values.pop("train_config", None)
     if lora:
         section = {k: values.pop(k) for k in ("rank", "network_alpha", "train_text_encoder") if k in values}
+        if "lora_motion_module" in values:
+            section["motion_module"] = values.pop("lora_motion_module")
         values["lora"] = section
     return config_from_sources(train_config, values)

@@ -123,7 +123,7 @@ def add_lora(components: Components, config: TrainConfig) -> list[dict]:
     if settings.train_text_encoder:
         targets.append((components.text_encoder, TEXT_ENCODER, config.learning_rate * settings.text_encoder_lr_ratio))
     for model, component, lr in targets:
-        names = lora_target_modules(model, component)
+        names = lora_target_modules(model, component, motion_module=settings.motion_module)
         pattern = "^(" + "|".join(n.replace(".", r"\.") for n in names) + ")$"  # exact names, never suffixes
         lora_config = LoraConfig(r=settings.rank, lora_alpha=settings.network_alpha, target_modules=pattern,
                                  init_lora_weights=True)
