@@ -62,13 +62,6 @@ def control_values(d: GenerationRequest, prompt: str) -> dict:
             **({"prompt": d.prompt} if not prompt.strip() else {})}
 
 
-def size_controls(pixel_multiple: int, updates: dict) -> tuple[dict, dict]:
-    """Width and height slider updates whose step and minimum are the loaded model's ``pixel_multiple``
-    (with the values in ``updates``, if any)."""
-    return tuple(gr.update(**({"value": updates[name]} if name in updates else {}), step=pixel_multiple,
-                           minimum=pixel_multiple) for name in ("width", "height"))
-
-
 def _status(controller: EasyAnimateController, warnings: list[str]) -> str:
     lines = [controller.describe(), *(f"**Warning:** {w}" for w in warnings)]
     return "\n\n".join(lines)
@@ -108,11 +101,15 @@ class _Handlers:
         status = self._load(WeightChoice(model, motion_module, base_model, lora, lora_alpha)) if model != NONE else (
             _status(self.c, []))
         keep = gr.update()
-        if self.c.pipeline is not None:
-            updates["width"], updates["height"] = size_controls(self.c.pipeline.pixel_multiple, updates)
         return (motion_module, lora, lora_alpha, *(updates.get(name, keep) for name in (
             "sampler", "steps", "width", "height", "frames", "cfg", "prompt", "negative_prompt", "context_frames",
             "context_overlap")), status)
+
+    def size_steps(self):
+        """Width and height sliders step by the loaded model's pixel multiple (32 for v1, 64 for a 4x4 grid)."""
+        pipeline = self.c.pipeline
+        step = pipeline.pixel_multiple if pipeline is not None else SIZE_STEP
+        return gr.update(step=step, minimum=step), gr.update(step=step, minimum=step)
 
     def _default_label(self, kind: str, relative: str | None, current: str) -> str:
         """The dropdown label of a defaults entry (relative to ``models_dir``) if the scan has it."""
@@ -222,7 +219,8 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
         private = {"api_visibility": "private"}
         model.input(h.select_model, [*weights[:5], prompt],
                     [motion_module, lora, lora_alpha, sampler, steps, width, height, frames, cfg_scale, prompt,
-                     negative_prompt, context_frames, context_overlap, status], api_name="select_model")
+                     negative_prompt, context_frames, context_overlap, status], api_name="select_model").then(
+            h.size_steps, None, [width, height], **private)
         for control in (motion_module, base_model, lora):
             control.input(h.switch, weights, status, **private)
         lora_alpha.release(h.switch, weights, status, **private)
