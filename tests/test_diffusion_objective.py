@@ -361,4 +361,5 @@ def test_respacing_differs_from_a_fresh_short_schedule():
     fresh = torch.linspace(1e-4, 0.02, 500, dtype=torch.float64)
     assert ((respaced - fresh).abs() / respaced).max().item() > 0.5
     full = ImprovedDDPM()
-    assert torch.equal(full.timestep_map, torch.arange(1000)) and torch.equal(full.model_timesteps(torch.tensor([7])), torch.tensor([7]))
+    assert torch.equal(full.timestep_map, torch.arange(1000))
+    assert torch.equal(full.model_timesteps(torch.tensor([7])), torch.tensor([7]))

@@ -158,7 +158,7 @@ MOTION_MODULE_TARGETS = 12  # proj_in, 2 temporal attentions x (q, k, v, out.0),
 
 
 def test_motion_module_targets_are_opt_in_and_round_trip() -> None:
-    """A 2-block video model with the v1 motion-module layout: 26 targets by default (v1's), 50 with the motion module."""
+    """A 2-block video model with v1's motion-module layout: 26 targets by default (v1's), 50 with the motion module."""
     from easyanimate.models import Transformer3DModel
     from easyanimate.tiny import tiny_motion_module_kwargs, tiny_transformer_config
 
@@ -172,7 +172,8 @@ def test_motion_module_targets_are_opt_in_and_round_trip() -> None:
     assert with_motion_module == layers
     assert len(default) == 2 * TRANSFORMER_BLOCK_TARGETS + TRANSFORMER_TOP_LEVEL_TARGETS == 26
     assert len(temporal) == 2 * MOTION_MODULE_TARGETS and len(with_motion_module) == 50
-    assert lora_target_modules(tiny_t5(), "text_encoder", motion_module=True) == lora_target_modules(tiny_t5(), "text_encoder")
+    t5 = tiny_t5()
+    assert lora_target_modules(t5, "text_encoder", motion_module=True) == lora_target_modules(t5, "text_encoder")
     for path in temporal:
         name = kohya_module_name(path, "transformer")
         assert name.startswith("lora_unet__transformer_blocks_") and "_attn_temporal_temporal_transformer_" in name

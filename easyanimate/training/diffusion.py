@@ -207,7 +207,9 @@ class ImprovedDDPM:
         self.posterior_mean_coef_xt = (1.0 - self.alphas_cumprod_prev) * torch.sqrt(alphas) / one_minus_cumprod
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
-        """The base-process steps the model is fed for indices ``t`` (``(B,)`` int, same device); t itself at N = 1000."""
+        """The base-process steps fed to the model for indices ``t`` (``(B,)`` int, same device).
+
+        At N = 1000 every step is kept and this is ``t`` itself."""
         return self.timestep_map.to(t.device)[t.long()]
 
     def _at(self, schedule: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
