@@ -1,6 +1,7 @@
 """Train a LoRA on the EasyAnimate transformer (and optionally T5), exported in the original kohya format.
 
-The base model stays frozen (the motion module is never adapted); the result ``lora.safetensors``
+The base model stays frozen; the motion module gets no LoRA unless ``--lora_motion_module`` (as in v1, where
+``add_lora_in_attn_temporal`` was off). The result ``lora.safetensors``
 loads in predict_t2v.py (--lora) and in the original EasyAnimate. Launch with
 ``accelerate launch train_lora.py ...`` (scripts/train_lora.sh).
 """

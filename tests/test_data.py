@@ -3,6 +3,7 @@
 import csv
 import json
 import logging
+import math
 import os
 import random
 
@@ -109,27 +110,65 @@ def test_random_crop_and_flip_need_an_rng_and_keep_the_size():
     assert clip.shape == (3, 3, 32, 32)
 
 
-def test_ratio_table_follows_its_rule():
-    area = 512 * 512
-    assert ASPECT_RATIO_512[0.25] == (256, 1024) and ASPECT_RATIO_512[4.0] == (1024, 256)
-    expected = {
-        (h, w) for h in range(256, 1025, 32) for w in range(256, 1025, 32) if 0.9 * area <= h * w <= area
-    }
-    assert set(ASPECT_RATIO_512.values()) == expected
+# EasyAnimate v1's ASPECT_RATIO_512, written out as data: height / width (2 decimals) -> (height, width).
+V1_ASPECT_RATIO_512 = {
+    0.25: (256, 1024), 0.26: (256, 992), 0.27: (256, 960), 0.28: (256, 928), 0.32: (288, 896),
+    0.33: (288, 864), 0.35: (288, 832), 0.4: (320, 800), 0.42: (320, 768), 0.48: (352, 736),
+    0.5: (352, 704), 0.52: (352, 672), 0.57: (384, 672), 0.6: (384, 640), 0.68: (416, 608),
+    0.72: (416, 576), 0.78: (448, 576), 0.82: (448, 544), 0.88: (480, 544), 0.94: (480, 512),
+    1.0: (512, 512), 1.07: (512, 480), 1.13: (544, 480), 1.21: (544, 448), 1.29: (576, 448),
+    1.38: (576, 416), 1.46: (608, 416), 1.67: (640, 384), 1.75: (672, 384), 2.0: (704, 352),
+    2.09: (736, 352), 2.4: (768, 320), 2.5: (800, 320), 2.89: (832, 288), 3.0: (864, 288),
+    3.11: (896, 288), 3.62: (928, 256), 3.75: (960, 256), 3.88: (992, 256), 4.0: (1024, 256),
+}
+
+# Sides of common photo and video sizes (SD/HD/UHD video, phone and camera stills, square crops).
+COMMON_SIDES = [96, 120, 128, 144, 160, 176, 180, 192, 200, 224, 240, 256, 270, 288, 300, 320, 352, 360, 368,
+                384, 400, 416, 432, 448, 480, 512, 540, 544, 576, 600, 608, 640, 672, 704, 720, 768, 800, 832,
+                848, 854, 864, 896, 900, 960, 1024, 1080, 1152, 1200, 1280, 1366, 1440, 1600, 1920, 2048, 2160,
+                2560, 2880, 3000, 3024, 3840, 4000, 4032, 4096]
+
+
+def v1_ratio_key(height: int, width: int) -> float:
+    """v1's assignment: the key with the smallest |key - height / width|; on a tie the first (smallest) key."""
+    best_key, best_distance = None, math.inf
+    for key in sorted(V1_ASPECT_RATIO_512):
+        distance = abs(key - height / width)
+        if distance < best_distance:
+            best_key, best_distance = key, distance
+    return best_key
+
+
+def test_ratio_table_is_v1s():
+    assert ASPECT_RATIO_512 == V1_ASPECT_RATIO_512 and len(ASPECT_RATIO_512) == 40
+    assert list(ASPECT_RATIO_512) == sorted(ASPECT_RATIO_512)
     for ratio, (height, width) in ASPECT_RATIO_512.items():
         assert ratio == round(height / width, 2)
+        assert height % 32 == 0 and width % 32 == 0
 
 
-def test_closest_ratio_and_scaled_buckets():
-    assert closest_ratio(720, 1280) == 0.57
-    assert closest_ratio(1080, 1920) == 0.57
-    assert closest_ratio(100, 100) == 1.0
-    assert closest_ratio(1, 10) == 0.25 and closest_ratio(10, 1) == 4.0
-    assert bucket_size(720, 1280, 512) == (384, 672)
-    for sample_size in (256, 384, 640):
-        for height, width in scaled_ratio_table(sample_size).values():
-            assert height % 32 == 0 and width % 32 == 0 and height > 0 and width > 0
-    assert bucket_size(720, 1280, 256) == (192, 352)  # (192, 336) rounded half up
+def test_sources_get_v1s_bucket_at_512():
+    sizes = [(h, w) for h in COMMON_SIDES for w in COMMON_SIDES]
+    sizes += [(h, 1000) for h in range(200, 4100, 7)]  # a dense sweep of ratios 0.2 .. 4.1
+    for height, width in sizes:
+        key = v1_ratio_key(height, width)
+        assert closest_ratio(height, width) == key, (height, width)
+        assert bucket_size(height, width, 512) == V1_ASPECT_RATIO_512[key], (height, width)
+    assert bucket_size(480, 640, 512) == (416, 576)  # 0.75 is as far from 0.72 as from 0.78 in floats: v1 keeps 0.72
+    assert bucket_size(1080, 1920, 512) == (384, 672) and bucket_size(1, 10, 512) == (256, 1024)
+
+
+@pytest.mark.parametrize("sample_size", [256, 384, 640, 1024])
+@pytest.mark.parametrize("multiple", [16, 32, 64])
+def test_buckets_at_other_sizes_round_down_to_the_models_multiple(sample_size, multiple):
+    table = scaled_ratio_table(sample_size, multiple)
+    assert list(table) == list(V1_ASPECT_RATIO_512)
+    for key, (height, width) in V1_ASPECT_RATIO_512.items():
+        for side, scaled in zip(table[key], (height * sample_size / 512, width * sample_size / 512)):
+            assert side == max(multiple, math.floor(scaled / multiple) * multiple)
+        if multiple == 16 and sample_size in (256, 1024):  # v1's int(size * sample_size / 512) is a multiple of 16
+            assert table[key] == (int(height * sample_size / 512), int(width * sample_size / 512))
+    assert bucket_size(1080, 1920, sample_size, multiple) == table[v1_ratio_key(1080, 1920)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -251,11 +290,14 @@ def test_bucketing_groups_items_by_aspect_ratio(tmp_path):
     items = [(path, path.stem, "video") for pair in zip(square, wide) for path in pair]
     dataset = VideoImageDataset(entries(*items), sample_size=256, sample_stride=1, sample_n_frames=2, enable_bucket=True, seed=0)
     assert dataset.bucket_key(0) == ("video", (256, 256))
-    assert dataset.bucket_key(1) == ("video", bucket_size(32, 64, 256)) == ("video", (192, 352))
+    assert dataset.bucket_key(1) == ("video", bucket_size(32, 64, 256)) == ("video", (176, 352))
     sampler = AspectRatioBatchSampler(SequentialSampler(dataset), dataset, batch_size=3)
     batches = list(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_clips))
     sizes = sorted(tuple(batch["pixel_values"].shape[-2:]) for batch in batches)
-    assert sizes == [(192, 352), (256, 256)]
+    assert sizes == [(176, 352), (256, 256)]
+    grid = VideoImageDataset(entries(*items), sample_size=256, sample_stride=1, sample_n_frames=2, enable_bucket=True,
+                             size_multiple=32, seed=0)
+    assert grid.bucket_key(1) == ("video", (160, 352))  # a 2x2-grid model: 176 rounded down to a multiple of 32
     assert all(len(set(batch["text"])) == 3 for batch in batches)
     assert all(text.startswith("wide") for text in batches[1]["text"])
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from easyanimate.training.diffusion import ImprovedDDPM
+from easyanimate.training.diffusion import ImprovedDDPM, spaced_timesteps
 
 LN2 = math.log(2.0)
 
@@ -26,6 +26,23 @@ def _schedule(t: int) -> tuple[float, float, float]:
 
 def _normal_cdf(z: float) -> float:
     return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+
+def _tanh_normal_cdf(z: float) -> float:
+    """v1's approximation of the standard normal CDF."""
+    return 0.5 * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
+
+
+NORMAL_CDFS = {"tanh": _tanh_normal_cdf, "exact": _normal_cdf}
+
+
+def _cumulative_alphas() -> list[float]:
+    """abar_t, t = 0..999, of the linear 1e-4 -> 0.02 schedule, in plain Python floats."""
+    abar, out = 1.0, []
+    for i in range(1000):
+        abar *= 1.0 - (1e-4 + (0.02 - 1e-4) * i / 999)
+        out.append(abar)
+    return out
 
 
 def _direct_model_params(t: int, x0: float, eps: float, eps_hat: float, v: float):
@@ -102,23 +119,56 @@ def test_vb_matches_gaussian_kl_for_t_positive(diffusion, dtype, rel):
         assert losses["loss"][i].item() == pytest.approx((eps[i] - eps_hat[i]) ** 2 + kl_nats / LN2, rel=rel)
 
 
+@pytest.mark.parametrize("normal_cdf", ["tanh", "exact"])
 @pytest.mark.parametrize("dtype, rel", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
-def test_t0_uses_discretised_decoder_nll(diffusion, dtype, rel):
+def test_t0_uses_discretised_decoder_nll(dtype, rel, normal_cdf):
+    diffusion = ImprovedDDPM(normal_cdf=normal_cdf)
+    cdf = NORMAL_CDFS[normal_cdf]
     # a value inside [-1, 1], and the two edge bins that extend to -inf and +inf
     x0, eps, eps_hat, v = [0.3, -1.0, 1.0], [0.5, -0.2, 0.8], [0.8, 0.1, 0.6], [0.2, -0.5, 0.7]
     losses = _scalar_case(diffusion, [0, 0, 0], x0, eps, eps_hat, v, dtype)
     for i in range(3):
         _, _, _, mean_p, var_p = _direct_model_params(0, x0[i], eps[i], eps_hat[i], v[i])
         std = math.sqrt(var_p)
-        cdf_upper = _normal_cdf((x0[i] + 1 / 255 - mean_p) / std)
-        cdf_lower = _normal_cdf((x0[i] - 1 / 255 - mean_p) / std)
+        cdf_upper = cdf((x0[i] + 1 / 255 - mean_p) / std)
+        cdf_lower = cdf((x0[i] - 1 / 255 - mean_p) / std)
         prob = {0: cdf_upper - cdf_lower, 1: cdf_upper, 2: 1 - cdf_lower}[i]
         assert losses["vb"][i].item() == pytest.approx(-math.log(prob) / LN2, rel=rel)
+
+
+def test_t0_default_is_v1s_tanh_cdf_and_exact_differs_slightly():
+    assert ImprovedDDPM().normal_cdf == "tanh"
+    generator = torch.Generator().manual_seed(6)
+    x0 = torch.rand(64, 1, dtype=torch.float64, generator=generator) * 2 - 1
+    eps = torch.randn(x0.shape, dtype=torch.float64, generator=generator)
+    out = torch.cat([eps + 0.3 * torch.randn(x0.shape, dtype=torch.float64, generator=generator),
+                     torch.rand(x0.shape, dtype=torch.float64, generator=generator) * 2 - 1], dim=1)
+    t = torch.zeros(64, dtype=torch.int64)
+    losses = {}
+    for name in ("tanh", "exact"):
+        diffusion = ImprovedDDPM(normal_cdf=name)
+        losses[name] = diffusion.training_losses(out, x0, diffusion.q_sample(x0, t, eps), t, eps)["vb"]
+    relative = ((losses["tanh"] - losses["exact"]) / losses["exact"]).abs()
+    assert 1e-5 < relative.max().item() < 1e-3  # the CDFs differ by at most 1.8e-4
+    with pytest.raises(ValueError, match="tanh, exact"):
+        ImprovedDDPM(normal_cdf="erf")
 
 
 def test_decoder_nll_is_bounded(diffusion):
     losses = _scalar_case(diffusion, [0], [0.0], [0.0], [50.0], [0.0], torch.float32)
     assert losses["vb"].item() == pytest.approx(-math.log(1e-12) / LN2, rel=1e-5)
+
+
+@pytest.mark.parametrize("normal_cdf", ["tanh", "exact"])
+def test_decoder_nll_and_gradient_stay_finite_for_far_off_means(normal_cdf):
+    from easyanimate.training.diffusion import discretized_gaussian_log_likelihood
+
+    x = torch.tensor([0.3, -1.0, 1.0] * 4)
+    mean = torch.tensor([1e3] * 3 + [1e12] * 3 + [-1e20] * 3 + [1e36] * 3, requires_grad=True)
+    log_prob = discretized_gaussian_log_likelihood(x, mean, torch.full_like(x, -4.6), normal_cdf)
+    log_prob.sum().backward()
+    assert torch.isfinite(log_prob).all() and torch.isfinite(mean.grad).all()
+    assert log_prob.min().item() == pytest.approx(math.log(1e-12))
 
 
 @pytest.mark.parametrize("t", [1, 10, 500, 999])
@@ -270,3 +320,46 @@ def test_mismatched_shapes_raise(diffusion):
         diffusion.training_losses(torch.zeros(2, 4, 1, 2, 2), x0, x0, t, x0)
     with pytest.raises(ValueError, match="t must have shape"):
         diffusion.training_losses(torch.zeros(2, 8, 1, 2, 2), x0, x0, torch.tensor([1]), x0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Respacing (train_sampling_steps below 1000)
+
+
+def test_spaced_timesteps_are_evenly_spread_over_the_1000_steps():
+    assert spaced_timesteps(1000, 500) == [round(i * 999 / 499) for i in range(500)]  # no halves: 499 is prime
+    assert spaced_timesteps(1000, 1000) == list(range(1000))
+    assert spaced_timesteps(1000, 3) == [0, 500, 999]  # 499.5 rounds half to even
+    assert spaced_timesteps(1000, 2) == [0, 999]
+    for count in range(2, 1001):
+        kept = spaced_timesteps(1000, count)
+        assert len(kept) == count and kept[0] == 0 and kept[-1] == 999
+        assert all(a < b for a, b in zip(kept, kept[1:]))
+        assert all(abs(step - i * 999 / (count - 1)) <= 0.5 + 1e-9 for i, step in enumerate(kept))
+    with pytest.raises(ValueError, match="1001 of 1000"):
+        spaced_timesteps(1000, 1001)
+
+
+@pytest.mark.parametrize("steps", [500, 250, 37])
+def test_fewer_training_steps_respace_the_1000_step_process(steps):
+    diffusion = ImprovedDDPM(num_timesteps=steps)
+    abar = _cumulative_alphas()
+    kept = spaced_timesteps(1000, steps)
+    assert diffusion.timestep_map.tolist() == kept
+    for i, step in enumerate(kept):
+        previous = abar[kept[i - 1]] if i > 0 else 1.0
+        assert diffusion.betas[i].item() == pytest.approx(1.0 - abar[step] / previous, rel=1e-9)
+        assert diffusion.alphas_cumprod[i].item() == pytest.approx(abar[step], rel=1e-9)
+    # the model sees the original steps, the schedule is indexed by position
+    t = torch.tensor([0, steps // 2, steps - 1])
+    assert diffusion.model_timesteps(t).tolist() == [kept[0], kept[steps // 2], kept[-1]]
+    assert diffusion.sample_timesteps(5000, torch.Generator().manual_seed(0)).max().item() == steps - 1
+
+
+def test_respacing_differs_from_a_fresh_short_schedule():
+    respaced = ImprovedDDPM(num_timesteps=500).betas
+    fresh = torch.linspace(1e-4, 0.02, 500, dtype=torch.float64)
+    assert ((respaced - fresh).abs() / respaced).max().item() > 0.5
+    full = ImprovedDDPM()
+    assert torch.equal(full.timestep_map, torch.arange(1000))
+    assert torch.equal(full.model_timesteps(torch.tensor([7])), torch.tensor([7]))

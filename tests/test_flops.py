@@ -41,6 +41,8 @@ def extras(config_name: str, **overrides) -> dict:
 VARIANTS = {
     "grid motion module (v1 release)": extras("easyanimate_video_motion_module_v1.yaml"),
     "per-position motion module": extras("easyanimate_video_motion_module_v1.yaml", motion_module_type="Vanilla"),
+    "grid motion module, block_size 1": extras("easyanimate_video_motion_module_v1.yaml", motion_module_kwargs={
+        **extras("easyanimate_video_motion_module_v1.yaml")["motion_module_kwargs"], "block_size": 1}),
     "whole-clip attention (long sequence)": extras("easyanimate_video_long_sequence_v1.yaml"),
 }
 
@@ -129,7 +131,7 @@ def test_odd_latent_sizes_are_rejected():
     config = extras("easyanimate_video_motion_module_v1.yaml")
     with pytest.raises(ValueError, match="patch size"):
         transformer_flops(config, 4, 33, 32)
-    with pytest.raises(ValueError, match="even token grid"):
+    with pytest.raises(ValueError, match="groups 2x2 tokens"):
         transformer_flops(config, 4, 34, 32)
 
 

@@ -22,6 +22,7 @@ from transformers import T5Config, T5EncoderModel
 
 from easyanimate.lora import (
     LoraMerger,
+    is_lora_layer,
     kohya_component,
     kohya_module_name,
     load_lora_state_dict,
@@ -151,6 +152,32 @@ def test_transformer_targets_skip_attn_temporal() -> None:
     assert lora_target_modules(model, "transformer") == expected
     temporal = resolve_kohya_module(model, "lora_unet__transformer_blocks_1_attn_temporal_to_out_0")
     assert temporal is model.transformer_blocks[1].attn_temporal["to_out"][0]
+
+
+MOTION_MODULE_TARGETS = 12  # proj_in, 2 temporal attentions x (q, k, v, out.0), ff.net.0.proj, ff.net.2, proj_out
+
+
+def test_motion_module_targets_are_opt_in_and_round_trip() -> None:
+    """A 2-block video model with v1's motion-module layout: 26 targets by default (v1's), 50 with the motion module."""
+    from easyanimate.models import Transformer3DModel
+    from easyanimate.tiny import tiny_motion_module_kwargs, tiny_transformer_config
+
+    config = {k: v for k, v in tiny_transformer_config(num_layers=2).items() if k != "_class_name"}
+    model = Transformer3DModel(**config, motion_module_kwargs=tiny_motion_module_kwargs())
+    layers = [path for path, module in model.named_modules() if path and is_lora_layer(module)]
+    temporal = [path for path in layers if ".attn_temporal." in path]
+    default = lora_target_modules(model, "transformer")
+    with_motion_module = lora_target_modules(model, "transformer", motion_module=True)
+    assert default == [path for path in layers if path not in temporal]
+    assert with_motion_module == layers
+    assert len(default) == 2 * TRANSFORMER_BLOCK_TARGETS + TRANSFORMER_TOP_LEVEL_TARGETS == 26
+    assert len(temporal) == 2 * MOTION_MODULE_TARGETS and len(with_motion_module) == 50
+    t5 = tiny_t5()
+    assert lora_target_modules(t5, "text_encoder", motion_module=True) == lora_target_modules(t5, "text_encoder")
+    for path in temporal:
+        name = kohya_module_name(path, "transformer")
+        assert name.startswith("lora_unet__transformer_blocks_") and "_attn_temporal_temporal_transformer_" in name
+        assert resolve_kohya_module(model, name) is model.get_submodule(path)
 
 
 @pytest.mark.parametrize(

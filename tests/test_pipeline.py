@@ -195,3 +195,17 @@ def test_decode_chunk_size_is_a_call_argument_and_changes_nothing(pipe):
     torch.testing.assert_close(run(pipe, seed=8, decode_chunk_size=1), whole, atol=1e-5, rtol=0)  # batch-size rounding only
     with pytest.raises(ValueError, match="decode_chunk_size"):
         run(pipe, decode_chunk_size=0)
+
+
+def test_a_grid_with_block_size_4_needs_multiples_of_64_pixels(pipe):
+    """Same weights (block_size changes no key), 4x4 token neighbourhoods: patch 2 x 4 x 8 = 64 pixels."""
+    config = dict(pipe.transformer.config)
+    config["motion_module_kwargs"] = {**config["motion_module_kwargs"], "block_size": 4}
+    transformer = type(pipe.transformer).from_config(config)
+    transformer.load_state_dict(pipe.transformer.state_dict())
+    wide = EasyAnimatePipeline(pipe.tokenizer, pipe.text_encoder, pipe.vae, transformer.eval(), pipe.scheduler)
+    wide.set_progress_bar_config(disable=True)
+    assert pipe.pixel_multiple == 32 and wide.pixel_multiple == 64
+    assert run(wide).shape == (1, 3, 4, 64, 64)
+    with pytest.raises(ValueError, match="multiples of 64"):
+        run(wide, height=32)

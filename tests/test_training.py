@@ -127,6 +127,31 @@ def test_lora_training_exports_a_kohya_file_that_changes_the_pipeline(tiny_model
     assert base  # loaded for the assertion above to be meaningful
 
 
+def test_a_lora_with_motion_module_targets_exports_and_merges_back(tiny_models, dataset, tmp_path):
+    """lora.motion_module (v1's add_lora_in_attn_temporal): the motion modules are adapted too, the export names
+    them kohya-style (lora_unet__transformer_blocks_<i>_attn_temporal_...), and that part alone changes the video."""
+    overrides = dict(lora={"rank": 4, "network_alpha": 4.0, "motion_module": True}, max_train_steps=3,
+                     learning_rate=5e-3, motion_module_path=str(tiny_models["motion_module"]))
+    lora = load_file(str(run(tiny_models, dataset, tmp_path, **overrides).exports["lora"]))
+    modules = {key.partition(".")[0] for key in lora}
+    temporal = {name for name in modules if name.startswith("lora_unet__transformer_blocks_")
+                and "_attn_temporal_" in name}
+    assert len(temporal) == 2 * 12 and len(modules) == 26 + 2 * 12  # the tiny model has 2 blocks
+
+    pipe = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"],
+                                      motion_module=tiny_models["motion_module"]), device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(height=64, width=64, video_length=4, num_inference_steps=2)
+    plain = pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).videos
+    motion_only = {key: value for key, value in lora.items() if key.partition(".")[0] in temporal}
+    merger = apply_lora(pipe, None, motion_only, 1.0)
+    assert merger.merged.num_modules == 24
+    styled = pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).videos
+    assert (styled - plain).abs().max() > 1e-4
+    assert apply_lora(pipe, merger, None, 0.0) is merger and merger.merged is None
+    assert apply_lora(pipe, merger, lora, 1.0).merged.num_modules == 50  # every exported name resolves
+
+
 def test_exported_motion_module_loads_in_the_pipeline_and_changes_it(tiny_models, dataset, tmp_path):
     result = run(tiny_models, dataset, tmp_path, max_train_steps=3, learning_rate=1e-2)
     kwargs = dict(height=64, width=64, video_length=4, num_inference_steps=2)
@@ -199,6 +224,10 @@ def test_bad_settings_are_refused_with_the_option_named(tiny_models, dataset, tm
                  {"min_train_timestep": 700, "max_train_timestep": 700}):
         with pytest.raises(ConfigError, match="max_train_timestep"):
             config_from_sources(None, settings(tiny_models, dataset, tmp_path, **band))
+    for bad in ({"train_sampling_steps": 1001}, {"train_sampling_steps": 1, "min_train_timestep": 0},
+                {"normal_cdf": "erf"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            config_from_sources(None, settings(tiny_models, dataset, tmp_path, **bad))
     with pytest.raises(ValueError, match="nothing would train"):
         run(tiny_models, dataset, tmp_path, trainable_modules=["no_such_layer"])
 
@@ -208,6 +237,13 @@ def test_flags_override_the_yaml_file(tmp_path):
     yaml.write_text("pretrained_model_name_or_path: m\nsample_n_frames: 8\nlearning_rate: 0.5\n")
     config = parse_config(["--train_config", str(yaml), "--learning_rate", "0.1", "--use_ema"], "test")
     assert (config.sample_n_frames, config.learning_rate, config.use_ema) == (8, 0.1, True)
+
+
+def test_lora_flags_leave_the_motion_module_out_unless_asked():
+    config = parse_config(["--pretrained_model_name_or_path", "m", "--rank", "8"], "test", lora=True)
+    assert (config.lora.rank, config.lora.motion_module) == (8, False)
+    config = parse_config(["--pretrained_model_name_or_path", "m", "--lora_motion_module"], "test", lora=True)
+    assert config.lora.motion_module is True
 
 
 def test_unusable_items_are_skipped_and_reported(tiny_models, dataset, tmp_path, capsys):
@@ -281,3 +317,27 @@ def test_training_draws_timesteps_only_from_the_configured_band(tiny_models, dat
     run(tiny_models, dataset, tmp_path, max_train_steps=6, min_train_timestep=300, max_train_timestep=400)
     t = torch.cat(drawn)
     assert len(t) == 12 and t.min().item() >= 300 and t.max().item() < 400, t
+
+
+def test_fewer_training_steps_feed_the_model_the_original_timesteps(tiny_models, dataset, tmp_path, monkeypatch):
+    """train_sampling_steps 50 respaces the 1000-step process: indices are drawn, the kept steps go to the model."""
+    from easyanimate.models import Transformer3DModel
+    from easyanimate.training.diffusion import ImprovedDDPM, spaced_timesteps
+
+    drawn, fed = [], []
+    sample, forward = ImprovedDDPM.sample_timesteps, Transformer3DModel.forward
+
+    def recording_sample(self, *args, **kwargs):
+        drawn.append(sample(self, *args, **kwargs))
+        return drawn[-1]
+
+    def recording_forward(self, hidden_states, encoder_hidden_states, encoder_attention_mask, timestep, **kwargs):
+        fed.append(timestep.clone())
+        return forward(self, hidden_states, encoder_hidden_states, encoder_attention_mask, timestep, **kwargs)
+
+    monkeypatch.setattr(ImprovedDDPM, "sample_timesteps", recording_sample)
+    monkeypatch.setattr(Transformer3DModel, "forward", recording_forward)
+    run(tiny_models, dataset, tmp_path, max_train_steps=3, train_sampling_steps=50)
+    kept = torch.tensor(spaced_timesteps(1000, 50))
+    drawn, fed = torch.cat(drawn), torch.cat(fed)
+    assert drawn.max().item() < 50 and torch.equal(fed, kept[drawn])

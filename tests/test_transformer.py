@@ -137,8 +137,11 @@ def _attention(seq, attn, heads):
     return out @ attn.to_out[0].weight.T + attn.to_out[0].bias
 
 
-def reference_motion_module(module, x, frames, h, w, heads, grid=True):
-    """x: (B, F*h*w, C) block stream -> updated stream, computed group by group with loops."""
+def reference_motion_module(module, x, frames, h, w, heads, grid=True, block=2):
+    """x: (B, F*h*w, C) block stream -> updated stream, computed group by group with loops.
+
+    With ``grid`` each sequence is one ``block x block`` token neighbourhood over all frames, frame-major.
+    """
     tt = module.temporal_transformer
     batch, _, dim = x.shape
     video = x.reshape(batch, frames, h, w, dim)
@@ -149,8 +152,9 @@ def reference_motion_module(module, x, frames, h, w, heads, grid=True):
             normed[b, f] = F.group_norm(image, tt.norm.num_groups, tt.norm.weight, tt.norm.bias, tt.norm.eps)[0].permute(1, 2, 0)
     tokens = normed @ tt.proj_in.weight.T + tt.proj_in.bias
     out = torch.empty_like(tokens)
-    cells = [(y, x_) for y in range(0, h, 2) for x_ in range(0, w, 2)] if grid else [(y, x_) for y in range(h) for x_ in range(w)]
-    offsets = [(0, 0), (0, 1), (1, 0), (1, 1)] if grid else [(0, 0)]
+    block = block if grid else 1
+    cells = [(y, x_) for y in range(0, h, block) for x_ in range(0, w, block)]
+    offsets = [(dy, dx) for dy in range(block) for dx in range(block)]
     for b in range(batch):
         for y, x_ in cells:
             places = [(f, y + dy, x_ + dx) for f in range(frames) for dy, dx in offsets]  # frame-major
@@ -180,6 +184,60 @@ def test_grid_motion_module_matches_plain_reference(frames, h, w, kind):
         ours = module(x, frames, h, w)
         expected = reference_motion_module(module, x, frames, h, w, heads=2, grid=kind == "VanillaGrid")
     torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("frames,h,w", [(1, 4, 4), (3, 8, 4), (2, 4, 12)])
+def test_block_size_4_groups_4x4_neighbourhoods(frames, h, w):
+    torch.manual_seed(1)
+    module = get_motion_module(32, "VanillaGrid", {**TINY_MM, "block_size": 4}).eval()
+    randomize(module, seed=2)
+    x = torch.randn(2, frames * h * w, 32)
+    with torch.no_grad():
+        ours = module(x, frames, h, w)
+        expected = reference_motion_module(module, x, frames, h, w, heads=2, block=4)
+    torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-5)
+
+
+def test_block_size_4_mixes_a_token_only_into_its_4x4_neighbourhood():
+    torch.manual_seed(1)
+    module = get_motion_module(32, "VanillaGrid", {**TINY_MM, "block_size": 4}).eval()
+    randomize(module, seed=2)
+    module.temporal_transformer.norm = torch.nn.Identity()  # the per-frame GroupNorm mixes all of a frame's tokens
+    frames, h, w = 3, 8, 8
+    x = torch.randn(1, frames, h, w, 32)
+    with torch.no_grad():
+        base = module(x.reshape(1, -1, 32), frames, h, w).reshape(x.shape)
+        x[0, 2, 5, 6] += 1.0  # a token of frame 2 in the neighbourhood rows 4..7, columns 4..7
+        changed = module(x.reshape(1, -1, 32), frames, h, w).reshape(x.shape)
+    moved = (changed - base).abs().amax(dim=-1)[0] > 1e-6  # (F, h, w)
+    inside = torch.zeros(h, w, dtype=torch.bool)
+    inside[4:8, 4:8] = True
+    assert moved[:, inside].all() and not moved[:, ~inside].any()
+
+
+def test_block_size_1_is_the_per_token_vanilla_module():
+    torch.manual_seed(1)
+    grid = get_motion_module(32, "VanillaGrid", {**TINY_MM, "block_size": 1}).eval()
+    randomize(grid, seed=2)
+    vanilla = get_motion_module(32, "Vanilla", TINY_MM).eval()
+    vanilla.load_state_dict(grid.state_dict())
+    x = torch.randn(2, 3 * 4 * 6, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(grid(x, 3, 4, 6), vanilla(x, 3, 4, 6), atol=1e-6, rtol=1e-6)
+        assert grid(x[:, :45], 3, 3, 5).shape == (2, 45, 32)  # any token grid
+
+
+@pytest.mark.parametrize("block_size, multiple", [(1, 2), (2, 4), (4, 8)])
+def test_the_models_size_multiple_follows_block_size(block_size, multiple):
+    model = Transformer3DModel(**TINY, motion_module_kwargs={**TINY_MM, "block_size": block_size}).eval()
+    assert model.spatial_multiple == multiple  # patch 2 x block_size latents; x 8 in pixels
+    text = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        assert model(torch.randn(1, 4, 2, multiple, 2 * multiple), text, timestep=torch.tensor([1])).sample.shape == (
+            1, 8, 2, multiple, 2 * multiple)
+    if block_size > 1:
+        with pytest.raises(ValueError, match=f"multiples of {8 * multiple}"):
+            model(torch.randn(1, 4, 2, multiple + 2, multiple), text, timestep=torch.tensor([1]))
 
 
 @pytest.mark.parametrize("height,width", [(6, 8), (8, 10), (8, 4 + 1)])
@@ -248,3 +306,12 @@ def test_options_that_are_not_built_are_refused(bad, match):
     kwargs = {**TINY, "motion_module_kwargs": TINY_MM, **bad}
     with pytest.raises(ConfigError, match=match):
         Transformer3DModel(**kwargs)
+
+
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_grid_block_sizes_other_than_2_load_from_yaml(tmp_path, block_size):
+    text = (ROOT / "config" / "easyanimate_video_motion_module_v1.yaml").read_text()
+    assert "block_size: 2" in text
+    (tmp_path / "model.yaml").write_text(text.replace("block_size: 2", f"block_size: {block_size}"))
+    kwargs = transformer_kwargs_for_model(load_config(tmp_path / "model.yaml").transformer_additional_kwargs)
+    assert kwargs["motion_module_type"] == "VanillaGrid" and kwargs["motion_module_kwargs"]["block_size"] == block_size

@@ -271,3 +271,18 @@ def test_a_long_video_with_a_temporal_window(served, samples):
     assert len(decode(video)[1]) == 12
     record = logs(samples)[-1]
     assert (record["frames"], record["context_frames"], record["context_overlap"]) == (12, 4, 1)
+
+
+
+def test_size_sliders_follow_the_loaded_models_pixel_multiple():
+    """A grid with block_size 4 needs multiples of 64 px: once such a model is loaded the sliders step by 64."""
+    from types import SimpleNamespace
+
+    from easyanimate.ui.page import SIZE_STEP, _Handlers
+
+    handlers = _Handlers(SimpleNamespace(pipeline=None))
+    assert all(update["step"] == update["minimum"] == SIZE_STEP == 32 for update in handlers.size_steps())
+    handlers = _Handlers(SimpleNamespace(pipeline=SimpleNamespace(pixel_multiple=64)))
+    width, height = handlers.size_steps()
+    assert (width["step"], width["minimum"], height["step"], height["minimum"]) == (64, 64, 64, 64)
+    assert "value" not in width and "value" not in height
