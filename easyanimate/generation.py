@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import platform
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,29 +138,114 @@ class GenerationRequest:
             return random.SystemRandom().randint(0, 2**31 - 1)
         return self.seed
 
-    def validate(self, pipeline: EasyAnimatePipeline) -> None:
-        """Raise a ValueError that names the setting and says what would be right for this pipeline."""
+    def validate(self, model: EasyAnimatePipeline | ModelLimits) -> None:
+        """Raise a ValueError that names the setting and says what would be right for this model.
+
+        ``model`` is a loaded pipeline, or the :class:`ModelLimits` of a selection, read from its config
+        files, so that settings are checked before any weight is loaded.
+        """
+        limits = model if isinstance(model, ModelLimits) else ModelLimits.of_pipeline(model)
         check_sampler(self.sampler)
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {self.steps!r}")
-        if not isinstance(self.fps, int) or self.fps < 1:
-            raise ValueError(f"fps must be a positive whole number, got {self.fps!r}")
-        if self.seed is not None and not (isinstance(self.seed, int) and -1 <= self.seed <= MAX_SEED):
+        for name in ("steps", "frames", "height", "width", "fps"):
+            if not _is_whole(getattr(self, name)):
+                raise ValueError(f"{name} must be a whole number, got {getattr(self, name)!r}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be from 1 to {MAX_STEPS} (the diffusion has {MAX_STEPS} timesteps), "
+                             f"got {self.steps}")
+        if self.sampler == "PNDM" and self.steps < 4:
+            raise ValueError(f"steps={self.steps}: PNDM with its Runge-Kutta warm-up needs at least 4 steps")
+        if self.fps < 1:
+            raise ValueError(f"fps must be a positive whole number, got {self.fps}")
+        if self.seed is not None and not (_is_whole(self.seed) and -1 <= self.seed <= MAX_SEED):
             raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, or -1 for a random one, "
                              f"got {self.seed!r}")
-        if not self.prompt.strip():
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ValueError("the prompt is empty: say what the video should show")
-        if self.context_frames is not None:
-            overlap = self.context_overlap if self.context_overlap is not None else self.context_frames // 4
-            if self.context_frames < 1 or not 0 <= overlap < self.context_frames:
-                raise ValueError(f"the temporal window must be >= 1 frame and its overlap from 0 to one less "
-                                 f"than the window, got window {self.context_frames}, overlap {overlap}")
-        pipeline.check_inputs(
-            prompt=self.prompt, height=self.height, width=self.width, video_length=self.frames,
-            num_inference_steps=self.steps, guidance_scale=self.guidance_scale, negative_prompt=self.negative_prompt,
-            prompt_embeds=None, negative_prompt_embeds=None, prompt_attention_mask=None,
-            negative_prompt_attention_mask=None, output_type="pt", num_images_per_prompt=1, latents=None,
-            timesteps=None)
+        if not isinstance(self.negative_prompt, str):
+            raise ValueError(f"the negative prompt must be text, got {self.negative_prompt!r}")
+        for name in ("guidance_scale", "lora_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1 or less disables guidance), got {self.guidance_scale}")
+        m = limits.pixel_multiple
+        if self.height < m or self.width < m or self.height % m or self.width % m:
+            raise ValueError(f"height and width must be positive multiples of {m} pixels for this model, got "
+                             f"{self.width}x{self.height} (e.g. {max(m, self.width // m * m)}x"
+                             f"{max(m, self.height // m * m)})")
+        if self.frames < 1:
+            raise ValueError(f"frames must be at least 1, got {self.frames}")
+        self._validate_window(limits)
+
+    def _validate_window(self, limits: ModelLimits) -> None:
+        table = limits.position_table
+        if self.context_frames is None:
+            if table is not None and self.frames > table:
+                raise ValueError(f"frames={self.frames} exceeds the {table} frames of the motion module's position "
+                                 f"table; generate at most {table} frames, or longer videos in temporal windows "
+                                 "(context_frames, e.g. the length the model was trained on)")
+            return
+        if not _is_whole(self.context_frames) or self.context_frames < 1:
+            raise ValueError(f"the temporal window (context_frames) must be a whole number >= 1, "
+                             f"got {self.context_frames!r}")
+        if not limits.has_motion_module:
+            raise ValueError("temporal windows need motion modules; this model attends over the whole clip")
+        overlap = self.context_overlap if self.context_overlap is not None else self.context_frames // 4
+        if not _is_whole(overlap) or not 0 <= overlap < self.context_frames:
+            raise ValueError(f"the window overlap must be from 0 to one less than the window, got window "
+                             f"{self.context_frames}, overlap {overlap!r}")
+        if table is not None and self.context_frames > table:
+            raise ValueError(f"the temporal window of {self.context_frames} frames exceeds the {table} frames of "
+                             "the motion module's position table")
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a model accepts, known from its config files without reading a weight.
+
+    ``pixel_multiple``: height and width must be multiples of it (patch size x grid block size x VAE
+    downsampling: 32 for the released model); ``position_table``: frames the motion module's position
+    table covers (None without one); ``trained_size``: the pixel size the transformer is configured for.
+    """
+
+    pixel_multiple: int
+    position_table: int | None
+    trained_size: int
+    has_motion_module: bool
+
+    @classmethod
+    def of_configs(cls, transformer_config: Mapping[str, Any], vae_scale_factor: int) -> ModelLimits:
+        c = dict(transformer_config)
+        motion = c.get("basic_block_type", "motionmodule") == "motionmodule"
+        kwargs = c.get("motion_module_kwargs") or {}
+        grid = kwargs.get("block_size", 1) if motion and c.get("motion_module_type") == "VanillaGrid" else 1
+        table = kwargs.get("temporal_position_encoding_max_len") if motion and kwargs.get(
+            "temporal_position_encoding") else None
+        return cls(c.get("patch_size", 2) * grid * vae_scale_factor, table,
+                   c.get("sample_size", 64) * vae_scale_factor, motion)
+
+    @classmethod
+    def of_pipeline(cls, pipeline: EasyAnimatePipeline) -> ModelLimits:
+        return cls.of_configs(pipeline.transformer.config, pipeline.vae_scale_factor)
+
+    @classmethod
+    def of_selection(cls, selection: ModelSelection) -> ModelLimits:
+        """Read from the selection's ``transformer/config.json``, model yaml and ``vae/config.json``."""
+        folder = selection.model
+        try:
+            transformer = json.loads((folder / "transformer" / "config.json").read_text())
+            vae = json.loads((folder / "vae" / "config.json").read_text())
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read the model's configs in {folder}: {error}") from error
+        extras = load_config(selection.config).transformer_additional_kwargs
+        if extras is not None:
+            transformer.update(dataclasses.asdict(extras))
+        return cls.of_configs(transformer, 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1))
 
 
 def check_sampler(name: str) -> str:

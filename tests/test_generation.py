@@ -37,14 +37,16 @@ def test_flags_override_only_what_they_give():
 
 @pytest.mark.parametrize("change,match", [
     (dict(prompt="  "), "prompt is empty"),
-    (dict(steps=1_000_000), "steps must be a whole number from 1 to 1000"),
+    (dict(steps=1_000_000), "steps must be from 1 to 1000"),
     (dict(steps=0), "steps must be"),
     (dict(fps=0), "fps must be a positive"),
     (dict(seed=2**64), "seed must be"),
     (dict(sampler="Heun"), "unknown sampler 'Heun'"),
-    (dict(context_frames=8, context_overlap=8), "overlap from 0 to one less"),
+    (dict(context_frames=2, context_overlap=2), "overlap must be from 0 to one less"),
+    (dict(frames=300), "exceeds the 256 frames of the motion module's position table"),
+    (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
     (dict(height=50), "multiples of 32"),
-    (dict(frames=0), "video_length must be an integer"),
+    (dict(frames=0), "frames must be at least 1"),
 ])
 def test_validation_names_the_setting_and_what_would_be_right(pipe, change, match):
     request = GenerationRequest(prompt="a red circle", height=64, width=64, frames=4, steps=2).overridden(**change)
@@ -54,3 +56,11 @@ def test_validation_names_the_setting_and_what_would_be_right(pipe, change, matc
 
 def test_a_valid_request_passes(pipe):
     GenerationRequest(prompt="a red circle", height=64, width=64, frames=4, steps=2).validate(pipe)
+
+
+def test_the_limits_read_from_config_files_equal_the_loaded_pipelines(pipe, tiny_models):
+    from easyanimate.generation import ModelLimits
+
+    from_files = ModelLimits.of_selection(select_model(tiny_models["root"], model=tiny_models["model"]))
+    assert from_files == ModelLimits.of_pipeline(pipe)
+    assert (from_files.pixel_multiple, from_files.position_table) == (32, 256)

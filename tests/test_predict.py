@@ -97,11 +97,10 @@ def test_bad_size_is_an_error_and_writes_nothing(tiny_models, tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_wrong_file_as_motion_module_is_refused(tiny_models, tmp_path):
-    from easyanimate.models import WeightLoadError
-
-    with pytest.raises(WeightLoadError, match="LoRA"):
-        cli(tiny_models, tmp_path / "out", "--motion-module", str(tiny_models["lora"]))
+def test_wrong_file_as_motion_module_is_refused(tiny_models, tmp_path, capsys):
+    assert cli(tiny_models, tmp_path / "out", "--motion-module", str(tiny_models["lora"])) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "is not a motion-module file" in last and "LoRA" in last
     assert not (tmp_path / "out").exists()
 
 
@@ -129,3 +128,30 @@ def test_compile_flag_compiles_the_blocks_and_keeps_the_video(tiny_models, tmp_p
     assert json.loads(compiled.with_suffix(".json").read_text())["compile"] == "eager"
     difference = np.asarray(Image.open(plain), dtype=int) - np.asarray(Image.open(compiled), dtype=int)
     assert abs(difference).max() <= 1  # float rounding of the compiled graph, then 8-bit rounding
+
+
+@pytest.mark.slow
+def test_accelerate_launch_splits_the_prompts_over_processes(tiny_models, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free port for the process group
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green triangle\n", encoding="utf-8")
+    done = subprocess.run(
+        # --multi_gpu selects accelerate's torchrun launcher; without GPUs the processes use the CPU and gloo.
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "-m",
+         "easyanimate.cli.predict",
+         "--models-dir", str(tiny_models["root"]), "--model", str(tiny_models["model"]), "--prompts-file", str(prompts),
+         "--output-dir", str(tmp_path / "out"), *FAST],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sidecars = sorted((tmp_path / "out").glob("*.json"))
+    assert [p.name for p in sidecars] == ["00000001.json", "00000002.json", "00000003.json"]
+    assert sorted(json.loads(p.read_text())["prompt"] for p in sidecars) == ["a blue square", "a green triangle",
+                                                                             "a red circle"]
+    assert done.stdout.count("done: 3 video(s)") == 1 and "by 2 processes" in done.stdout

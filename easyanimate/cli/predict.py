@@ -11,22 +11,27 @@ Examples::
     python predict_t2v.py --model models/Diffusion_Transformer/PixArt-XL-2-512x512 --memory-mode model_cpu_offload
     python predict_t2v.py --frames 240 --context-frames 80 --context-overlap 20     # longer than trained
     python predict_t2v.py --compile                                                # compiled blocks
+    accelerate launch --num_processes 4 predict_t2v.py --prompts-file prompts.txt  # prompts split over 4 GPUs
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from ..devices import best_device, resolve_dtype
 from ..generation import (
     MEMORY_MODES,
     GenerationRequest,
-    MissingWeightsError,
+    ModelLimits,
     apply_lora,
     generate,
     load_pipeline,
@@ -35,6 +40,7 @@ from ..generation import (
     save_result,
     select_model,
 )
+from ..lora import load_lora_state_dict
 from ..schedulers import SAMPLER_NAMES
 
 FORMATS = {"mp4": ("mp4",), "gif": ("gif",), "both": ("mp4", "gif")}
@@ -54,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(backend default inductor): the first step compiles, later steps run faster (1.14x for a full-width block "
         "on CPU, docs/benchmarks.md); outputs match the plain path up to float rounding")
     add("--config", help="model yaml (default: the model's own, else config/easyanimate_video_motion_module_v1.yaml)")
+    add("--debug", action="store_true", help="show the full traceback of an error (also: EASYANIMATE_DEBUG=1)")
     add("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
     add("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="weights dtype (auto: fp16 on GPU, fp32 on CPU)")
     add("--format", default="mp4", choices=list(FORMATS), help="output file format")
@@ -82,11 +89,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def read_prompts(args: argparse.Namespace, default: str) -> list[str]:
     if args.prompts_file is None:
-        return [args.prompt or default]
+        return [default if args.prompt is None else args.prompt]
     path = Path(args.prompts_file)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start} cannot be read); save it as UTF-8") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"{path} has no prompts (expected one prompt per line)")
     return prompts
@@ -105,36 +116,105 @@ def requests_for(args: argparse.Namespace, defaults: GenerationRequest) -> list[
     return [base.overridden(prompt=prompt) for prompt in read_prompts(args, defaults.prompt)]
 
 
+def choose_device(name: str | None, memory_mode: str) -> torch.device:
+    """The device asked for, checked to exist; offload modes need an accelerator."""
+    if name is None:
+        device = best_device()
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        found = torch.cuda.device_count()
+        raise ValueError(f"device {name!r} is not available: this machine has {found} CUDA device(s); "
+                         f"use {'cuda:0' if found else 'cpu'}")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' is not available on this machine; use cpu")
+    if memory_mode in ("model_cpu_offload", "sequential_cpu_offload") and device.type == "cpu":
+        raise ValueError(f"--memory-mode {memory_mode} moves weights between the CPU and an accelerator; "
+                         "on a CPU-only run use none")
+    return device
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before any generation (nothing is created)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OSError(f"cannot write into the output folder {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OSError(f"cannot write into the output folder {folder}: {existing} is not writable by this user")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     try:
-        selection = select_model(Path(args.models_dir), args.model, args.config, args.motion_module,
-                                 args.transformer_path, args.lora, use_motion_module=not args.no_motion_module)
-    except MissingWeightsError as error:
+        return run(args)
+    except torch.OutOfMemoryError:
+        if args.debug or os.environ.get("EASYANIMATE_DEBUG"):
+            raise
+        print("error: out of memory: use a smaller size or fewer frames, a temporal window (--context-frames), "
+              "or --memory-mode model_cpu_offload / sequential_cpu_offload", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as error:  # user errors: one line (ConfigError and WeightLoadError included)
+        if args.debug or os.environ.get("EASYANIMATE_DEBUG"):
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: videos already written are complete; nothing half-written was kept", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything that can be checked from the config files, then load, generate and save."""
+    selection = select_model(Path(args.models_dir), args.model, args.config, args.motion_module,
+                             args.transformer_path, args.lora, use_motion_module=not args.no_motion_module)
     requests = requests_for(args, selection.defaults.request)
-    device = best_device() if args.device is None else torch.device(args.device)
+    limits = ModelLimits.of_selection(selection)
+    for request in requests:
+        request.validate(limits)
+    # Under `accelerate launch` with several processes: each generates its share on its own device.
+    state = PartialState(cpu=not torch.cuda.is_available()) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    device = state.device if state is not None else choose_device(args.device, args.memory_mode)
     dtype = resolve_dtype(args.dtype, device)
+    output_dir = Path(args.output_dir)
+    check_writable(output_dir)
+    if selection.lora is not None:
+        load_lora_state_dict(selection.lora)  # a LoRA that cannot be merged is refused before the model loads
     pipeline = load_pipeline(selection, requests[0].sampler, device, dtype, args.memory_mode)
-    try:
-        for request in requests:
-            request.validate(pipeline)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     if selection.lora is not None:
         apply_lora(pipeline, None, selection.lora, requests[0].lora_weight)
     if args.compile:
         pipeline.transformer.compile_blocks(backend=args.compile)
-    for request in requests:
-        seed = request.resolved_seed()
-        video = generate(pipeline, request, seed)
-        record = {**run_record(request, seed, selection, dtype, device, args.memory_mode), "compile": args.compile}
-        for path in save_result(video, Path(args.output_dir), record, request.fps, FORMATS[args.format]):
-            print(f"wrote {path} (seed {seed})")
+    written = 0
+    with split(state, requests) as mine:
+        for request in mine:
+            seed = request.resolved_seed()
+            video = generate(pipeline, request, seed)
+            record = {**run_record(request, seed, selection, dtype, device, args.memory_mode), "compile": args.compile}
+            for path in save_result(video, output_dir, record, request.fps, FORMATS[args.format]):
+                print(f"wrote {path} (seed {seed})")
+            written += 1
+    if state is not None:
+        state.wait_for_everyone()
+    if state is None or state.is_main_process:
+        processes = f" by {state.num_processes} processes" if state is not None else ""
+        print(f"done: {len(requests)} video(s) in {output_dir}{processes}")
     return 0
+
+
+@contextmanager
+def split(state: PartialState | None, requests: list[GenerationRequest]) -> Iterator[list[GenerationRequest]]:
+    """This process's share of the requests under ``accelerate launch`` (accelerate's own split), else all."""
+    if state is None:
+        yield requests
+        return
+    with state.split_between_processes(requests) as mine:
+        yield mine
 
 
 if __name__ == "__main__":

@@ -157,9 +157,6 @@ def validate_transformer_kwargs(kwargs: TransformerAdditionalKwargs) -> None:
     if mm.block_size < 1 or mm.num_transformer_block < 1 or mm.num_attention_heads < 1:
         raise ConfigError("motion_module_kwargs: block_size, num_transformer_block and "
                           "num_attention_heads must be >= 1")
-    if kwargs.motion_module_type == "VanillaGrid" and mm.block_size != 2:
-        # The original grid reshape is hard-wired to 2x2 neighbourhoods whatever block_size says.
-        raise ConfigError(f"VanillaGrid uses 2x2 grids; block_size must be 2, got {mm.block_size}")
 
 
 def transformer_kwargs_for_model(kwargs: TransformerAdditionalKwargs | None) -> dict[str, Any]:

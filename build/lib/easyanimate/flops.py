@@ -10,7 +10,8 @@ Symbols: ``B`` batch, ``F`` frames, latent ``H x W``, patch ``p``, token grid ``
 ``w = W/p``, ``N = B*F*h*w`` video tokens, ``C`` model width (heads x head dim), ``L`` text tokens,
 ``C_txt`` caption (text-encoder) width, ``C_x`` cross-attention key width, ``C_t`` motion-module
 attention width (``heads * (C // heads // temporal_attention_dim_div)``, = C in the release),
-``S`` temporal sequence length (``4F`` for the 2x2 "VanillaGrid" module, ``F`` for "Vanilla").
+``S`` temporal sequence length (``n^2 F`` for the "VanillaGrid" module with ``block_size`` n, ``4F`` in the
+release; ``F`` for "Vanilla").
 
 Multiply-accumulates (MACs) of each part; FLOPs are twice these:
 
@@ -55,7 +56,6 @@ from typing import Any
 from .config import MotionModuleKwargs
 
 TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep features (diffusers PixArt embedder)
-GRID_SEQUENCE = 4  # a "VanillaGrid" sequence holds a 2x2 token neighbourhood per frame
 
 BLOCK_PARTS = ("self_attn_proj", "self_attn_scores", "cross_attn_proj", "cross_attn_text_kv", "cross_attn_scores",
                "ffn", "motion_proj", "motion_attn_proj", "motion_attn_scores", "motion_ffn")
@@ -143,12 +143,13 @@ def _block_macs(c: dict[str, Any], width: int, cross_dim: int, batch: int, frame
 def _motion_module_macs(c: dict[str, Any], width: int, frames: int, h: int, w: int, tokens: int) -> dict[str, int]:
     """MACs of one motion module (``attn_temporal``), by part."""
     mm = c["motion_module_kwargs"]
-    grid = c["motion_module_type"] == "VanillaGrid"
-    if grid and (h % 2 or w % 2):
-        raise ValueError(f"the grid motion module needs an even token grid, got {h}x{w}")
+    # a "VanillaGrid" sequence holds an n x n token neighbourhood per frame, n = block_size (2 when released)
+    n = mm.block_size if c["motion_module_type"] == "VanillaGrid" else 1
+    if h % n or w % n:
+        raise ValueError(f"the grid motion module groups {n}x{n} tokens, got a {h}x{w} token grid")
     temporal_width = mm.num_attention_heads * (width // mm.num_attention_heads // mm.temporal_attention_dim_div)
     attentions = mm.num_transformer_block * len(mm.attention_block_types)
-    length = GRID_SEQUENCE * frames if grid else frames
+    length = n * n * frames
     return {
         "motion_proj": 2 * tokens * width * width,
         "motion_attn_proj": attentions * 4 * tokens * width * temporal_width,

@@ -51,7 +51,8 @@ _RESOLVE_PREFIXES: tuple[tuple[str, str], ...] = (
 # The original LoRANetwork adapts Linear layers inside these T5 classes (matched by class name).
 T5_TARGET_CLASSES: frozenset[str] = frozenset({"T5LayerSelfAttention", "T5LayerFF"})
 
-# The motion module is never LoRA-adapted in v1 (add_lora_in_attn_temporal is always False).
+# Layers of the motion module have this in their path. v1's LoRA network leaves them out unless asked
+# (add_lora_in_attn_temporal, False in every v1 script); lora_target_modules(motion_module=True) adds them.
 TEMPORAL_MARKER = "attn_temporal"
 
 LORA_DOWN = "lora_down.weight"
@@ -144,12 +145,12 @@ def is_lora_layer(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1) and module.groups == 1
 
 
-def _transformer_targets(model: nn.Module) -> list[str]:
-    """Paths of every LoRA-able layer of a transformer, motion module (``attn_temporal``) excluded."""
+def _transformer_targets(model: nn.Module, motion_module: bool) -> list[str]:
+    """Paths of every LoRA-able layer of a transformer; the motion module's (``attn_temporal``) only if asked."""
     return [
         path
         for path, module in model.named_modules()
-        if path and is_lora_layer(module) and TEMPORAL_MARKER not in path
+        if path and is_lora_layer(module) and (motion_module or TEMPORAL_MARKER not in path)
     ]
 
 
@@ -165,16 +166,19 @@ def _text_encoder_targets(model: nn.Module) -> list[str]:
     return paths
 
 
-def lora_target_modules(model: nn.Module, component: str) -> list[str]:
+def lora_target_modules(model: nn.Module, component: str, motion_module: bool = False) -> list[str]:
     """Module paths the original v1 LoRA network adapts, in ``named_modules`` order.
 
     For ``"transformer"``: every Linear / 1x1 Conv2d outside paths containing ``attn_temporal``
-    (286 for the PixArt-XL-2-512 layout). For ``"text_encoder"``: the Linear layers inside
-    ``T5LayerSelfAttention`` and ``T5LayerFF`` (q, k, v, o, wi_0, wi_1, wo -- 168 for T5-XXL).
+    (286 for the PixArt-XL-2-512 layout); with ``motion_module`` (v1's ``add_lora_in_attn_temporal``, off
+    by default as in every v1 script) the motion modules' too: proj_in, the q/k/v/out of each temporal
+    attention, the GEGLU feed-forward's two linears and proj_out, 12 more per block in the released
+    config. For ``"text_encoder"``: the Linear layers inside ``T5LayerSelfAttention`` and ``T5LayerFF``
+    (q, k, v, o, wi_0, wi_1, wo -- 168 for T5-XXL); ``motion_module`` does not apply.
     The list can be passed as peft ``LoraConfig(target_modules=...)``.
     """
     if _check_component(component) == TRANSFORMER:
-        return _transformer_targets(model)
+        return _transformer_targets(model, motion_module)
     return _text_encoder_targets(model)
 
 

@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--fps", type=int, help=f"frames per second of the file (default {d.fps})")
     add("--frames", type=int, help=f"number of frames; 1 writes an image (default {d.frames})")
     add("--guidance-scale", type=float, help=f"classifier-free guidance (default {d.guidance_scale})")
-    add("--height", type=int, help=f"pixels, multiple of 32 (default {d.height})")
+    add("--height", type=int, help=f"pixels, multiple of 32 (16 x the grid's block_size) (default {d.height})")
     add("--lora", help="LoRA file (kohya format) merged into the transformer and T5")
     add("--lora-weight", type=float, help=f"LoRA multiplier (default {d.lora_weight})")
     add("--memory-mode", default="none", choices=list(MEMORY_MODES), help="; ".join(f"{k}: {v}" for k, v in MEMORY_MODES.items()))
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--seed", type=int, help=f"random seed; -1 draws one (default {d.seed}); the seed used is saved")
     add("--steps", type=int, help=f"denoising steps (default {d.steps})")
     add("--transformer-path", help="personalized / full transformer checkpoint loaded over the base")
-    add("--width", type=int, help=f"pixels, multiple of 32 (default {d.width})")
+    add("--width", type=int, help=f"pixels, multiple of 32 (16 x the grid's block_size) (default {d.width})")
     return parser.parse_args(argv)
 
 

@@ -1,9 +1,16 @@
 """Aspect-ratio buckets and the batch sampler that keeps every batch one size.
 
-``ASPECT_RATIO_512`` maps a ratio ``height / width`` (rounded to 2 decimals) to a ``(height, width)`` of about
-512×512 pixels. Every size is a multiple of 32 because the transformer patchifies the VAE latent (1/8 of the
-pixels) in 2×2 patches — the v1 model's grid attention fails for other sizes. Training at another
-``sample_size`` scales the table by ``sample_size / 512`` and rounds back to multiples of 32.
+``ASPECT_RATIO_512`` is EasyAnimate v1's table: 40 ratios ``height / width`` (the key, rounded to 2 decimals),
+each with a ``(height, width)`` of about 512×512 pixels, from 0.25 -> (256, 1024) to 4.0 -> (1024, 256); every
+size is a multiple of 32. A source of ``height × width`` pixels goes to the key nearest to ``height / width``
+(absolute difference of the ratios, the smaller key on a tie), as in v1; at ``sample_size`` 512 table and
+assignment are v1's exactly.
+
+Training at another ``sample_size`` scales the sizes by ``sample_size / 512`` and rounds each side down to a
+multiple of ``multiple`` pixels. The default, 16, is v1's rounding and what any patch-2 model on 8× latents
+needs. The grid motion module needs more: its ``block_size × block_size`` neighbourhoods of patch-2 tokens on
+8× latents span ``2 × block_size × 8`` pixels (32 for the released 2×2 grid), so training passes the model's
+pixel multiple (``Transformer3DModel.spatial_multiple`` × 8) and gets multiples of 32 for the released model.
 """
 
 from __future__ import annotations
@@ -15,12 +22,9 @@ from typing import Protocol
 
 from torch.utils.data import Sampler
 
-SIZE_MULTIPLE = 32
+DEFAULT_SIZE_MULTIPLE = 16
+"""Bucket sides are multiples of this many pixels unless the model needs more (v1's rounding: patch 2, 8× VAE)."""
 
-# The rule behind the table: every (height, width) with both sides multiples of 32 in [256, 1024] and an
-# area between 0.9 and 1.0 times 512². That gives 41 sizes, symmetric under height <-> width, running from
-# 0.25 -> (256, 1024) to 4.0 -> (1024, 256). (The original's PixArt-derived table lists 40 ratios between
-# the same end points; this one is regenerated from the rule above, which tests/test_data.py checks.)
 ASPECT_RATIO_512: dict[float, tuple[int, int]] = {
     0.25: (256, 1024), 0.26: (256, 992), 0.27: (256, 960), 0.28: (256, 928),
     0.32: (288, 896), 0.33: (288, 864), 0.35: (288, 832),
@@ -35,11 +39,12 @@ ASPECT_RATIO_512: dict[float, tuple[int, int]] = {
     1.21: (544, 448), 1.29: (576, 448),
     1.38: (576, 416), 1.46: (608, 416),
     1.67: (640, 384), 1.75: (672, 384),
-    1.91: (672, 352), 2.0: (704, 352), 2.09: (736, 352),
+    2.0: (704, 352), 2.09: (736, 352),
     2.4: (768, 320), 2.5: (800, 320),
     2.89: (832, 288), 3.0: (864, 288), 3.11: (896, 288),
     3.62: (928, 256), 3.75: (960, 256), 3.88: (992, 256), 4.0: (1024, 256),
 }
+"""v1's buckets at 512: ``height / width`` rounded to 2 decimals -> ``(height, width)``, keys ascending."""
 
 BucketKey = tuple[str, tuple[int, int]]
 """``(data_type, (height, width))``: items with equal keys give clips of equal shape."""
@@ -49,30 +54,34 @@ ClipRequest = tuple[int, tuple[int, int]]
 
 
 def closest_ratio(height: int, width: int, ratios: dict[float, tuple[int, int]] = ASPECT_RATIO_512) -> float:
-    """The key of ``ratios`` nearest to ``height / width``, measured in log-ratio (so 2:1 and 1:2 are treated alike)."""
+    """The key of ``ratios`` nearest to ``height / width`` (absolute difference; the first key on a tie), as in v1."""
     if height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive; got {height}x{width}")
-    target = math.log(height / width)
-    return min(ratios, key=lambda ratio: abs(math.log(ratios[ratio][0] / ratios[ratio][1]) - target))
+    return min(ratios, key=lambda ratio: abs(ratio - height / width))
 
 
-def round_to_multiple(value: float, multiple: int = SIZE_MULTIPLE) -> int:
-    """``value`` rounded (halves up) to the nearest positive multiple of ``multiple``."""
-    return max(multiple, int(value / multiple + 0.5) * multiple)
+def floor_to_multiple(value: float, multiple: int = DEFAULT_SIZE_MULTIPLE) -> int:
+    """``value`` rounded down to a multiple of ``multiple``, at least ``multiple``."""
+    return max(multiple, int(value / multiple) * multiple)
 
 
-def scaled_ratio_table(sample_size: int, ratios: dict[float, tuple[int, int]] = ASPECT_RATIO_512) -> dict[float, tuple[int, int]]:
-    """``ratios`` with sizes scaled by ``sample_size / 512`` and rounded to multiples of 32."""
+def scaled_ratio_table(sample_size: int, multiple: int = DEFAULT_SIZE_MULTIPLE,
+                       ratios: dict[float, tuple[int, int]] = ASPECT_RATIO_512) -> dict[float, tuple[int, int]]:
+    """``ratios`` with sizes scaled by ``sample_size / 512``, each side rounded down to a multiple of ``multiple``."""
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1; got {multiple}")
     scale = sample_size / 512
-    return {ratio: (round_to_multiple(h * scale), round_to_multiple(w * scale)) for ratio, (h, w) in ratios.items()}
+    return {ratio: (floor_to_multiple(h * scale, multiple), floor_to_multiple(w * scale, multiple))
+            for ratio, (h, w) in ratios.items()}
 
 
-def bucket_size(height: int, width: int, sample_size: int) -> tuple[int, int]:
+def bucket_size(height: int, width: int, sample_size: int, multiple: int = DEFAULT_SIZE_MULTIPLE) -> tuple[int, int]:
     """The ``(height, width)`` training size for a ``height × width`` source when training at ``sample_size``.
 
-    The ratio is matched in the unscaled table (rounding scaled sizes can distort their ratios).
+    ``multiple``: the pixel multiple the model needs (16 for patch 2 on 8× latents, 32 for the released grid
+    motion module). The ratio is matched in the unscaled table, as v1 matches its keys.
     """
-    return scaled_ratio_table(sample_size)[closest_ratio(height, width)]
+    return scaled_ratio_table(sample_size, multiple)[closest_ratio(height, width)]
 
 
 class BucketedDataset(Protocol):

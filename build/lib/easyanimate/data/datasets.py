@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from easyanimate.data.buckets import BucketKey, ClipRequest, bucket_size
+from easyanimate.data.buckets import DEFAULT_SIZE_MULTIPLE, BucketKey, ClipRequest, bucket_size
 from easyanimate.data.sampling import TooShortError, sample_frame_indices
 from easyanimate.data.transforms import prepare_clip
 from easyanimate.video_io import IMAGE_EXTENSIONS, VideoReadError, probe_image, probe_video, read_image, read_video_frames
@@ -212,6 +212,8 @@ class VideoImageDataset(Dataset):
         caption_dropout: probability of replacing a caption by ``""``.
         min_frames: videos with fewer frames are skipped as ``too_short`` (None: short videos repeat frames).
         enable_bucket: give each item the bucket size of its aspect ratio instead of a fixed size.
+        size_multiple: bucket sides are rounded down to multiples of this many pixels: the model's pixel
+            multiple (16 for patch 2 on 8x latents, as v1; 32 for the released grid motion module).
         random_crop: crop at a random position instead of the centre.
         random_flip: mirror clips horizontally with probability 0.5.
         seed: makes frame choice, crops, flips and caption dropout a function of (seed, epoch, index);
@@ -231,6 +233,7 @@ class VideoImageDataset(Dataset):
         caption_dropout: float = 0.0,
         min_frames: int | None = None,
         enable_bucket: bool = False,
+        size_multiple: int = DEFAULT_SIZE_MULTIPLE,
         random_crop: bool = False,
         random_flip: bool = False,
         seed: int | None = None,
@@ -254,6 +257,7 @@ class VideoImageDataset(Dataset):
         self.caption_dropout = caption_dropout
         self.min_frames = min_frames
         self.enable_bucket = enable_bucket
+        self.size_multiple = size_multiple
         self.random_crop = random_crop
         self.random_flip = random_flip
         self.seed = seed
@@ -369,7 +373,7 @@ class VideoImageDataset(Dataset):
     def _target_size(self, entry_id: int, source_size: tuple[int, int]) -> tuple[int, int]:
         """Output ``(height, width)`` for an entry whose frames are ``source_size``."""
         if self.enable_bucket:
-            return bucket_size(*source_size, self.sample_size)
+            return bucket_size(*source_size, self.sample_size, self.size_multiple)
         return self._fixed_size(entry_id)
 
     def _fixed_size(self, entry_id: int) -> tuple[int, int]:

@@ -5,8 +5,9 @@ Token layouts (C = model width, h x w = token grid of one frame, F = frames):
 * block stream: ``(B, F*h*w, C)``, frame-major, then row, then column;
 * per frame: ``(B*F, h*w, C)``;
 * temporal sequences, "Vanilla": ``(B*h*w, F, C)``, one sequence per token position;
-* temporal sequences, "VanillaGrid": ``(B*(h/2)*(w/2), 4*F, C)``, one sequence per 2x2 neighbourhood,
-  elements ordered (frame, row offset, column offset).
+* temporal sequences, "VanillaGrid": ``(B*(h/n)*(w/n), n*n*F, C)`` with n = ``block_size``, one sequence per
+  n x n token neighbourhood, elements ordered (frame, row offset, column offset). The released config has
+  n = 2; n = 1 gives the per-token sequences of "Vanilla".
 
 The whole temporal block runs in the sequence layout (LayerNorm, attention and feed-forward are
 per token except the attention itself), so the grid reshape happens once on the way in and once on
@@ -30,7 +31,9 @@ from diffusers.models.attention_processor import Attention
 from einops import rearrange
 from torch import nn
 
-GRID = 2  # the VanillaGrid neighbourhood is 2x2 tokens, i.e. 32x32 pixels for an 8x VAE and patch 2
+GRID = 2
+"""``block_size`` of the released VanillaGrid config: 2x2 token neighbourhoods, 32x32 pixels with patch 2 and
+the 8x VAE. Other block sizes n group n x n tokens (16n pixels)."""
 
 
 def sinusoid_table(length: int, dim: int) -> torch.Tensor:
@@ -56,7 +59,7 @@ class PositionalEncoding(nn.Module):
     def forward(self, num_frames: int, repeat: int = 1) -> torch.Tensor:
         """Return the table for frames ``0..num_frames-1``, each row repeated ``repeat`` times.
 
-        Shape ``(1, num_frames*repeat, d_model)``; ``repeat`` is 4 for 2x2 grid sequences.
+        Shape ``(1, num_frames*repeat, d_model)``; ``repeat`` is n*n for n x n grid sequences.
         """
         if num_frames > self.pe.shape[1]:
             raise ValueError(f"{num_frames} frames exceed the motion module's position table "
@@ -106,14 +109,21 @@ class TemporalBlock(nn.Module):
 
 
 class TemporalTransformer3DModel(nn.Module):
-    """GroupNorm -> proj_in -> temporal blocks -> proj_out, with a residual around all of it."""
+    """GroupNorm -> proj_in -> temporal blocks -> proj_out, with a residual around all of it.
+
+    With ``grid`` the temporal sequences hold ``block_size x block_size`` token neighbourhoods; without it,
+    one token position (``block_size`` is then unused, as in v1).
+    """
 
     def __init__(self, dim: int, heads: int, head_dim: int, num_layers: int, num_attentions: int,
-                 position_encoding: bool, max_len: int, grid: bool, norm_num_groups: int = 32):
+                 position_encoding: bool, max_len: int, grid: bool, norm_num_groups: int = 32, block_size: int = 1):
         super().__init__()
         if dim % norm_num_groups:
             raise ValueError(f"motion module width {dim} is not divisible by its {norm_num_groups} GroupNorm groups")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
         self.grid = grid
+        self.block_size = block_size if grid else 1
         self.norm = nn.GroupNorm(norm_num_groups, dim, eps=1e-6, affine=True)
         self.proj_in = nn.Linear(dim, dim)
         self.transformer_blocks = nn.ModuleList(
@@ -164,24 +174,24 @@ class TemporalTransformer3DModel(nn.Module):
         # 1. GroupNorm over each frame image: (B*F, C, h*w) view of the per-frame tokens.
         frames = rearrange(x, "b (f s) c -> (b f) c s", f=num_frames)
         tokens = self.proj_in(rearrange(self.norm(frames), "n c s -> n s c"))
-        # 2. One temporal sequence per position (or per 2x2 neighbourhood), frame-major.
+        # 2. One temporal sequence per position (or per n x n neighbourhood), frame-major.
         sequences = self._to_sequences(tokens, num_frames, height, width)
-        repeat = GRID * GRID if self.grid else 1
         for block in self.transformer_blocks:
-            sequences = block(sequences, num_frames, repeat)
+            sequences = block(sequences, num_frames, self.block_size**2)
         # 3. Back to the block stream, project, add the residual.
         tokens = self._from_sequences(sequences, num_frames, height, width)
         return residual + self.proj_out(tokens)
 
     def _to_sequences(self, tokens: torch.Tensor, f: int, h: int, w: int) -> torch.Tensor:
         if self.grid:
-            return rearrange(tokens, "(b f) (hh p ww q) c -> (b hh ww) (f p q) c", f=f, hh=h // GRID, p=GRID, q=GRID)
+            n = self.block_size
+            return rearrange(tokens, "(b f) (hh p ww q) c -> (b hh ww) (f p q) c", f=f, hh=h // n, p=n, q=n)
         return rearrange(tokens, "(b f) s c -> (b s) f c", f=f)
 
     def _from_sequences(self, sequences: torch.Tensor, f: int, h: int, w: int) -> torch.Tensor:
         if self.grid:
-            return rearrange(sequences, "(b hh ww) (f p q) c -> b (f hh p ww q) c",
-                             f=f, hh=h // GRID, ww=w // GRID, p=GRID, q=GRID)
+            n = self.block_size
+            return rearrange(sequences, "(b hh ww) (f p q) c -> b (f hh p ww q) c", f=f, hh=h // n, ww=w // n, p=n, q=n)
         return rearrange(sequences, "(b s) f c -> b (f s) c", s=h * w)
 
 
@@ -249,7 +259,9 @@ class VanillaTemporalModule(nn.Module):
     """One motion module (``attn_temporal``): a :class:`TemporalTransformer3DModel`.
 
     With ``zero_initialize`` the output projection starts at zero, so a fresh module is the
-    identity and the video model equals the image model frame by frame.
+    identity and the video model equals the image model frame by frame. With ``grid`` the temporal
+    attention sees ``block_size x block_size`` token neighbourhoods (v1's "VanillaGrid"; 2 in the released
+    config, 1 is the per-token "Vanilla" module); without, ``block_size`` is unused.
     """
 
     def __init__(self, in_channels: int, num_attention_heads: int = 8, num_transformer_block: int = 2,
@@ -264,19 +276,21 @@ class VanillaTemporalModule(nn.Module):
         self.grid = grid
         self.temporal_transformer = TemporalTransformer3DModel(
             in_channels, num_attention_heads, head_dim, num_transformer_block, len(attention_block_types),
-            temporal_position_encoding, temporal_position_encoding_max_len, grid,
+            temporal_position_encoding, temporal_position_encoding_max_len, grid, block_size=block_size,
         )
+        self.block_size = self.temporal_transformer.block_size
         if zero_initialize:
             nn.init.zeros_(self.temporal_transformer.proj_out.weight)
             nn.init.zeros_(self.temporal_transformer.proj_out.bias)
 
     def forward(self, x: torch.Tensor, num_frames: int, height: int, width: int,
                 context: TemporalContext | None = None) -> torch.Tensor:
-        """``x`` ``(B, F*h*w, C)`` -> same shape; h and w must be even for the grid (see
+        """``x`` ``(B, F*h*w, C)`` -> same shape; h and w must be multiples of ``block_size`` for the grid (see
         :meth:`TemporalTransformer3DModel.forward` for ``context``)."""
-        if self.grid and (height % GRID or width % GRID):
-            raise ValueError(f"the grid motion module needs an even token grid, got {height}x{width} tokens; "
-                             "pixel height and width must be multiples of 32")
+        n = self.block_size
+        if height % n or width % n:
+            raise ValueError(f"the grid motion module groups {n}x{n} tokens, got a {height}x{width} token grid; "
+                             f"pixel height and width must be multiples of {16 * n} (patch 2, 8x VAE)")
         return self.temporal_transformer(x, num_frames, height, width, context)
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..config import ConfigError, TransformerAdditionalKwargs, MotionModuleKwargs, validate_transformer_kwargs
 from .attention import SelfAttentionTemporalTransformerBlock, TemporalTransformerBlock
-from .motion_module import GRID, TemporalContext, sinusoid_table
+from .motion_module import TemporalContext, sinusoid_table
 
 # PixArt config keys that must keep these values: the model is only built for PixArt-alpha blocks.
 FIXED_PIXART_OPTIONS = {
@@ -182,9 +182,10 @@ class Transformer3DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMix
 
     @property
     def spatial_multiple(self) -> int:
-        """Latent height and width must be multiples of this (patch size, times 2 for the grid)."""
+        """Latent height and width must be multiples of this: patch size, times ``block_size`` for the grid
+        motion module (2 x 2 = 4 latents, 32 pixels, for the released model)."""
         grid = self.has_motion_module and self.config.motion_module_type == "VanillaGrid"
-        return self.config.patch_size * (GRID if grid else 1)
+        return self.config.patch_size * (self.config.motion_module_kwargs.get("block_size", 1) if grid else 1)
 
     def check_latent_shape(self, shape: torch.Size | tuple[int, ...]) -> None:
         """Raise a ValueError naming what is wrong with a latent video shape ``(B, C, F, H, W)``."""

@@ -25,16 +25,19 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ConfigError
+from .diffusion import NORMAL_LOG_CDFS
 
 
 @dataclass
 class LoraSettings:
-    """LoRA training (kohya-format export). Defaults: the original rank 128, alpha 64."""
+    """LoRA training (kohya-format export). Defaults: the original rank 128, alpha 64, motion module left out."""
 
     rank: int = 128
     network_alpha: float = 64.0
     train_text_encoder: bool = False
     text_encoder_lr_ratio: float = 0.5
+    motion_module: bool = False
+    """also adapt the motion modules' linears (v1's add_lora_in_attn_temporal; off, as in every v1 script)."""
 
 
 @dataclass
@@ -146,8 +149,11 @@ class TrainConfig:
     """frames of validation videos (default: sample_n_frames)."""
     snr_loss: bool = False
     """x0 target for t <= 249 (the original's option)."""
+    normal_cdf: str = "tanh"
+    """normal CDF in the t = 0 loss term: tanh (v1's approximation, as the released weights) or exact."""
     train_sampling_steps: int = 1000
-    """diffusion steps of the training process."""
+    """diffusion steps of the training process, 2..1000; fewer than 1000 respace the 1000-step process as v1
+    (evenly spaced kept steps, betas from their cumulative alphas, the model fed the original steps)."""
     min_train_timestep: int = 0
     """train on timesteps drawn uniformly from [min_train_timestep, train_sampling_steps) only (0: all). For a
     motion module on a frozen image model: at low noise each frame is denoised from itself, and only the
@@ -194,6 +200,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("train_batch_size, gradient_accumulation_steps and sample_n_frames must be >= 1")
     if config.max_train_steps is None and config.num_train_epochs < 1:
         raise ConfigError("set max_train_steps or num_train_epochs >= 1")
+    if not 2 <= config.train_sampling_steps <= 1000:
+        raise ConfigError(f"train_sampling_steps must be in [2, 1000], got {config.train_sampling_steps}")
     if not 0 <= config.min_train_timestep < config.train_sampling_steps:
         raise ConfigError(f"min_train_timestep must be in [0, train_sampling_steps = {config.train_sampling_steps}), "
                           f"got {config.min_train_timestep}")
@@ -201,6 +209,8 @@ def validate(config: TrainConfig) -> None:
             config.min_train_timestep < config.max_train_timestep <= config.train_sampling_steps):
         raise ConfigError(f"max_train_timestep must be in (min_train_timestep = {config.min_train_timestep}, "
                           f"train_sampling_steps = {config.train_sampling_steps}] or unset, got {config.max_train_timestep}")
+    if config.normal_cdf not in NORMAL_LOG_CDFS:
+        raise ConfigError(f"normal_cdf must be one of {', '.join(NORMAL_LOG_CDFS)}, got {config.normal_cdf!r}")
     if config.lora is None and not config.trainable_modules:
         raise ConfigError("nothing to train: give trainable_modules (e.g. attn_temporal) or a lora section")
 
@@ -256,9 +266,13 @@ def parse_config(argv: list[str] | None, description: str, lora: bool = False) -
         parser.add_argument("--network_alpha", type=float, default=argparse.SUPPRESS, help="LoRA alpha (64)")
         parser.add_argument("--train_text_encoder", action="store_true", default=argparse.SUPPRESS,
                             help="also train a LoRA on the T5 encoder")
+        parser.add_argument("--lora_motion_module", action="store_true", default=argparse.SUPPRESS,
+                            help="also put LoRA into the motion modules (default: left out, as in v1)")
     values = vars(parser.parse_args(argv))
     train_config = values.pop("train_config", None)
     if lora:
         section = {k: values.pop(k) for k in ("rank", "network_alpha", "train_text_encoder") if k in values}
+        if "lora_motion_module" in values:
+            section["motion_module"] = values.pop("lora_motion_module")
         values["lora"] = section
     return config_from_sources(train_config, values)

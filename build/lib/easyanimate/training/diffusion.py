@@ -11,14 +11,27 @@ that only v learns from it: the KL between the true posterior q(x_{t-1} | x_t, x
 p(x_{t-1} | x_t) for t > 0, and the negative log-likelihood of a discretised Gaussian decoder for t = 0.
 L_vb is not rescaled by 1/1000 (v1 used ``LossType.MSE``, not ``RESCALED_MSE``).
 
+The decoder's bin probabilities use, by default, v1's tanh approximation of the standard normal CDF,
+Phi(x) ~ 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))): the released weights were trained with it. It
+is at most 1.8e-4 from the exact CDF, which moves the t = 0 loss by a few 1e-4 relative;
+``ImprovedDDPM(normal_cdf="exact")`` (``normal_cdf: exact`` in a training config) uses the exact one.
+
+With ``num_timesteps`` N below 1000 the 1000-step process is respaced, as v1 did: N steps t_0 < ... < t_{N-1}
+evenly spaced over 0..999 are kept (improved DDPM's ``space_timesteps`` with one section), the schedule's
+betas become beta_i = 1 - abar_{t_i} / abar_{t_{i-1}} (abar_{t_{-1}} = 1), so that abar_i = abar_{t_i}, and
+the model is fed the original step t_i (:meth:`ImprovedDDPM.model_timesteps`), not the index i.
+
 Latents are ``(B, C, ...)`` with channels on axis 1; ours are ``(B, 4, F, H, W)``. The schedule is kept in
 float64 on the CPU; coefficients are gathered at ``t`` and only then cast to the compute dtype, which is
 float32 for bf16/fp16/fp32 inputs (float64 inputs stay float64).
 """
 
+import itertools
 import math
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 DECODER_BIN_HALF_WIDTH = 1.0 / 255.0
 """Half the width of one bin of the t = 0 decoder: [-1, 1] cut into 255 bins of width 2/255, as 8-bit data."""
@@ -31,6 +44,10 @@ DECODER_MIN_LOG_PROB = math.log(1e-12)
 
 The reference objective floors the bin probability at 1e-12 the same way; a mean far outside a narrow bin
 (the t = 0 model std is ~0.01) would otherwise give unbounded losses on 1 in 1000 samples."""
+
+DECODER_MAX_Z = 1e3
+"""Standardised bin edges are clipped to [-1000, 1000]: beyond, every bin probability is below the 1e-12 floor
+(or 1), and x^3 in the tanh CDF (x^2 in the exact one) would overflow to inf and give NaN losses and gradients."""
 
 SNR_LOSS_LAST_X0_STEP = 249
 """With ``snr_loss`` the MSE target is x0 for t <= 249 and eps for t > 249 (v1's ``--snr_loss``)."""
@@ -54,39 +71,78 @@ def _log1mexp(d: torch.Tensor) -> torch.Tensor:
     return torch.where(near_zero, torch.log(-torch.expm1(d_near)), torch.log1p(-torch.exp(d_far)))
 
 
-def _log_normal_cdf_difference(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """log(Phi(upper) - Phi(lower)) for upper > lower, with Phi the standard normal CDF.
+def log_tanh_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    """log of v1's approximate standard normal CDF, 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
 
-    Uses ``torch.special.log_ndtr`` (the exact CDF, no tanh approximation). In the right tail the
-    difference is taken as Phi(-lower) - Phi(-upper), so both terms are small and do not cancel.
+    Computed as log sigmoid(2a) (0.5 * (1 + tanh(a)) = sigmoid(2a)), which stays finite in both tails.
+    """
+    a = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
+    return F.logsigmoid(2.0 * a)
+
+
+NORMAL_LOG_CDFS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": log_tanh_normal_cdf,
+    "exact": torch.special.log_ndtr,
+}
+"""log Phi for the t = 0 decoder, by name: v1's tanh approximation (the default) or the exact CDF."""
+
+
+def _normal_log_cdf(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``NORMAL_LOG_CDFS[name]``, or a ValueError listing the valid names."""
+    if name not in NORMAL_LOG_CDFS:
+        raise ValueError(f"unknown normal_cdf {name!r}; valid: {', '.join(NORMAL_LOG_CDFS)}")
+    return NORMAL_LOG_CDFS[name]
+
+
+def _log_normal_cdf_difference(lower: torch.Tensor, upper: torch.Tensor,
+                               log_cdf: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """log(Phi(upper) - Phi(lower)) for upper > lower, with ``log_cdf`` = log Phi and Phi(-x) = 1 - Phi(x).
+
+    In the right tail the difference is taken as Phi(-lower) - Phi(-upper), so both terms are small and do
+    not cancel.
     """
     right_tail = lower > 0
     high = torch.where(right_tail, -lower, upper)
     low = torch.where(right_tail, -upper, lower)
-    log_high = torch.special.log_ndtr(high)
-    return log_high + _log1mexp(torch.special.log_ndtr(low) - log_high)
+    log_high = log_cdf(high)
+    return log_high + _log1mexp(log_cdf(low) - log_high)
 
 
-def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
+                                        normal_cdf: str = "tanh") -> torch.Tensor:
     """Log-probability (nats, elementwise) of the bin holding ``x`` under N(mean, exp(log_scale)^2).
 
     Bins have width 2/255 and are centred on ``x``; the bin of any value below -0.999 extends to -inf and
     that of any value above 0.999 to +inf, so the probabilities of 8-bit data in [-1, 1] sum to one.
-    Floored at log(1e-12) (``DECODER_MIN_LOG_PROB``).
+    Floored at log(1e-12) (``DECODER_MIN_LOG_PROB``). ``normal_cdf``: a name in ``NORMAL_LOG_CDFS``.
     """
+    log_cdf = _normal_log_cdf(normal_cdf)
     inv_scale = torch.exp(-log_scale)
-    upper = (x - mean + DECODER_BIN_HALF_WIDTH) * inv_scale
-    lower = (x - mean - DECODER_BIN_HALF_WIDTH) * inv_scale
+    upper = ((x - mean + DECODER_BIN_HALF_WIDTH) * inv_scale).clamp(-DECODER_MAX_Z, DECODER_MAX_Z)
+    lower = ((x - mean - DECODER_BIN_HALF_WIDTH) * inv_scale).clamp(-DECODER_MAX_Z, DECODER_MAX_Z)
     log_prob = torch.where(
         x < -DECODER_EDGE,
-        torch.special.log_ndtr(upper),
+        log_cdf(upper),
         torch.where(
             x > DECODER_EDGE,
-            torch.special.log_ndtr(-lower),
-            _log_normal_cdf_difference(lower, upper),
+            log_cdf(-lower),
+            _log_normal_cdf_difference(lower, upper, log_cdf),
         ),
     )
     return log_prob.clamp(min=DECODER_MIN_LOG_PROB)
+
+
+def spaced_timesteps(num_base_timesteps: int, count: int) -> list[int]:
+    """The ``count`` steps of a ``num_base_timesteps``-step process that respacing keeps, ascending.
+
+    Evenly spaced from 0 to ``num_base_timesteps - 1``: position i is the stride
+    (num_base_timesteps - 1) / (count - 1) added up i times in floating point, rounded to the nearest
+    integer (halves to even), as improved DDPM's ``space_timesteps`` with a single section does.
+    """
+    if not 1 <= count <= num_base_timesteps:
+        raise ValueError(f"cannot keep {count} of {num_base_timesteps} steps; need 1 <= steps <= {num_base_timesteps}")
+    stride = (num_base_timesteps - 1) / (count - 1) if count > 1 else 1.0
+    return [round(position) for position in itertools.accumulate([0.0] + [stride] * (count - 1))]
 
 
 def _mean_over_non_batch_dims(x: torch.Tensor) -> torch.Tensor:
@@ -96,11 +152,19 @@ def _mean_over_non_batch_dims(x: torch.Tensor) -> torch.Tensor:
 class ImprovedDDPM:
     """Improved-DDPM training objective: linear betas, eps prediction, learned-range variance (spec §6.5).
 
+    Args:
+        num_timesteps: steps N of the training process; below ``num_base_timesteps`` the base process is
+            respaced to N of its steps (see the module docstring), and timesteps drawn here are indices
+            0..N-1 that :meth:`model_timesteps` maps to the steps fed to the model.
+        num_base_timesteps, beta_start, beta_end: the base process (1000 linear betas 1e-4 -> 0.02).
+        snr_loss: x0 target for t <= 249 (v1's ``--snr_loss``).
+        normal_cdf: the t = 0 decoder's normal CDF: ``"tanh"`` (v1's approximation, default) or ``"exact"``.
+
     Attributes (all float64, shape ``(num_timesteps,)``, on the CPU): ``betas``, ``log_betas``,
     ``alphas_cumprod``, ``alphas_cumprod_prev``, ``sqrt_alphas_cumprod``, ``sqrt_one_minus_alphas_cumprod``,
     ``posterior_variance`` (beta-tilde, 0 at t = 0), ``posterior_log_variance_clipped``
     (log beta-tilde with t = 0 taking the value of t = 1, since beta-tilde_0 = 0), ``posterior_mean_coef_x0``
-    and ``posterior_mean_coef_xt``.
+    and ``posterior_mean_coef_xt``; ``timestep_map`` (int64 ``(num_timesteps,)``): the base step of each index.
     """
 
     def __init__(
@@ -109,11 +173,23 @@ class ImprovedDDPM:
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         snr_loss: bool = False,
+        normal_cdf: str = "tanh",
+        num_base_timesteps: int = 1000,
     ):
+        _normal_log_cdf(normal_cdf)
+        if num_timesteps < 2:
+            raise ValueError(f"the training process needs at least 2 steps, got {num_timesteps}")
         self.num_timesteps = num_timesteps
         self.snr_loss = snr_loss
+        self.normal_cdf = normal_cdf
 
-        self.betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        base_betas = torch.linspace(beta_start, beta_end, num_base_timesteps, dtype=torch.float64)
+        self.timestep_map = torch.tensor(spaced_timesteps(num_base_timesteps, num_timesteps), dtype=torch.int64)
+        if num_timesteps == num_base_timesteps:
+            self.betas = base_betas  # every step kept: respacing is the identity
+        else:
+            kept = torch.cumprod(1.0 - base_betas, dim=0)[self.timestep_map]
+            self.betas = 1.0 - kept / torch.cat([kept.new_ones(1), kept[:-1]])
         alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(alphas, dim=0)
         self.alphas_cumprod_prev = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod[:-1]])
@@ -129,6 +205,12 @@ class ImprovedDDPM:
         )
         self.posterior_mean_coef_x0 = self.betas * torch.sqrt(self.alphas_cumprod_prev) / one_minus_cumprod
         self.posterior_mean_coef_xt = (1.0 - self.alphas_cumprod_prev) * torch.sqrt(alphas) / one_minus_cumprod
+
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """The base-process steps fed to the model for indices ``t`` (``(B,)`` int, same device).
+
+        At N = 1000 every step is kept and this is ``t`` itself."""
+        return self.timestep_map.to(t.device)[t.long()]
 
     def _at(self, schedule: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``schedule[t]`` cast to ``like``'s dtype and device, shaped ``(B, 1, ...)`` to broadcast over ``like``."""
@@ -206,7 +288,7 @@ class ImprovedDDPM:
         true_log_var = self._at(self.posterior_log_variance_clipped, t, x0)
         kl = _mean_over_non_batch_dims(normal_kl(true_mean, true_log_var, model_mean, model_log_var))
         decoder_nll = -_mean_over_non_batch_dims(
-            discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)
+            discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var, self.normal_cdf)
         )
         return torch.where(t.to(kl.device) == 0, decoder_nll, kl) / math.log(2.0)
 

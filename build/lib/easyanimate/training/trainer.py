@@ -123,7 +123,7 @@ def add_lora(components: Components, config: TrainConfig) -> list[dict]:
     if settings.train_text_encoder:
         targets.append((components.text_encoder, TEXT_ENCODER, config.learning_rate * settings.text_encoder_lr_ratio))
     for model, component, lr in targets:
-        names = lora_target_modules(model, component)
+        names = lora_target_modules(model, component, motion_module=settings.motion_module)
         pattern = "^(" + "|".join(n.replace(".", r"\.") for n in names) + ")$"  # exact names, never suffixes
         lora_config = LoraConfig(r=settings.rank, lora_alpha=settings.network_alpha, target_modules=pattern,
                                  init_lora_weights=True)
@@ -162,15 +162,16 @@ class EpochSampler(Sampler[int]):
         return self.size
 
 
-def build_dataset(config: TrainConfig, image_mode: bool) -> VideoImageDataset:
+def build_dataset(config: TrainConfig, image_mode: bool, size_multiple: int) -> VideoImageDataset:
+    """``size_multiple``: the model's pixel multiple, which bucket sizes are rounded down to."""
     frames = 1 if image_mode else config.sample_n_frames
     return VideoImageDataset.from_metadata(
         config.train_data_format, config.train_data_meta, config.train_data_dir, config.caption_column,
         sample_size=config.sample_size, sample_stride=config.sample_stride, sample_n_frames=frames,
         image_sample_size=config.image_sample_size, video_repeat=config.video_repeat,
         caption_dropout=config.caption_dropout, min_frames=frames if config.skip_short_videos else None,
-        enable_bucket=config.enable_bucket, random_flip=config.random_flip, seed=config.seed or 0,
-        validate_all=config.validate_data)
+        enable_bucket=config.enable_bucket, size_multiple=size_multiple, random_flip=config.random_flip,
+        seed=config.seed or 0, validate_all=config.validate_data)
 
 
 class CachedDataset(Dataset):
@@ -395,7 +396,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     # 2. Data. Noise, timesteps and VAE sampling draw from one generator per process, saved in checkpoints.
     noise_generator = torch.Generator(device).manual_seed((config.seed or 0) * 1000 + accelerator.process_index)
-    raw = build_dataset(config, components.image_mode)
+    pixel_multiple = transformer.spatial_multiple * 2 ** (len(components.vae.config.block_out_channels) - 1)
+    raw = build_dataset(config, components.image_mode, pixel_multiple)
     mixed = len({e.data_type for e in raw.entries}) > 1
     if config.precompute:
         if config.lora is not None and config.lora.train_text_encoder:
@@ -432,7 +434,8 @@ def train(config: TrainConfig) -> TrainResult:
     components.vae.to(device)
     components.text_encoder.to(device)
     io = CheckpointIO(accelerator, components, config, ema, trainable, noise_generator)
-    diffusion = ImprovedDDPM(num_timesteps=config.train_sampling_steps, snr_loss=config.snr_loss)
+    diffusion = ImprovedDDPM(num_timesteps=config.train_sampling_steps, snr_loss=config.snr_loss,
+                             normal_cdf=config.normal_cdf)
 
     # 4. Resume.
     global_step = 0
@@ -533,7 +536,7 @@ def training_step(batch: dict[str, Any], components: Components, transformer, di
     t = diffusion.sample_timesteps(latents.shape[0], generator=generator, device=device,
                                    low=config.min_train_timestep, high=config.max_train_timestep)
     noisy = diffusion.q_sample(latents, t, noise)
-    output = transformer(noisy, states, mask, t, return_dict=False)[0]
+    output = transformer(noisy, states, mask, diffusion.model_timesteps(t), return_dict=False)[0]
     return diffusion.training_losses(output.float(), latents, noisy, t, noise)["loss"].mean()
 
 

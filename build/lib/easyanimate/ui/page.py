@@ -26,8 +26,9 @@ logger = logging.getLogger(__name__)
 TITLE = "EasyAnimate: Generate your animation easily"
 MAX_SIZE = 1024
 SIZE_STEP = 32
-"""Width/height slider step: the grid motion module needs multiples of 32 px (2x2 grid of 2x2 patches on 8x
-latents), which suits every v1 model; the pipeline checks the loaded model's own multiple."""
+"""Width/height slider step before a model is loaded: the released grid motion module needs multiples of 32 px
+(2x2 grid of patch-2 tokens on 8x latents). Loading a model sets the step to its own pixel multiple
+(patch x block_size x 8: 64 for a 4x4 grid, 16 without a grid); the pipeline checks it too."""
 MAX_FRAMES = 512  # beyond the trained length, use a temporal window
 MAX_SEED = 10**8
 
@@ -103,6 +104,12 @@ class _Handlers:
         return (motion_module, lora, lora_alpha, *(updates.get(name, keep) for name in (
             "sampler", "steps", "width", "height", "frames", "cfg", "prompt", "negative_prompt", "context_frames",
             "context_overlap")), status)
+
+    def size_steps(self):
+        """Width and height sliders step by the loaded model's pixel multiple (32 for v1, 64 for a 4x4 grid)."""
+        pipeline = self.c.pipeline
+        step = pipeline.pixel_multiple if pipeline is not None else SIZE_STEP
+        return gr.update(step=step, minimum=step), gr.update(step=step, minimum=step)
 
     def _default_label(self, kind: str, relative: str | None, current: str) -> str:
         """The dropdown label of a defaults entry (relative to ``models_dir``) if the scan has it."""
@@ -212,7 +219,8 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
         private = {"api_visibility": "private"}
         model.input(h.select_model, [*weights[:5], prompt],
                     [motion_module, lora, lora_alpha, sampler, steps, width, height, frames, cfg_scale, prompt,
-                     negative_prompt, context_frames, context_overlap, status], api_name="select_model")
+                     negative_prompt, context_frames, context_overlap, status], api_name="select_model").then(
+            h.size_steps, None, [width, height], **private)
         for control in (motion_module, base_model, lora):
             control.input(h.switch, weights, status, **private)
         lora_alpha.release(h.switch, weights, status, **private)
