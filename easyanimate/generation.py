@@ -128,6 +128,8 @@ class GenerationRequest:
     """frames shared by consecutive windows (None: the pipeline's default, a quarter of the window)"""
     lora_weight: float = 0.55
     """multiplier of the LoRA merged into the weights, if one is"""
+    v1_sampler_quirks: bool = False
+    """PNDM's Runge-Kutta warm-up and DDIM's latent clipping, as the original had them (see schedulers.py)"""
 
     def overridden(self, **values: Any) -> GenerationRequest:
         """A copy with the given fields replaced; a value of None keeps this request's value."""
@@ -152,7 +154,7 @@ class GenerationRequest:
         if not 1 <= self.steps <= MAX_STEPS:
             raise ValueError(f"steps must be from 1 to {MAX_STEPS} (the diffusion has {MAX_STEPS} timesteps), "
                              f"got {self.steps}")
-        if self.sampler == "PNDM" and self.steps < 4:
+        if self.sampler == "PNDM" and self.v1_sampler_quirks and self.steps < 4:
             raise ValueError(f"steps={self.steps}: PNDM with its Runge-Kutta warm-up needs at least 4 steps")
         if self.fps < 1:
             raise ValueError(f"fps must be a positive whole number, got {self.fps}")
@@ -397,9 +399,9 @@ def apply_memory_mode(pipeline: EasyAnimatePipeline, device: torch.device, memor
         pipeline.to(device)
 
 
-def set_sampler(pipeline: EasyAnimatePipeline, sampler: str) -> None:
+def set_sampler(pipeline: EasyAnimatePipeline, sampler: str, v1_quirks: bool = False) -> None:
     """Swap the scheduler by name (the original's table), keeping the current noise schedule."""
-    pipeline.scheduler = switch_sampler(pipeline.scheduler, check_sampler(sampler))
+    pipeline.scheduler = switch_sampler(pipeline.scheduler, check_sampler(sampler), v1_quirks=v1_quirks)
 
 
 def apply_lora(pipeline: EasyAnimatePipeline, merger: LoraMerger | None, lora: Path | None,
@@ -419,7 +421,8 @@ def apply_lora(pipeline: EasyAnimatePipeline, merger: LoraMerger | None, lora: P
 
 def generate(pipeline: EasyAnimatePipeline, request: GenerationRequest, seed: int,
              callback_on_step_end=None) -> torch.Tensor:
-    """Run the pipeline; returns the video ``(3, F, H, W)`` in [0, 1] on the CPU."""
+    """Run the pipeline with the request's sampler; returns the video ``(3, F, H, W)`` in [0, 1] on the CPU."""
+    set_sampler(pipeline, request.sampler, request.v1_sampler_quirks)
     device = pipeline._execution_device
     generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
     output = pipeline(prompt=request.prompt, negative_prompt=request.negative_prompt,

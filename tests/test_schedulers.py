@@ -1,4 +1,8 @@
-"""The sampler table reproduces v1's effective scheduler configurations (spec §4.4, §8.1 item 10)."""
+"""The sampler table: v1's effective scheduler configurations, with its two quirks fixed unless asked for.
+
+v1 built each scheduler from the yaml's four noise-schedule values and diffusers 0.27's defaults;
+PNDM kept a Runge-Kutta warm-up (39 evaluations for 30 steps) and DDIM clipped latent x0 to [-1, 1].
+"""
 
 import pytest
 import torch
@@ -68,18 +72,18 @@ def test_dpm_sde_uses_sde_solver_on_the_same_schedule():
     assert _timesteps("DPM++ SDE") == _timesteps("DPM++")
 
 
-def test_pndm_keeps_runge_kutta_warmup_when_faithful():
-    config = build_scheduler("PNDM", V1_NOISE_SCHEDULER_KWARGS).config
+def test_pndm_keeps_runge_kutta_warmup_with_the_v1_quirks():
+    config = build_scheduler("PNDM", V1_NOISE_SCHEDULER_KWARGS, v1_quirks=True).config
     assert config.skip_prk_steps is False
     assert config.set_alpha_to_one is False
-    timesteps = _timesteps("PNDM")
+    timesteps = _timesteps("PNDM", v1_quirks=True)
     assert timesteps[:3] == [958, 941, 941]
     assert len(timesteps) == 39  # one model evaluation per entry
 
 
-def test_pndm_fixed_skips_warmup():
-    assert build_scheduler("PNDM", V1_NOISE_SCHEDULER_KWARGS, faithful=False).config.skip_prk_steps is True
-    timesteps = _timesteps("PNDM", faithful=False)
+def test_pndm_skips_the_warmup_by_default():
+    assert build_scheduler("PNDM", V1_NOISE_SCHEDULER_KWARGS).config.skip_prk_steps is True
+    timesteps = _timesteps("PNDM")
     assert len(timesteps) == 31
     assert timesteps[0] == 958
 
@@ -94,22 +98,22 @@ def test_ddim_schedule():
     assert timesteps[-1] == 1
 
 
-@pytest.mark.parametrize("faithful", [True, False])
-def test_ddim_clipping_of_latent_x0(faithful):
-    scheduler = build_scheduler("DDIM", V1_NOISE_SCHEDULER_KWARGS, faithful=faithful)
-    assert scheduler.config.clip_sample is faithful
+@pytest.mark.parametrize("v1_quirks", [True, False])
+def test_ddim_clips_latent_x0_only_with_the_v1_quirks(v1_quirks):
+    scheduler = build_scheduler("DDIM", V1_NOISE_SCHEDULER_KWARGS, v1_quirks=v1_quirks)
+    assert scheduler.config.clip_sample is v1_quirks
     scheduler.set_timesteps(30)
     sample = torch.full((1, 4, 2, 2), 5.0)
     x0 = scheduler.step(torch.zeros_like(sample), scheduler.timesteps[0], sample).pred_original_sample
-    if faithful:
+    if v1_quirks:
         assert x0.abs().max() <= 1.0
     else:
         assert x0.abs().max() > 1.0
 
 
-def test_other_samplers_ignore_faithful():
+def test_other_samplers_are_the_same_with_or_without_the_quirks():
     for name in ["Euler", "Euler A", "DPM++", "UniPC", "DPM++ SDE"]:
-        assert dict(build_scheduler(name, V1_NOISE_SCHEDULER_KWARGS, faithful=False).config) == dict(
+        assert dict(build_scheduler(name, V1_NOISE_SCHEDULER_KWARGS, v1_quirks=True).config) == dict(
             build_scheduler(name, V1_NOISE_SCHEDULER_KWARGS).config
         )
 
@@ -129,7 +133,7 @@ def test_explicit_yaml_value_wins():
 
 def test_kwargs_are_not_mutated():
     kwargs = dict(V1_NOISE_SCHEDULER_KWARGS)
-    build_scheduler("DPM++", kwargs, faithful=False)
+    build_scheduler("DPM++", kwargs, v1_quirks=True)
     assert kwargs == dict(V1_NOISE_SCHEDULER_KWARGS)
 
 

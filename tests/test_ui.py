@@ -6,6 +6,7 @@ import json
 import shutil
 import socket
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -286,3 +287,82 @@ def test_size_sliders_follow_the_loaded_models_pixel_multiple():
     width, height = handlers.size_steps()
     assert (width["step"], width["minimum"], height["step"], height["minimum"]) == (64, 64, 64, 64)
     assert "value" not in width and "value" not in height
+
+
+def test_the_page_starts_on_the_shipped_demo_model_when_the_released_weights_are_absent(tmp_path):
+    from easyanimate.generation import DEMO_MODEL
+
+    models = tmp_path / "models"
+    write_tiny_model(models, name=DEMO_MODEL.split("/")[1])
+    controller = EasyAnimateController(models, tmp_path / "samples", device="cpu")
+    start = controller.initial_choice()
+    assert (start.model, start.motion_module) == ("EasyAnimate-Shapes-Demo", "EasyAnimate-Shapes-Demo_mm.safetensors")
+    result = controller.generate(start, GenerationRequest("a red circle", steps=2, height=64, width=64, frames=2))
+    assert result.path.is_file()
+    assert EasyAnimateController(tmp_path / "empty", tmp_path / "s", device="cpu").initial_choice() == WeightChoice()
+
+
+def test_after_a_failed_switch_the_loaded_weights_are_what_the_page_shows(ui_models, tmp_path):
+    controller = EasyAnimateController(ui_models, tmp_path, device="cpu")
+    assert controller.loaded_choice() is None
+    controller.load(WeightChoice(MODEL, MOTION_MODULE))
+    with pytest.raises(UIError, match="could not load the weights"):
+        controller.load(WeightChoice(MODEL, MOTION_MODULE, base_model=LORA))
+    assert controller.loaded_choice() == WeightChoice(MODEL, MOTION_MODULE)
+
+
+def test_a_listed_file_replaced_by_a_link_out_of_the_models_folder_is_refused_when_used(ui_models, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(ui_models, models, symlinks=True)
+    controller = EasyAnimateController(models, tmp_path / "samples", device="cpu")
+    assert "tiny-easyanimate_mm.safetensors" in controller.choices.motion_modules
+    listed = models / "Motion_Module" / "tiny-easyanimate_mm.safetensors"
+    outside = tmp_path / "outside.safetensors"
+    shutil.move(listed, outside)
+    listed.symlink_to(outside)  # swapped after the scan
+    with pytest.raises(UIError, match="now points outside"):
+        controller.generate(WeightChoice(MODEL, MOTION_MODULE),
+                            GenerationRequest("a red circle", steps=2, height=64, width=64, frames=2))
+    assert controller.pipeline is None and not controller.busy
+
+
+def test_a_cancelled_generation_stops_at_the_next_step_saves_nothing_and_frees_the_lock(ui_models, tmp_path):
+    from easyanimate.ui.controller import Cancelled
+
+    controller = EasyAnimateController(ui_models, tmp_path, device="cpu")
+    cancel, steps = threading.Event(), []
+
+    def on_step(done, total):
+        steps.append(done)
+        cancel.set()  # the visitor cancels during the first step
+
+    request = GenerationRequest("a red circle", steps=20, height=64, width=64, frames=2)
+    with pytest.raises(Cancelled, match="cancelled after 2 of 20 steps"):
+        controller.generate(WeightChoice(MODEL, MOTION_MODULE), request, on_step=on_step, cancel=cancel)
+    assert steps == [1] and not controller.busy and not list(tmp_path.rglob("*.mp4"))
+    assert controller.generate(WeightChoice(MODEL, MOTION_MODULE), GenerationRequest(
+        "a red circle", steps=2, height=64, width=64, frames=2)).path.is_file()
+
+
+@pytest.mark.slow
+def test_cancelling_a_request_over_the_api_frees_the_queue_for_the_next(served, samples):
+    _, client = served
+    before = set(samples.rglob("*.mp4"))
+    job = client.submit(model=MODEL, motion_module=MOTION_MODULE, base_model="none", lora="none", lora_alpha=0.55,
+                        prompt="a long one", negative_prompt="", seed=1, **{**SMALL, "steps": 100, "frames": 128},
+                        api_name="/generate")
+    deadline, poll = time.monotonic() + 120, threading.Event()
+    while not denoising(job.status()):  # wait until the long request is denoising (a state the test can see)
+        assert time.monotonic() < deadline, job.status()
+        poll.wait(0.05)
+    assert job.cancel()
+    started = time.monotonic()
+    short = call(client, seed=2)  # would wait for the rest of the 100 steps if the cancelled worker held the lock
+    waited = time.monotonic() - started
+    new = set(samples.rglob("*.mp4")) - before
+    assert [p.name for p in new] == [Path(short[0]).name], new  # the cancelled request wrote nothing
+    assert waited < 30, waited  # the 100 steps of 128 frames take minutes here: the next request did not wait
+
+
+def denoising(status) -> bool:
+    return bool(status.progress_data) and status.progress_data[0].desc == "denoising"

@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--prompt", help="text prompt (default: the model's default prompt)")
     add("--prompts-file", help="text file with one prompt per line; one video per line")
     add("--sampler", choices=SAMPLER_NAMES, help=f"sampler (default {d.sampler})")
+    add("--v1-sampler-quirks", action="store_true", default=None, help="PNDM's Runge-Kutta warm-up and DDIM's "
+        "clipping of latent x0, as the original had them (off: every sampler draws the prompted video)")
     add("--seed", type=int, help=f"random seed; -1 draws one (default {d.seed}); the seed used is saved")
     add("--steps", type=int, help=f"denoising steps (default {d.steps})")
     add("--transformer-path", help="personalized / full transformer checkpoint loaded over the base")
@@ -109,7 +111,8 @@ def requests_for(args: argparse.Namespace, defaults: GenerationRequest) -> list[
     base = defaults.overridden(
         negative_prompt=args.negative_prompt, sampler=args.sampler, steps=args.steps,
         guidance_scale=args.guidance_scale, seed=args.seed, height=args.height, width=args.width,
-        frames=args.frames, fps=args.fps, lora_weight=args.lora_weight, context_overlap=args.context_overlap)
+        frames=args.frames, fps=args.fps, lora_weight=args.lora_weight, context_overlap=args.context_overlap,
+        v1_sampler_quirks=args.v1_sampler_quirks)
     base.context_frames = window or None  # 0: the whole video
     if base.context_frames is None:
         base.context_overlap = None

@@ -6,8 +6,13 @@ Nothing here imports gradio, so every rule of the page can be tested on its own:
   that maps back to the path the scan found, and anything else is refused;
 * seed -1 draws a random seed, and the seed used is returned and written to ``logs.json``;
 * LoRA switches go through :class:`~easyanimate.lora.LoraMerger`, so "none" restores the base exactly;
+* a label is resolved again when it is used: the real path (symlinks followed) must still lie inside
+  ``<models_dir>``, and that real path is what gets loaded, so a file swapped for a link after the
+  scan cannot bring in weights from elsewhere;
 * generation holds a lock: switching weights while it runs is refused (the page then applies the
-  choice at the next generation), so a running generation never sees its weights change.
+  choice at the next generation), so a running generation never sees its weights change;
+* a generation can be cancelled (a ``threading.Event``): it stops at the next denoising step, writes
+  nothing and frees the lock for the next request.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ import torch
 from ..config import ConfigError
 from ..generation import (
     DEFAULTS_FILE,
+    DEMO_MODEL,
     MODELS_DIR,
+    RELEASED_MODEL,
+    RELEASED_MOTION_MODULE,
     GenerationRequest,
     MissingWeightsError,
     ModelDefaults,
@@ -41,7 +49,6 @@ from ..generation import (
     run_record,
     save_result,
     select_model,
-    set_sampler,
 )
 from ..devices import best_device, resolve_dtype
 from ..files import write_text
@@ -69,6 +76,10 @@ class UIError(ValueError):
 
 class BusyError(UIError):
     """A weight switch was refused because a generation is running."""
+
+
+class Cancelled(UIError):
+    """The generation was cancelled; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -184,13 +195,17 @@ class EasyAnimateController:
         """
         if label is None or label in ("", NONE):
             return None
+        where = {"models": MODEL_FOLDER, "motion_modules": MOTION_MODULE_FOLDER,
+                 "personalized": PERSONALIZED_FOLDER}[kind]
         found = getattr(self.choices, kind).get(label) or getattr(self.refresh(), kind).get(label)
         if found is None:
-            where = {"models": MODEL_FOLDER, "motion_modules": MOTION_MODULE_FOLDER,
-                     "personalized": PERSONALIZED_FOLDER}[kind]
             raise UIError(f"{label!r} is not in {self.models_dir / where}; choose one of the listed entries "
                           "(press the refresh button after adding files)")
-        return found
+        real = found.resolve()
+        if not real.is_relative_to(self.models_dir.resolve()):
+            raise UIError(f"{label!r} now points outside {self.models_dir} (to {real}); only files inside the "
+                          "models folder can be used")
+        return real
 
     def label_of(self, kind: str, path: Path | None) -> str:
         """The label of a scanned path, or :data:`NONE` when it is None or not in the scan."""
@@ -198,6 +213,28 @@ class EasyAnimateController:
             return NONE
         wanted = path.resolve()
         return next((label for label, p in getattr(self.choices, kind).items() if p.resolve() == wanted), NONE)
+
+    def initial_choice(self) -> WeightChoice:
+        """What the page starts with: the released model if it is there, else the shipped demo model (with the
+        motion module and LoRA weight its defaults name), else nothing."""
+        for wanted in (RELEASED_MODEL, DEMO_MODEL):
+            label = self.label_of("models", self.models_dir / wanted)
+            if label == NONE:
+                continue
+            defaults = self.model_defaults(label) or ModelDefaults()
+            motion = self.label_of("motion_modules", self.models_dir / (defaults.motion_module or RELEASED_MOTION_MODULE))
+            return WeightChoice(label, motion, NONE, NONE, defaults.lora_weight)
+        return WeightChoice()
+
+    def loaded_choice(self) -> WeightChoice | None:
+        """The labels of what is loaded now (None when nothing is): the page goes back to them after a failed switch."""
+        if self._loaded is None:
+            return None
+        s, lora = self._loaded.selection, self._loaded.lora
+        return WeightChoice(self.label_of("models", s.model), self.label_of("motion_modules", s.motion_module),
+                            self.label_of("personalized", s.transformer_path),
+                            self.label_of("personalized", lora[0] if lora else None),
+                            lora[1] if lora else GenerationRequest.lora_weight)
 
     def model_defaults(self, model: str | None) -> ModelDefaults | None:
         """The defaults a model folder carries in ``easyanimate_defaults.yaml``, or None when it has none."""
@@ -314,7 +351,8 @@ class EasyAnimateController:
     # Generation
 
     def generate(self, choice: WeightChoice, request: GenerationRequest,
-                 on_step: Callable[[int, int], None] | None = None, fps: int | None = None) -> GenerationResult:
+                 on_step: Callable[[int, int], None] | None = None, fps: int | None = None,
+                 cancel: threading.Event | None = None) -> GenerationResult:
         """Load what ``choice`` names (waiting for a running switch), generate, save; the lock is held throughout.
 
         ``on_step(done, total)`` is called after every denoising step; ``fps`` defaults to the
@@ -332,11 +370,10 @@ class EasyAnimateController:
                 request.validate(loaded.pipeline)
             except ValueError as error:
                 raise UIError(str(error)) from error
-            set_sampler(loaded.pipeline, request.sampler)
             seed = request.resolved_seed()
             with _out_of_memory_message(f"at {request.width}x{request.height}, {request.frames} frames",
                                         "use a smaller size or fewer frames, or "):
-                video = generate(loaded.pipeline, request, seed, _step_callback(on_step))
+                video = generate(loaded.pipeline, request, seed, _step_callback(on_step, cancel))
             selection = replace(loaded.selection, lora=loaded.lora[0] if loaded.lora else None)
             record = run_record(request, seed, selection, self.dtype, self.device, self.memory_mode)
             (path,) = save_result(video, self.output_dir / "sample", record, request.fps)
@@ -355,13 +392,16 @@ def _same(a: ModelSelection, b: ModelSelection, *fields: str) -> bool:
     return all(getattr(a, name) == getattr(b, name) for name in fields)
 
 
-def _step_callback(on_step: Callable[[int, int], None] | None):
-    """A ``callback_on_step_end`` that reports ``(steps done, total)``."""
-    if on_step is None:
+def _step_callback(on_step: Callable[[int, int], None] | None, cancel: threading.Event | None):
+    """A ``callback_on_step_end`` that reports ``(steps done, total)`` and stops a cancelled generation."""
+    if on_step is None and cancel is None:
         return None
 
     def callback(pipeline, step: int, timestep, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        on_step(step + 1, len(pipeline.scheduler.timesteps))
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"cancelled after {step + 1} of {pipeline.num_timesteps} steps; nothing was saved")
+        if on_step is not None:
+            on_step(step + 1, pipeline.num_timesteps)
         return {}
 
     return callback

@@ -11,8 +11,10 @@ Every handler turns :class:`~easyanimate.ui.controller.UIError` (and any other f
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
+import threading
 
 import gradio as gr
 
@@ -134,11 +136,22 @@ class _Handlers:
                 gr.update(choices=_choices(choices.personalized), value=keep(base_model, choices.personalized)),
                 gr.update(choices=_choices(choices.personalized), value=keep(lora, choices.personalized)))
 
+    def restore_weights(self):
+        """After a failed load: the dropdowns show what is loaded again (nothing, if nothing is)."""
+        loaded = self.c.loaded_choice() or WeightChoice()
+        return (loaded.model, loaded.motion_module, loaded.base_model, loaded.lora, loaded.lora_weight,
+                _status(self.c, []))
+
     def generate(self, model: str, motion_module: str, base_model: str, lora: str, lora_alpha: float, prompt: str,
                  negative_prompt: str, sampler: str, steps: float, width: float, height: float, frames: float,
                  cfg_scale: float, seed: float, context_frames: float = 0, context_overlap: float = 0,
-                 progress=gr.Progress()):  # noqa: B008 (gradio's progress idiom)
-        """Generate one video (or an image for 1 frame); returns (video, image, seed used, status)."""
+                 v1_sampler_quirks: bool = False, progress=gr.Progress()):  # noqa: B008 (gradio's progress idiom)
+        """Generate one video (or an image for 1 frame); yields (video, image, seed used, status) once, at the end.
+
+        The generation runs in a worker thread while this generator waits for it. When the request is
+        cancelled (the Stop button, or the visitor leaves), gradio closes the generator; the worker is then
+        told to stop at its next denoising step, so the next request does not wait behind it.
+        """
         try:
             request = GenerationRequest(
                 prompt=prompt or "", negative_prompt=negative_prompt or "", sampler=sampler,
@@ -146,17 +159,39 @@ class _Handlers:
                 height=_whole(height, "Height"), width=_whole(width, "Width"),
                 frames=_whole(frames, "Animation length"),
                 context_frames=_whole(context_frames, "Temporal window") or None,
-                context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None)
-            progress(0, desc="loading weights")
-            result = self.c.generate(WeightChoice(model, motion_module, base_model, lora, lora_alpha), request,
-                                     on_step=lambda done, total: progress((done, total), desc="denoising"))
+                context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None,
+                v1_sampler_quirks=bool(v1_sampler_quirks))
         except Exception as error:
             raise _message(error) from error
+        progress(0, desc="loading weights")
+        cancel, outcome = threading.Event(), {}
+
+        def work():
+            try:
+                outcome["result"] = self.c.generate(
+                    WeightChoice(model, motion_module, base_model, lora, lora_alpha), request,
+                    on_step=lambda done, total: progress((done, total), desc="denoising"), cancel=cancel)
+            except BaseException as error:  # handed to the waiting generator below
+                outcome["error"] = error
+
+        # The worker runs in a copy of this request's context, where gradio keeps its progress tracker.
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(work,), name="generate", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(timeout=0.5)  # wait for the worker; a cancelled request is closed at the yield
+                if worker.is_alive():
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        finally:
+            cancel.set()  # no-op once done; on cancel or disconnect the worker stops at its next step
+        if "error" in outcome:
+            raise _message(outcome["error"]) from outcome["error"]
+        result = outcome["result"]
         for warning in result.warnings:
             gr.Warning(warning)
         is_image = result.path.suffix == ".png"
         status = _status(self.c, result.warnings) + f"\n\nSaved {result.path} (seed {result.seed})."
-        return None if is_image else str(result.path), str(result.path) if is_image else None, result.seed, status
+        yield None if is_image else str(result.path), str(result.path) if is_image else None, result.seed, status
 
     @staticmethod
     def show_result(video, image):
@@ -168,17 +203,20 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
     """The page, wired to ``controller``; launch it with ``.queue().launch(...)``."""
     h = _Handlers(controller)
     choices = controller.choices
-    d = GenerationRequest()
+    start = controller.initial_choice()  # the released model if present, else the shipped demo model
+    defaults = controller.model_defaults(start.model)
+    d = defaults.request if defaults is not None else GenerationRequest()
     with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
         gr.Markdown(f"# {TITLE}\n\nText-to-video with a diffusion transformer. Weights are read from "
                     f"`{controller.models_dir}`; results are saved to `{controller.output_dir}`.")
         with gr.Column(variant="panel"):
             gr.Markdown("## 1. Model checkpoints (select pretrained model path first)")
             with gr.Row():
-                model = gr.Dropdown(_choices(choices.models), value=NONE, label="Pretrained Model Path")
+                model = gr.Dropdown(_choices(choices.models), value=start.model, label="Pretrained Model Path")
                 model_refresh = gr.Button("Refresh", scale=0, min_width=100)
             with gr.Row():
-                motion_module = gr.Dropdown(_choices(choices.motion_modules), value=NONE, label="Select motion module")
+                motion_module = gr.Dropdown(_choices(choices.motion_modules), value=start.motion_module,
+                                            label="Select motion module")
                 motion_refresh = gr.Button("Refresh", scale=0, min_width=100)
             with gr.Row():
                 base_model = gr.Dropdown(_choices(choices.personalized), value=NONE,
@@ -186,10 +224,12 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                 lora = gr.Dropdown(_choices(choices.personalized), value=NONE, label="Select LoRA model (optional)")
                 lora_alpha = gr.Slider(0, 2, value=d.lora_weight, step=0.05, label="LoRA alpha")
                 personalized_refresh = gr.Button("Refresh", scale=0, min_width=100)
-            status = gr.Markdown(_status(controller, []), label="Status", elem_id="status")
+            status = gr.Markdown(_status(controller, []) if start.model == NONE else
+                                 f"Selected {start.model}: it loads with the first generation.", label="Status",
+                                 elem_id="status")
         with gr.Column(variant="panel"):
             gr.Markdown("## 2. Configs for Generation")
-            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt", value=d.prompt if defaults else "")
             negative_prompt = gr.Textbox(label="Negative prompt", lines=2, value=d.negative_prompt)
             with gr.Row():
                 with gr.Column():
@@ -206,10 +246,15 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                                                    info="frames the motion module sees at once; 0: the whole video")
                         context_overlap = gr.Slider(0, MAX_FRAMES - 1, value=d.context_overlap or 4, step=1, label="Window overlap",
                                                     info="frames shared by consecutive windows")
+                    v1_quirks = gr.Checkbox(value=d.v1_sampler_quirks, label="Samplers as in the original v1",
+                                            info="PNDM's warm-up and DDIM's clipping of latents; off: every sampler "
+                                                 "draws the prompted video")
                     with gr.Row():
                         seed = gr.Number(value=-1, precision=0, minimum=-1, label="Seed", info="-1: random")
                         dice = gr.Button("Random", scale=0, min_width=80)
-                    generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    with gr.Row():
+                        generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                        stop = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="stop")
                 with gr.Column():
                     video = gr.Video(label="Generated Animation", interactive=False, format="mp4", elem_id="result")
                     image = gr.Image(label="Generated Image", interactive=False, visible=False, type="filepath")
@@ -217,19 +262,23 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
 
         weights = [model, motion_module, base_model, lora, lora_alpha]
         private = {"api_visibility": "private"}
-        model.input(h.select_model, [*weights[:5], prompt],
-                    [motion_module, lora, lora_alpha, sampler, steps, width, height, frames, cfg_scale, prompt,
-                     negative_prompt, context_frames, context_overlap, status], api_name="select_model").then(
-            h.size_steps, None, [width, height], **private)
+        selecting = model.input(h.select_model, [*weights[:5], prompt],
+                                [motion_module, lora, lora_alpha, sampler, steps, width, height, frames, cfg_scale,
+                                 prompt, negative_prompt, context_frames, context_overlap, status],
+                                api_name="select_model")
+        selecting.then(h.size_steps, None, [width, height], **private)
+        selecting.failure(h.restore_weights, None, [*weights, status], **private)
         for control in (motion_module, base_model, lora):
-            control.input(h.switch, weights, status, **private)
+            control.input(h.switch, weights, status, **private).failure(h.restore_weights, None, [*weights, status],
+                                                                         **private)
         lora_alpha.release(h.switch, weights, status, **private)
         for button in (model_refresh, motion_refresh, personalized_refresh):
             button.click(h.refresh, weights[:4], weights[:4], **private)
         page.load(h.refresh, weights[:4], weights[:4], **private)  # a new visitor sees the current files
         dice.click(lambda: random.randint(1, MAX_SEED), None, seed, **private)
-        generate.click(h.generate, [*weights, prompt, negative_prompt, sampler, steps, width, height, frames,
-                                    cfg_scale, seed, context_frames, context_overlap],
-                       [video, image, seed_used, status], api_name="generate").then(
-            h.show_result, [video, image], [video, image], **private)
+        generating = generate.click(h.generate, [*weights, prompt, negative_prompt, sampler, steps, width, height,
+                                                 frames, cfg_scale, seed, context_frames, context_overlap, v1_quirks],
+                                    [video, image, seed_used, status], api_name="generate")
+        generating.then(h.show_result, [video, image], [video, image], **private)
+        stop.click(None, None, None, cancels=[generating], **private)
     return page
