@@ -471,16 +471,14 @@ def tiers_sections(p: dict[str, Any]) -> dict[str, str]:
 
 
 def header(p: dict[str, Any]) -> str:
-    """Where the numbers of a scenario came from: machine, matmul peaks, allocator mode, settings."""
-    m = {"cpu_flags": [], **p["machine"]}
+    """Where the numbers of a scenario came from: machine, matmul peaks, allocator mode, settings (and the source of
+    a converted record)."""
     peaks = ", ".join(f"{dtype} {r['flops_per_s'] / 1e9:.1f} GFLOP/s ({len(r['samples_flops_per_s'])} readings, worst "
                       f"{min(r['samples_flops_per_s']) / 1e9:.1f})" for dtype, r in p.get("matmul_peaks", {}).items())
-    return (f"Machine: {m.get('gpu') or m['cpu']} ({', '.join(m['cpu_flags'])}), {m['logical_cpus']} logical CPUs, "
-            f"{m.get('memory_gib')} GiB, torch {m.get('torch')} with {m.get('torch_threads')} threads, Python "
-            f"{m.get('python')}; load average at the end {m.get('load_average_1_5_15min')}.\n\nMatmul peak (best "
-            "of the run): "
+    return (f"Machine: {', '.join(f'{k} {v}' for k, v in p['machine'].items())}.\n\nMatmul peak (best of the run): "
             f"{peaks or 'not measured'}. Allocator mode for timed calls: `{p.get('malloc', 'default')}`.\n\nScenario: "
-            + ", ".join(f"{k} {v}" for k, v in p["settings"].items() if k not in ("kind", "view", "title")) + ".")
+            + ", ".join(f"{k} {v}" for k, v in p["settings"].items() if k not in ("kind", "view", "title")) + "."
+            + (f"\n\nConverted from {p['converted_from']}." if "converted_from" in p else ""))
 
 
 def render(out: Path, name: str) -> dict[str, str]:

@@ -102,7 +102,7 @@ def test_guidance_in_two_forwards_halves_the_denoising_activations():
 
 
 def test_the_released_setting_needs_the_published_memory():
-    # 512x512x80, bf16, T5 on the CPU, guidance as one batch of 2 (docs/benchmarks/tiers.md: 11.9 GB, 13.0 with the
+    # 512x512x80, bf16, T5 on the CPU, guidance as one batch of 2 (docs/benchmarks/tiers.json: 11.9 GB, 13.0 with the
     # CUDA context).
     estimate = estimate_generation_memory(RELEASED, 512, 512, 80, torch.bfloat16, "text_encoder_cpu")
     assert estimate.peak_stage == "denoising"
