@@ -183,7 +183,7 @@ def measure_pipeline(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, ma
         rows += [{**r, **common, "group": "generation"} for r in group]
         if decoding:
             variants = [h.Variant(n, lambda n=n: decode(n), malloc, n == decoding[0]) for n in decoding]
-            group = h.compare_variants(variants, device, s.repeats, peaks, warmup=0, data_range=1.0)[0]
+            group = h.compare_variants(variants, device, s.repeats, peaks, s.warmup, data_range=1.0)[0]
             rows += [{**r, **common, "group": "decoding"} for r in group]
     return {"rows": rows}
 

@@ -53,14 +53,16 @@ SCENARIOS = {
                            frames=(16, 32, 64), windows=(None, 16), batch=2, text_dim=256, repeats=1),
     "train": Scenario("transformer", "train", "Training step by trainable set, with and without gradient checkpointing",
                       TRAIN, layers=2, size=128, text_dim=256, warmup=1),
-    "generation": Scenario("pipeline", "generation", "Whole generation by stage", ("plain",), frames=SWEEP["frames"]),
+    "generation": Scenario("pipeline", "generation", "Whole generation by stage", ("plain",), frames=SWEEP["frames"],
+                           warmup=1),
     "fast-paths": Scenario("transformer", "paths", "Transformer fast paths against the plain path", (
         "plain", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "v1-layout", "retain", "bf16", "fp16",
         "compiled"), repeats=3, warmup=1),
     "fast-paths-pipeline": Scenario("pipeline", "paths", "Generation and VAE decoding fast paths", (
         "plain", "two-forwards", "bf16", "fp16", "chunk-8", "chunk-1", "chunk-16", "tiled"), pipeline="small",
-        steps=3, repeats=3),
-    "memory-modes": Scenario("pipeline", "paths", "Memory modes", tuple(f"memory-{m}" for m in MEMORY_MODES)),
+        steps=3, repeats=3, warmup=1),
+    "memory-modes": Scenario("pipeline", "paths", "Memory modes", tuple(f"memory-{m}" for m in MEMORY_MODES),
+                             warmup=1),
     "tiers": Scenario("tiers", "tiers", "Memory tiers of the released model (computed, not measured)", ("bf16", "fp32"),
                       width="full", layers=28, frames=(16, 48, 80), sizes=(256, 512), windows=(None, 16)),
 }
