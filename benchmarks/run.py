@@ -216,7 +216,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     add("--docs", type=Path, help="also write this markdown page from benchmarks/docs_template.md")
     add("--malloc", choices=sorted(h.MALLOC_MODES), default="default", help="CPU: glibc allocator mode of timed calls")
-    add("--out", type=Path, default=Path("benchmarks/results"), help="folder of the JSON, markdown and PNG files")
+    add("--out", type=Path, default=Path("benchmarks/results"), help="folder of the JSON and markdown files")
     add("--quick", action="store_true", help="every scenario at tiny sizes (seconds): checks the harness")
     add("--render-only", action="store_true", help="measure nothing: re-render markdown and --docs from the JSON")
     add("--scenarios", default="all", help=f"all, or comma-separated from: {', '.join(SCENARIOS)}")
