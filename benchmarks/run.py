@@ -1,372 +1,264 @@
-"""One entry point for the speed and memory benchmarks: ``python -m benchmarks.run --suites ...``.
+"""Run benchmark scenarios: ``python -m benchmarks.run --scenarios all --out DIR [--docs docs/benchmarks.md]``.
 
-Suites (each writes ``<out>/<suite>.json`` and ``<out>/<suite>.md``, plots as ``<out>/<suite>_*.png``):
-
-* ``transformer``: forward (and, with ``--backward``, forward+backward) time, peak memory, analytic
-  FLOPs, achieved FLOP/s and the ratio to the matmul peak measured in the same run, against frames
-  (``--frames``, at ``--size``) and resolution (``--resolutions``, at the first frame count);
-* ``generation``: whole generations of the tiny/small pipelines (text encoding + ``--steps`` guided
-  steps + VAE decoding) against frames;
-* ``fast-paths``: each fast path against the plain path in the same run, with max abs difference
-  and PSNR of the outputs (transformer output; decoded video of a pipeline), and the offload modes;
-* ``target``: the CPU target, full-width single block, 16 frames of 256x256, fp32: plain against
-  the fast settings, interleaved call by call;
-* ``tiers``: computed (not measured) GPU memory of the released model per setting and memory mode,
-  the 12/16/24/40/80 GB tiers, and the FLOPs of a full generation.
-
-Examples (repository root)::
-
-    python -m benchmarks.run --suites transformer --width full --layers 1 --backward --out docs/benchmarks
-    python -m benchmarks.run --suites generation,fast-paths --out docs/benchmarks
-    python -m benchmarks.run --suites transformer --device cuda --dtype bf16 --layers 28 --size 512
+Each scenario of :data:`benchmarks.scenarios.SCENARIOS` writes ``<out>/<name>.json`` (machine, settings, every
+reading); its markdown and the ``--docs`` page are rendered from the JSON alone (``--render-only`` redoes them).
+The kinds of measurement (:data:`KINDS`) are here; how each number is taken is in :mod:`benchmarks.harness`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import functools
+import itertools
 import json
-import logging
+import re
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from easyanimate.flops import transformer_flops
+from easyanimate.devices import DTYPES
+from easyanimate.memory import MEMORY_MODES
+from easyanimate.models import TemporalContext
+from easyanimate.memory import component_sizes, estimate_generation_memory, transformer_activation_bytes
+from easyanimate.training.diffusion import ImprovedDDPM
 
-from . import computed, measure, report
-from .common import DTYPES, GIB, MALLOC_MODES, MatmulPeaks, default_device, machine_info, set_malloc, time_calls
-from .setups import NATIVE_SIZE, PIPELINES, WIDTHS, build_pipeline, build_transformer, transformer_inputs
+from . import harness as h
+from .flops import generation_flops, transformer_flops
+from .harness import TIERS_GB, render, write_docs
+from .scenarios import SCENARIOS, Scenario, quick
 
-SUITES = ("transformer", "generation", "fast-paths", "target", "tiers")
-
-
-def parse_ints(text: str) -> list[int]:
-    """``16,32,48`` -> [16, 32, 48]."""
-    try:
-        return [int(part) for part in text.split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+SDPA = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+TOKENS = ("plain", "forward", "backward", "train-motion_module", "train-full", "train-lora", "checkpointing",
+          "autocast", "compiled", "retain", "bf16", "fp16", "v1-layout", *(f"sdpa-{name}" for name in SDPA))
+EXACT = {"plain", "forward", "retain"}  # the tokens that leave the output bit for bit as it is
 
 
-def parse_suites(text: str) -> list[str]:
-    """``all`` or a comma-separated list of :data:`SUITES`."""
-    names = list(SUITES) if text == "all" else [part for part in text.split(",") if part]
-    unknown = [name for name in names if name not in SUITES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown suite(s) {unknown}; valid: all, {', '.join(SUITES)}")
-    return names
+def slow_dtypes(device: torch.device, peaks: h.MatmulPeaks, floor: float = 0.25) -> dict[str, str]:
+    """Reduced precisions whose 512^3 matmul runs below ``floor`` x fp32 here (CPUs without native fp16 use a slow
+    fallback: a full-width forward would take hours), with the reason they are not run."""
+    if device.type != "cpu":
+        return {}
+    fp32 = peaks.measure(torch.float32, size=512, repeats=3)
+    rates = {name: peaks.measure(DTYPES[name], size=512, repeats=3) for name in ("bf16", "fp16")}
+    return {name: f"{name} matmul runs at {rate / 1e9:.1f} GFLOP/s here ({100 * rate / fp32:.1f}% of fp32's "
+                  f"{fp32 / 1e9:.1f} at 512^3)" for name, rate in rates.items() if rate < floor * fp32}
+
+
+def transformer_variant(name: str, s: Scenario, base, malloc: str, slow: dict[str, str]):
+    """The model of a ``+``-joined variant of :data:`TOKENS` (a copy of ``base`` where the variant changes it), its
+    dtype, and a function from inputs to the :class:`~benchmarks.harness.Variant`."""
+    tokens = name.split("+")
+    if unknown := [t for t in tokens if t not in TOKENS]:
+        raise ValueError(f"unknown variant token(s) {unknown}; valid: {', '.join(TOKENS)}")
+    dtype = next((t for t in tokens if t in ("bf16", "fp16")), s.dtype)
+    if dtype in slow:
+        return base, dtype, lambda inputs: h.Variant(name, skip=slow[dtype])
+    train = next((t.removeprefix("train-") for t in tokens if t.startswith("train-")), None)
+    model = base if dtype == s.dtype and not train and "compiled" not in tokens else copy.deepcopy(base).to(
+        DTYPES[dtype])
+    optimizer = trainable(model, train, "checkpointing" in tokens) if train else None
+    diffusion = ImprovedDDPM()
+    if "compiled" in tokens:
+        model.compile_blocks(backend=s.compile_backend)
+    sdpa = next((SDPA[t.removeprefix("sdpa-")] for t in tokens if t.startswith("sdpa-")), None)
+    context = (lambda: sdpa_kernel([getattr(SDPBackend, sdpa)])) if sdpa else (
+        h.original_layout if "v1-layout" in tokens else nullcontext)
+
+    def train_step(x0: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, _) -> None:
+        """One AdamW step: noise the latents at random timesteps, predict, improved-DDPM loss (as the trainer does)."""
+        t = diffusion.sample_timesteps(x0.shape[0], device=x0.device)
+        noise = torch.randn_like(x0)
+        noisy = diffusion.q_sample(x0, t, noise)
+        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled="autocast" in tokens):
+            output = model.train()(noisy, text, mask, t, return_dict=False)[0]
+        diffusion.training_losses(output.float(), x0, noisy, t, noise)["loss"].mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def variant(inputs: tuple[torch.Tensor, ...], temporal: TemporalContext | None = None) -> h.Variant:
+        inputs = tuple(t.to(model.dtype) if t.is_floating_point() and t.dim() > 2 else t for t in inputs)
+        call = (lambda: train_step(*inputs)) if train else h.transformer_step(model, inputs, "backward" in tokens,
+                                                                               context, temporal)
+        return h.Variant(name, call, "retain" if "retain" in tokens else malloc, set(tokens) <= EXACT)
+    return model, dtype, variant
+
+
+def trainable(model, mode: str, checkpointing: bool) -> torch.optim.Optimizer:
+    """Make the motion modules, the whole model or a rank-16 LoRA trainable (as the trainer does); AdamW over it."""
+    from easyanimate.lora import TRANSFORMER, lora_target_modules
+    from easyanimate.training.trainer import select_trainable
+
+    if mode == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        pattern = "^(" + "|".join(map(re.escape, lora_target_modules(model, TRANSFORMER))) + ")$"
+        model.requires_grad_(False)
+        inject_adapter_in_model(LoraConfig(r=16, lora_alpha=16, target_modules=pattern), model)
+        groups = [{"params": [p.requires_grad_() for n, p in model.named_parameters() if "lora_" in n]}]
+    else:
+        groups = select_trainable(model, ["attn_temporal"] if mode == "motion_module" else ["."], [], 1e-4)
+    if checkpointing:
+        model.enable_gradient_checkpointing()
+    return torch.optim.AdamW(groups, lr=1e-4)
+
+
+def measure_transformer(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, malloc: str) -> dict[str, Any]:
+    """Each case (frames at ``size``, then ``sizes`` at ``frames[0]``; x windows) compares the variants; rows add
+    the analytic FLOPs (3x the forward for backward and training), rates, and the computed activation peak."""
+    base = h.build_transformer(s.width, s.layers, device, DTYPES[s.dtype], caption_channels=s.text_dim)
+    slow = slow_dtypes(device, peaks)
+    variants = {name: transformer_variant(name, s, base, malloc, slow) for name in s.variants}
+    meta_config = {**base.config, "num_layers": min(s.layers, 2)}  # every block allocates alike
+    cases = [(frames, s.size) for frames in s.frames] + [(s.frames[0], px) for px in s.sizes if px != s.size]
+    rows, rounds = [], []
+    for (frames, px), window in itertools.product(cases, s.windows):
+        if window is not None and window >= frames:
+            continue  # a window as long as the clip is the plain path
+        temporal = TemporalContext(window, window // 4) if window is not None else None
+        count = transformer_flops(base.config, frames, px // 8, px // 8, s.batch)
+        inputs = h.transformer_inputs(base, s.batch, frames, px, px)
+        case_rows, case_rounds = h.compare_variants([factory(inputs, temporal) for _, _, factory in variants.values()],
+                                                    device,
+                                                    s.repeats, peaks, s.warmup)
+        for row in case_rows:
+            model, dtype, _ = variants[row["path"]]
+            forward = not re.search("backward|train", row["path"])
+            row.update(frames=frames, height=px, width=px, batch=s.batch, window=window, tokens=count.tokens,
+                       dtype=dtype, flops=count.total if forward else count.forward_backward,
+                       trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
+            if forward and not row.get("skipped"):
+                row["computed_activation_bytes"] = transformer_activation_bytes(
+                    meta_config, s.batch, frames, px // 8, px // 8, model.dtype, window)
+        rows, rounds = rows + case_rows, rounds + [case_rounds]
+        for dtype in {dtype for _, dtype, _ in variants.values()}:
+            peaks.measure(DTYPES[dtype])
+    return {"rows": [r if r.get("skipped") else h.add_rates(r, peaks) for r in rows], "rounds": rounds}
+
+
+def measure_pipeline(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, malloc: str) -> dict[str, Any]:
+    """Whole generations from the same noise (``plain``, ``two-forwards``, ``bf16``, ``fp16``, ``memory-<mode>``)
+    against the first, whose stages are also timed (``encode_prompt`` and ``decode_latents`` on their own, the
+    denoising as the rest); then decodings of its latents (``chunk-<frames per VAE call>``, ``tiled``: tiles of half
+    the frame) against the first of those."""
+    size, slow, rows = h.PIPELINE_SIZES[s.pipeline], slow_dtypes(device, peaks), []
+    decoding = [v for v in s.variants if v.startswith("chunk-") or v == "tiled"]
+    generation = [v for v in s.variants if v not in decoding]
+    build = functools.cache(lambda dtype, mode: h.build_pipeline(s.pipeline, device, DTYPES[dtype], mode))
+
+    def generate(name: str, output_type: str = "pt") -> torch.Tensor:
+        pipeline = build(name if name in DTYPES else "fp32", name[7:] if name.startswith("memory-") else "none")
+        pipeline.batched_guidance = name != "two-forwards"
+        return pipeline(h.PROMPT, video_length=frames, height=size, width=size, latents=noise, output_type=output_type,
+                        num_inference_steps=s.steps, guidance_scale=s.guidance,
+                        generator=torch.Generator().manual_seed(0)).videos
+
+    def decode(name: str) -> torch.Tensor:
+        vae, defaults = plain.vae, (plain.vae.tile_sample_min_size, plain.vae.tile_latent_min_size)
+        if name == "tiled":
+            vae.enable_tiling()
+            vae.tile_sample_min_size, vae.tile_latent_min_size = size // 2, size // 2 // plain.vae_scale_factor
+        try:
+            with torch.no_grad():
+                return plain.decode_latents(latents, chunk_size=8 if name == "tiled" else int(name[6:]))
+        finally:
+            vae.disable_tiling()
+            vae.tile_sample_min_size, vae.tile_latent_min_size = defaults
+
+    for frames in s.frames:
+        common = {"pipeline": s.pipeline, "frames": frames, "height": size, "width": size, "steps": s.steps}
+        noise = torch.randn(1, 4, frames, size // 8, size // 8, generator=torch.Generator().manual_seed(0)).to(device)
+        group = h.compare_variants([h.Variant(n, lambda n=n: generate(n), malloc, n == generation[0], slow.get(n))
+                                    for n in generation], device, s.repeats, peaks, s.warmup, data_range=1.0)[0]
+        plain, latents = build("fp32", "none"), generate(generation[0], "latent")
+        text = statistics.median(h.time_calls(lambda: plain.encode_prompt(h.PROMPT, s.guidance > 1, device=device),
+                                              device, s.repeats, warmup=1))
+        with torch.no_grad():
+            decode_s = statistics.median(h.time_calls(lambda: plain.decode_latents(latents), device, s.repeats))
+        group[0].update(text_encoding_s=text, decoding_s=decode_s, denoising_s=group[0]["median_s"] - text - decode_s)
+        rows += [{**r, **common, "group": "generation"} for r in group]
+        if decoding:
+            variants = [h.Variant(n, lambda n=n: decode(n), malloc, n == decoding[0]) for n in decoding]
+            group = h.compare_variants(variants, device, s.repeats, peaks, s.warmup, data_range=1.0)[0]
+            rows += [{**r, **common, "group": "decoding"} for r in group]
+    return {"rows": rows}
+
+
+def measure_tiers(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, malloc: str) -> dict[str, Any]:
+    """:func:`easyanimate.memory.estimate_generation_memory` of every setting (``variants``: dtypes) and the FLOPs of
+    one generation; computed, not measured: nothing is allocated."""
+    config, rows = h.transformer_config(s.width, s.layers), []
+    for px, frames, dtype, mode, guidance, window in itertools.product(
+            s.sizes, s.frames, s.variants, MEMORY_MODES, ("batched", "sequential"), s.windows):
+        if window is None or window < frames:
+            e = estimate_generation_memory(config, px, px, frames, DTYPES[dtype], mode, context_frames=window,
+                                           batched_guidance=guidance == "batched")
+            rows.append({"height": px, "width": px, "frames": frames, "dtype": dtype, "memory_mode": mode,
+                         "guidance": guidance, "window": window, "peak_bytes": e.peak_bytes,
+                         "with_overhead_bytes": e.total_bytes, "activations": e.activations, "stages": e.stages,
+                         "fits_gb": [tier for tier in TIERS_GB if e.total_bytes <= tier * 10**9]})
+    components = {dtype: {name: dataclasses.asdict(size) for name, size in
+                          component_sizes(config, DTYPES[dtype]).items()} for dtype in s.variants}
+    return {"components": components, "rows": rows, "generation_flops": generation_flops(config)}
+
+
+KINDS = {"transformer": measure_transformer, "pipeline": measure_pipeline, "tiers": measure_tiers}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (flags alphabetised)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--backward", action="store_true", help="transformer suite: also time forward+backward")
-    add("--batch", type=int, default=1, help="transformer suite: videos per forward (2 = guidance in one forward)")
-    add("--device", default=default_device(), help="torch device")
-    add("--dtype", choices=sorted(DTYPES), default="fp32", help="transformer suite: weights and activations")
-    add("--frames", type=parse_ints, default=[16, 32, 48, 80], help="frame counts of the sweeps")
-    add("--guidance", type=float, default=6.0, help="generation: classifier-free guidance scale (v1 default 6)")
-    add("--layers", type=int, default=1, help="transformer blocks (28 in the release)")
-    add("--malloc", choices=sorted(MALLOC_MODES), default="default",
-        help="CPU: glibc allocator mode for the timed calls (see benchmarks.common.MALLOC_MODES)")
-    add("--out", type=Path, default=Path("benchmarks/results"), help="folder for the JSON, markdown and PNGs")
-    add("--pipeline-frames", type=parse_ints, default=[16, 32, 48, 80], help="generation: frame counts")
-    add("--pipelines", default="tiny,small", help=f"generation: comma-separated, from {', '.join(PIPELINES)}")
-    add("--repeats", type=int, default=3,
-        help="timed calls per case; interleaved rounds of the fast paths; target: timed calls at 16 and 80 frames")
-    add("--resolutions", type=parse_ints, default=[128, 256, 384, 512],
-        help="transformer: pixel sizes (square, multiples of 32) of the resolution sweep")
-    add("--size", type=int, default=256, help="transformer: pixel size of the frame sweep and the fast paths")
-    add("--steps", type=int, default=10, help="generation: denoising steps")
-    add("--suites", type=parse_suites, default=list(SUITES), help=f"all, or comma-separated from {SUITES}")
-    add("--target-repeats", type=int, default=7, help="target: interleaved rounds (one timed call per variant each)")
-    add("--threads", type=int, default=None, help="torch CPU threads; unset: torch's choice")
-    add("--warmup", type=int, default=1, help="untimed calls before each case")
-    add("--width", choices=sorted(WIDTHS), default="full", help="transformer width: tiny 64, small 512, full 1152")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    add("--docs", type=Path, help="also write this markdown page from benchmarks/docs_template.md")
+    add("--malloc", choices=sorted(h.MALLOC_MODES), default="default", help="CPU: glibc allocator mode of timed calls")
+    add("--out", type=Path, default=Path("benchmarks/results"), help="folder of the JSON and markdown files")
+    add("--quick", action="store_true", help="every scenario at tiny sizes (seconds): checks the harness")
+    add("--render-only", action="store_true", help="measure nothing: re-render markdown and --docs from the JSON")
+    add("--scenarios", default="all", help=f"all, or comma-separated from: {', '.join(SCENARIOS)}")
+    add("--threads", type=int, help="torch CPU threads; unset: torch's choice")
     return parser.parse_args(argv)
 
 
-def write(out: Path, suite: str, payload: dict[str, Any], markdown: str) -> None:
-    """``<out>/<suite>.json`` and ``<out>/<suite>.md``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{suite}.json").write_text(json.dumps(payload, indent=2, default=str))
-    (out / f"{suite}.md").write_text(markdown + "\n")
-    print(markdown, flush=True)
-
-
-def header(args: argparse.Namespace, device: torch.device, peaks: MatmulPeaks | None = None) -> str:
-    """Where the numbers came from, as the first lines of every markdown file."""
-    info = machine_info(device)
-    where = info.get("gpu") or f"{info['cpu']} ({', '.join(info['cpu_flags'])})"
-    lines = [f"Machine: {where}, {info['logical_cpus']} logical CPUs, torch {info['torch']} with "
-             f"{info['torch_threads']} threads; load average at the end {info.get('load_average_1_5_15min')}."]
-    if peaks is not None:
-        lines.append("Matmul peak (best of the readings taken during the run): " + ", ".join(
-            f"{name} {record['flops_per_s'] / 1e9:.1f} GFLOP/s ({len(record['samples_flops_per_s'])} readings, "
-            f"worst {min(record['samples_flops_per_s']) / 1e9:.1f})" for name, record in peaks.record().items()))
-    if device.type == "cpu":
-        lines.append(f"Allocator mode for timed calls: `{args.malloc}`.")
-    return "\n\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------------------
-# Suites
-
-def run_transformer(args: argparse.Namespace, device: torch.device, peaks: MatmulPeaks) -> None:
-    dtype = DTYPES[args.dtype]
-    model = build_transformer(args.width, args.layers, device, dtype)
-    peaks.measure(dtype)
-    cases = [(frames, args.size) for frames in args.frames]
-    cases += [(args.frames[0], size) for size in args.resolutions if size != args.size]
-    rows = []
-    for frames, size in cases:
-        for backward in (False, True) if args.backward else (False,):
-            row = measure.transformer_case(model, args.width, frames, size, size, args.batch, backward, device,
-                                           args.repeats, args.warmup, args.malloc, peaks)
-            rows.append(row)
-            print(f"{row['mode']:>16} F={frames:<3} {size}px median {row['median_s']:.3f} s "
-                  f"best {row['best_s']:.3f} s  matmul {row['matmul_peak_after_case'] / 1e9:.1f} GFLOP/s", flush=True)
-    rows = [measure.add_rates(row, peaks) for row in rows]
-    frame_rows = [r for r in rows if r["height"] == args.size]
-    size_rows = [r for r in rows if r["frames"] == args.frames[0]]
-    what = f"{args.width} width ({'x'.join(map(str, WIDTHS[args.width]))}), {args.layers} block(s), {args.dtype}"
-    report.plot_transformer(frame_rows, "frames", args.out / "transformer_frames.png",
-                            f"Transformer, {what}, {args.size}x{args.size} px, {device.type}")
-    report.plot_transformer(size_rows, "resolution", args.out / "transformer_resolution.png",
-                            f"Transformer, {what}, {args.frames[0]} frames, {device.type}")
-    scaling = frame_scaling(rows, args)
-    markdown = (f"# Transformer: {what}, batch {args.batch}\n\n{header(args, device, peaks)}\n"
-                f"{report.transformer_table(rows)}\n\n{scaling['text']}\n")
-    write(args.out, "transformer", {"machine": machine_info(device), "settings": vars_of(args),
-                                    "matmul_peaks": peaks.record(), "rows": rows, "frame_scaling": scaling},
-          markdown)
-
-
-def frame_scaling(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """Time per frame at the longest clip over the shortest: measured here, and computed for the release."""
-    forward = sorted((r for r in rows if r["mode"] == "forward" and r["height"] == args.size), key=lambda r: r["frames"])
-    result: dict[str, Any] = {}
-    lines = []
-    if len(forward) >= 2:
-        short, long = forward[0], forward[-1]
-        result["measured_ratio_median"] = long["time_per_frame_s"] / short["time_per_frame_s"]
-        result["measured_ratio_best"] = (long["best_s"] / long["frames"]) / (short["best_s"] / short["frames"])
-        result["measured_flops_ratio"] = (long["flops"] / long["frames"]) / (short["flops"] / short["frames"])
-        lines.append(f"Time per frame, {long['frames']} over {short['frames']} frames (measured, this model): "
-                     f"{result['measured_ratio_median']:.3f}x (medians), {result['measured_ratio_best']:.3f}x "
-                     f"(fastest calls); FLOPs per frame {result['measured_flops_ratio']:.3f}x.")
-    model = computed.v1_transformer(num_layers=28)
-    per_frame = {frames: transformer_flops(model.config, frames, 64, 64, 2).total / frames for frames in (16, 80)}
-    result["computed_release_flops_ratio_80_16"] = per_frame[80] / per_frame[16]
-    lines.append(f"Released model (28 blocks, 512x512, guidance batch 2), computed: FLOPs per frame at 80 frames are "
-                 f"{result['computed_release_flops_ratio_80_16']:.3f}x those at 16 frames (the only super-linear "
-                 "part is the temporal attention over 4F-token grid sequences).")
-    result["text"] = "\n".join(lines)
-    return result
-
-
-def run_generation(args: argparse.Namespace, device: torch.device) -> None:
-    rows = []
-    for name in args.pipelines.split(","):
-        pipeline = build_pipeline(name, device)
-        for frames in args.pipeline_frames:
-            row = measure.generation_case(pipeline, frames, NATIVE_SIZE[name], args.steps, args.guidance, device,
-                                          args.repeats, args.warmup, args.malloc)
-            rows.append({"pipeline": name, **row})
-            print(f"{name} F={frames}: {row['median_s']:.2f} s (text {row['text_encoding_s']:.3f}, "
-                  f"denoise {row['denoising_s']:.2f}, decode {row['decoding_s']:.2f})", flush=True)
-    report.plot_generation(rows, args.out / "generation_frames.png",
-                           f"Whole generation on {device.type}, guidance {args.guidance}, fp32")
-    markdown = (f"# Whole generation (text encoding + {args.steps} guided steps + VAE decoding), fp32\n\n"
-                f"{header(args, device)}\n{report.generation_table(rows)}\n")
-    write(args.out, "generation", {"machine": machine_info(device), "settings": vars_of(args), "rows": rows}, markdown)
-
-
-def run_fast_paths(args: argparse.Namespace, device: torch.device, peaks: MatmulPeaks) -> None:
-    frames = args.frames[0]
-    print(f"transformer fast paths: {args.width}, {args.layers} block(s), {frames} frames, {args.size}px", flush=True)
-    transformer_rows, transformer_rounds = measure.transformer_fast_paths(
-        args.width, args.layers, frames, args.size, device, args.repeats, args.warmup, args.malloc, peaks)
-    transformer_rows = [row if row.get("skipped") else measure.add_rates(row, peaks) for row in transformer_rows]
-    pipeline_name = args.pipelines.split(",")[-1]
-    size = NATIVE_SIZE[pipeline_name]
-    print(f"pipeline fast paths: {pipeline_name}, {frames} frames, {size}px", flush=True)
-    pipeline_rows = measure.pipeline_fast_paths(pipeline_name, frames, size, args.steps, args.guidance, device,
-                                                args.repeats, args.malloc, peaks)
-    offload_rows = measure.offload_modes(frames, NATIVE_SIZE["tiny"], args.steps, args.guidance, device,
-                                         args.repeats, args.warmup)
-    generation = [r for r in pipeline_rows if r["path"].startswith("generation")]  # plain first
-    decoding = [r for r in pipeline_rows if r["path"].startswith("decoding")]
-    offload = report.table(["memory mode", "status", "median s", "peak memory MiB"],
-                           [[r["memory_mode"], r["status"], f"{r['median_s']:.3f}" if "median_s" in r else "-",
-                             report.mib(r.get("peak_memory_bytes"))] for r in offload_rows])
-    quiet = len(measure.quiet_rounds(transformer_rounds, peaks.best(torch.float32)))
-    markdown = (f"# Fast paths against the plain path, same run\n\n{header(args, device, peaks)}\n"
-                f"Every group is timed in {args.repeats} interleaved rounds (one call of every path per round); "
-                "'quiet' rounds are those whose matmul readings before and after are within 10% of the best.\n\n"
-                f"## Transformer forward: {args.width} width, {args.layers} block(s), {frames} frames of "
-                f"{args.size}x{args.size}\n\n{quiet} of {args.repeats} rounds quiet. Differences are of the transformer "
-                f"output; PSNR uses the plain output's range as the peak.\n\n"
-                f"{report.fast_path_table(transformer_rows, transformer_rows[0])}\n\n"
-                f"## Whole generation: {pipeline_name} pipeline, {frames} frames of {size}x{size}, {args.steps} "
-                f"steps, guidance {args.guidance}\n\nDifferences are of the decoded video in [0, 1] (PSNR peak 1).\n\n"
-                f"{report.fast_path_table(generation, generation[0])}\n\n"
-                f"## VAE decoding of the same latents\n\n{report.fast_path_table(decoding, decoding[0])}\n\n"
-                f"## Memory modes (tiny pipeline)\n\n{offload}\n")
-    write(args.out, "fast-paths", {"machine": machine_info(device), "settings": vars_of(args),
-                                   "matmul_peaks": peaks.record(), "transformer": transformer_rows,
-                                   "transformer_rounds": transformer_rounds, "pipeline": pipeline_rows,
-                                   "memory_modes": offload_rows}, markdown)
-
-
-TARGET_VARIANTS = (("plain", "default", False), ("compiled", "default", True), ("malloc retain", "retain", False),
-                   ("compiled + malloc retain", "retain", True))
-
-
-def run_target(args: argparse.Namespace, device: torch.device, peaks: MatmulPeaks) -> None:
-    """Full width, one block, 16 frames of 256x256, fp32 forward: plain, compiled, ``retain`` allocator, both.
-
-    The variants are timed in interleaved rounds (:func:`benchmarks.measure.interleaved_rounds`), so
-    contention from other work falls on all of them alike; medians over all rounds, the fastest
-    call, and medians over the quiet rounds are reported.
-    """
-    if device.type != "cpu":
-        raise SystemExit("the target suite is the CPU target; on a GPU run the transformer suite "
-                         "(--dtype bf16 --layers 28 --size 512 --frames 80 --batch 2)")
-    frames, size = 16, 256
-    eager = build_transformer("full", 1, device)
-    compiled = build_transformer("full", 1, device)
-    compiled.compile_blocks()
-    inputs = transformer_inputs(eager, 1, frames, size, size)
-    flops = transformer_flops(eager.config, frames, size // 8, size // 8, 1).total
-    steps = {False: measure.transformer_step(eager, inputs, False), True: measure.transformer_step(compiled, inputs, False)}
-    started = time.perf_counter()
-    steps[True]()
-    compile_s = time.perf_counter() - started
-    variants = [measure.Variant(name, steps[use_compiled], malloc) for name, malloc, use_compiled in TARGET_VARIANTS]
-    rounds = measure.interleaved_rounds(variants, device, args.target_repeats, peaks)
-    scaling = target_frame_scaling(eager, compiled, args, peaks)
-    set_malloc(args.malloc)
-    peak = peaks.best(torch.float32)
-    rows = [measure.add_rates({"variant": name, "malloc": malloc, "compiled": use_compiled, "flops": flops,
-                               "dtype": "fp32", **measure.round_times(rounds, name, peak)}, peaks)
-            for name, malloc, use_compiled in TARGET_VARIANTS]
-    quiet = rows[0]["quiet_rounds"]
-    table = report.table(
-        ["variant", "median s", "best s", "% of peak (median, all rounds)", "% of peak (best call)",
-         f"% of peak (median of the {quiet} quiet rounds)"],
-        [[r["variant"], f"{r['median_s']:.3f}", f"{r['best_s']:.3f}", report.pct(r["fraction_of_matmul_peak"]),
-          report.pct(r["best_fraction_of_matmul_peak"]), report.pct(r.get("quiet_fraction_of_matmul_peak"))]
-         for r in rows])
-    scaling_table = report.table(
-        ["variant", "s/frame at 16 frames (median / best)", "s/frame at 80 frames (median / best)",
-         "80 over 16 (median / best)"],
-        [[r["variant"], f"{r['16']['median_s'] / 16:.4f} / {r['16']['best_s'] / 16:.4f}",
-          f"{r['80']['median_s'] / 80:.4f} / {r['80']['best_s'] / 80:.4f}",
-          f"{r['ratio_median']:.3f}x / {r['ratio_best']:.3f}x"] for r in scaling])
-    markdown = (f"# CPU target: full-width single block, {frames} frames of {size}x{size}, fp32 forward\n\n"
-                f"{header(args, device, peaks)}\n{flops / 1e9:.1f} GFLOP per forward (analytic); "
-                f"{args.target_repeats} interleaved rounds, {quiet} quiet (both matmul readings of the round "
-                f"within 10% of the best); compilation took {compile_s:.1f} s.\n\n{table}\n\n"
-                f"## Time per frame, 80 against 16 frames (same block, {size}x{size})\n\n{scaling_table}\n")
-    write(args.out, "target", {"machine": machine_info(device), "settings": vars_of(args),
-                               "matmul_peaks": peaks.record(), "rows": rows, "rounds": rounds,
-                               "compile_s": compile_s, "frame_scaling": scaling}, markdown)
-
-
-def target_frame_scaling(eager, compiled, args: argparse.Namespace, peaks: MatmulPeaks) -> list[dict[str, Any]]:
-    """Seconds per frame at 16 and 80 frames for the plain and the fastest variant (``--repeats`` timed calls each,
-    after one untimed call, which recompiles the compiled blocks for the new shape)."""
-    results = []
-    for name, malloc, model in (("plain", "default", eager), ("compiled + malloc retain", "retain", compiled)):
-        set_malloc(malloc)
-        result: dict[str, Any] = {"variant": name}
-        for frames in (16, 80):
-            inputs = transformer_inputs(model, 1, frames, 256, 256)
-            times = time_calls(measure.transformer_step(model, inputs, False), model.device, args.repeats,
-                               warmup=1)
-            result[str(frames)] = {"times_s": times, "median_s": statistics.median(times), "best_s": min(times)}
-            peaks.measure(torch.float32)
-        result["ratio_median"] = (result["80"]["median_s"] / 80) / (result["16"]["median_s"] / 16)
-        result["ratio_best"] = (result["80"]["best_s"] / 80) / (result["16"]["best_s"] / 16)
-        print(f"frame scaling {name}: 80/16 per-frame {result['ratio_median']:.3f}x (median)", flush=True)
-        results.append(result)
-    return results
-
-
-def run_tiers(args: argparse.Namespace, device: torch.device) -> None:
-    sizes = {name: computed.component_sizes(DTYPES[name]) for name in ("bf16", "fp32")}
-    cache: dict = {}
-    rows = [computed.generation_peak(setting, sizes[setting.dtype], cache) for setting in computed.default_settings()]
-    summary = computed.tier_summary(rows)
-    release = [r for r in rows if (r["height"], r["frames"], r["window"]) == (512, 80, None)]
-    flops = computed.generation_flops()
-    b = sizes["bf16"]
-    components = report.table(
-        ["component", "parameters", "buffers", "bf16 bytes", "fp32 bytes"],
-        [["transformer (with motion modules)", f"{b.transformer_params:,}", f"{b.transformer_buffers:,}",
-          report.gib(b.transformer_bytes), report.gib(sizes["fp32"].transformer_bytes)],
-         ["T5-XXL encoder", f"{b.text_encoder_params:,}", "0", report.gib(b.text_encoder_bytes),
-          report.gib(sizes["fp32"].text_encoder_bytes)],
-         ["SD VAE", f"{b.vae_params:,}", "0", report.gib(b.vae_bytes), report.gib(sizes["fp32"].vae_bytes)]])
-    flop_lines = report.table(
-        ["part", "TFLOP"],
-        [["T5-XXL, prompt + negative prompt", f"{flops['text_encoding'] / 1e12:.1f}"],
-         ["transformer, one step (batch 2)", f"{flops['transformer_per_step'] / 1e12:.1f}"],
-         ["transformer, 30 steps", f"{flops['denoising'] / 1e12:,.0f}"],
-         ["VAE decoding, 80 frames", f"{flops['decoding'] / 1e12:.0f}"],
-         ["total", f"{flops['total'] / 1e12:,.0f}"]])
-    at_rates = report.table(
-        ["achieved rate (assumed)", "seconds for the whole generation (computed)"],
-        [[f"{rate} TFLOP/s", f"{flops['total'] / (rate * 1e12):.0f}"] for rate in (100, 200, 400, 800)])
-    markdown = (
-        "# Memory tiers of the released model (computed, not measured)\n\n"
-        f"Weights from parameter counts of the real classes built on the meta device; activations from "
-        f"running the real forward code on meta tensors and tracking live tensor bytes; "
-        f"{computed.CUDA_OVERHEAD_BYTES / GIB:.0f} GiB added for the CUDA context and library workspaces. "
-        "Attention as a fused kernel (PyTorch's flash / memory-efficient SDPA on a GPU). VAE decoding "
-        f"{computed.VAE_DECODE_CHUNK} frames per call. 1 GB = 10^9 bytes.\n\n{components}\n\n"
-        "## Largest setting per tier, bf16\n\n" + report.tier_summary_table(summary, "bf16") +
-        "\n\n## Largest setting per tier, fp32\n\n" + report.tier_summary_table(summary, "fp32") +
-        "\n\n## 512x512x80 (the v1 default), every mode\n\n" + report.tiers_table(release) +
-        "\n\n## Every setting\n\n" + report.tiers_table(rows) +
-        "\n\n## FLOPs of one 512x512x80 generation, 30 steps with guidance (computed)\n\n" + flop_lines +
-        "\n\n" + at_rates + "\n")
-    write(args.out, "tiers", {"components": {k: vars(v) for k, v in sizes.items()}, "rows": rows,
-                              "summary": summary, "generation_flops": flops}, markdown)
-
-
-def vars_of(args: argparse.Namespace) -> dict[str, Any]:
-    """The command line as JSON."""
-    return {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+def selected(args: argparse.Namespace) -> dict[str, Scenario]:
+    """The scenarios named on the command line (``--quick``: at tiny sizes)."""
+    names = list(SCENARIOS) if args.scenarios == "all" else args.scenarios.split(",")
+    if unknown := [n for n in names if n not in SCENARIOS]:
+        raise SystemExit(f"unknown scenario(s) {unknown}; valid: all, {', '.join(SCENARIOS)}")
+    return {n: quick(SCENARIOS[n]) if args.quick else SCENARIOS[n] for n in names}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the suites named on the command line."""
+    """Measure (or re-render) the selected scenarios, then the docs page if asked."""
     args = parse_args(argv)
-    logging.getLogger("diffusers").setLevel(logging.ERROR)
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-    diffusers_logging.set_verbosity_error()
+    for logging in (diffusers_logging, transformers_logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if device.type == "cpu":
-        set_malloc(args.malloc)
-    args.out.mkdir(parents=True, exist_ok=True)
-    peaks = MatmulPeaks(device)
-    runners = {"transformer": lambda: run_transformer(args, device, peaks),
-               "generation": lambda: run_generation(args, device),
-               "fast-paths": lambda: run_fast_paths(args, device, peaks),
-               "target": lambda: run_target(args, device, peaks),
-               "tiers": lambda: run_tiers(args, device)}
-    for suite in args.suites:
-        print(f"== {suite}", flush=True)
-        runners[suite]()
+    for name, scenario in selected(args).items():
+        if not args.render_only:
+            print(f"== {name}", flush=True)
+            started, peaks = time.perf_counter(), h.MatmulPeaks(device, scenario.peak_size)
+            results = KINDS[scenario.kind](scenario, device, peaks, args.malloc)
+            payload = {"scenario": name, "settings": dataclasses.asdict(scenario), "malloc": args.malloc,
+                       "machine": h.machine_info(device), "matmul_peaks": peaks.record(),
+                       "wall_s": time.perf_counter() - started, **results}
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        print(render(args.out, name).get("", ""), flush=True)
+    if args.docs is not None:
+        write_docs(args.out, args.docs)
 
 
 if __name__ == "__main__":

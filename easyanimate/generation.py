@@ -32,6 +32,7 @@ from .config import MODEL_CONFIG_FILE, MODEL_DEFAULTS_FILE, V1_VIDEO_CONFIG, Con
 from .devices import best_device
 from .files import NumberedOutput
 from .lora import LoraMerger
+from .memory import MEMORY_MODES
 from .models import Transformer3DModel, WeightLoadError
 from .pipelines import EasyAnimatePipeline
 from .schedulers import SAMPLER_NAMES, build_scheduler, switch_sampler
@@ -78,12 +79,6 @@ MODEL_ZOO = (
      f"{_DOWNLOADS}/Personalized_Model/easyanimate_portrait_lora.safetensors"),
 )
 
-MEMORY_MODES = {
-    "none": "everything on the device",
-    "text_encoder_cpu": "T5 runs on the CPU; transformer and VAE on the device",
-    "model_cpu_offload": "each model moves to the device only while it runs (diffusers model offload)",
-    "sequential_cpu_offload": "weights stream to the device layer by layer (slowest, least memory)",
-}
 
 MAX_STEPS = 1000
 """Denoising steps beyond the 1000 training timesteps repeat timesteps and only cost time."""

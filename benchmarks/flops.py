@@ -1,49 +1,12 @@
-"""Analytic matmul FLOPs of one forward pass of :class:`~easyanimate.models.Transformer3DModel`.
+"""Analytic matmul FLOPs of one :class:`~easyanimate.models.Transformer3DModel` forward, and of a whole generation.
 
-Only matrix products are counted, at 2 FLOPs per multiply-accumulate (a ``(m, k) @ (k, n)`` product
-is ``2*m*n*k``): linear layers, the patch-embedding convolution and the two products inside every
-attention (``Q K^T`` and ``softmax(.) V``). Norms, activations, softmax, biases, residual adds and
-layout copies are elementwise and left out; for this model they are well under 1% of the matmul
-work, and :class:`torch.utils.flop_counter.FlopCounterMode` leaves them out too.
-
-Symbols: ``B`` batch, ``F`` frames, latent ``H x W``, patch ``p``, token grid ``h = H/p``,
-``w = W/p``, ``N = B*F*h*w`` video tokens, ``C`` model width (heads x head dim), ``L`` text tokens,
-``C_txt`` caption (text-encoder) width, ``C_x`` cross-attention key width, ``C_t`` motion-module
-attention width (``heads * (C // heads // temporal_attention_dim_div)``, = C in the release),
-``S`` temporal sequence length (``n^2 F`` for the "VanillaGrid" module with ``block_size`` n, ``4F`` in the
-release; ``F`` for "Vanilla").
-
-Multiply-accumulates (MACs) of each part; FLOPs are twice these:
-
-* ``patch_embed``: ``N * C * in_channels * p^2`` (a stride-p convolution on every frame);
-* ``timestep_embedder``: ``B * (256*C + C^2 + 6*C^2)`` (sinusoid -> MLP -> the six modulations);
-* ``caption_projection``: ``B * L * (C_txt*C + C^2)``;
-* per block, times ``num_layers``:
-
-  * ``self_attn_proj``: ``4 * N * C^2`` (q, k, v, out);
-  * ``self_attn_scores``: ``2 * (tokens per sequence)^2 * C`` per sequence: ``B*F`` sequences of
-    ``h*w`` tokens for the motion-module block (per-frame attention), ``B`` sequences of ``F*h*w``
-    tokens for the "selfattentiontemporal" block (whole-clip attention);
-  * ``cross_attn_proj``: ``2 * N * C^2`` (q, out on the video tokens);
-  * ``cross_attn_text_kv``: ``2 * B * L * C_x * C`` (k, v on the text tokens);
-  * ``cross_attn_scores``: ``2 * N * L * C``;
-  * ``ffn``: ``2 * N * C * 4C`` (GELU-tanh feed-forward);
-  * motion module only (``R`` = transformer blocks x attentions per block, 1 x 2 in the release):
-
-    * ``motion_proj``: ``2 * N * C^2`` (proj_in, proj_out);
-    * ``motion_attn_proj``: ``R * 4 * N * C * C_t`` (q, k, v, out);
-    * ``motion_attn_scores``: ``R * (N/S) * 2 * S^2 * C_t`` (``N/S`` sequences of ``S`` tokens);
-    * ``motion_ffn``: ``num_transformer_block * (N*C*8C + N*4C*C)`` (GEGLU, then down-projection);
-
-* ``output_proj``: ``N * C * p^2 * out_channels``.
-
-Doubling ``F`` doubles every per-token part, keeps the timestep, caption and text k/v parts, and
-multiplies the temporal (and whole-clip) attention scores by 4. The count is for the whole clip in
-one temporal window (no ``Transformer3DModel.set_temporal_context``). One training step (forward + backward) costs
-about ``3x`` the forward: the backward pass computes two products per forward product (gradient
-with respect to the input and to the weight); the input-side gradients of the first layers
-(patch embedding, caption projection) are skipped when the inputs need no gradient, so the true
-ratio is a little under 3.
+Only matrix products count, at 2 FLOPs per multiply-accumulate (MAC): linear layers, the patch-embedding convolution
+and the two products of every attention; norms, activations, biases, residual adds and copies are left out, as
+``FlopCounterMode`` leaves them out (``tests/test_benchmarks.py`` checks that both counts agree exactly). The MACs of
+each part are written out below (``tokens`` = batch x frames x token grid); all are linear in the frame count but
+the temporal (and whole-clip) attention scores, quadratic: a "VanillaGrid" sequence is an n x n token
+neighbourhood (n = block_size, 2 in the release) across all frames. The count is for one temporal window. Forward + backward is counted as 3x the forward (two
+products per forward product; a little less in truth, as the first layers' inputs need no gradient).
 """
 
 from __future__ import annotations
@@ -53,7 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import MotionModuleKwargs
+import torch
+
+from easyanimate.config import MotionModuleKwargs
+from easyanimate.memory import SD_VAE_CONFIG, T5_XXL_CONFIG, build_meta_model
 
 TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep features (diffusers PixArt embedder)
 
@@ -77,7 +43,7 @@ class FlopCount:
 
     @property
     def forward_backward(self) -> int:
-        """Estimated FLOPs of forward + backward: 3x the forward (see the module docstring)."""
+        """Estimated FLOPs of forward + backward: 3x the forward."""
         return 3 * self.total
 
     @property
@@ -88,16 +54,8 @@ class FlopCount:
 
 def transformer_flops(config: Mapping[str, Any], frames: int, latent_height: int, latent_width: int,
                       batch: int = 1, text_len: int = 120) -> FlopCount:
-    """Count the matmul FLOPs of one :class:`Transformer3DModel` forward (formulas: module docstring).
-
-    Args:
-        config: the model's constructor keywords (``model.config`` or a dict); missing keys take the
-            constructor defaults, which are the PixArt-XL-2-512x512 values.
-        frames: latent frames ``F``.
-        latent_height, latent_width: latent ``H`` and ``W`` (pixels / 8).
-        batch: ``B``.
-        text_len: text tokens ``L`` (120 for the released T5 setup).
-    """
+    """Matmul FLOPs of one forward on ``(batch, C, frames, latent_height, latent_width)`` latents and ``text_len``
+    text tokens; ``config``: constructor keywords (``model.config`` or a dict; missing: the PixArt-XL defaults)."""
     c = _resolved_config(config)
     p = c["patch_size"]
     if latent_height % p or latent_width % p:
@@ -143,7 +101,7 @@ def _block_macs(c: dict[str, Any], width: int, cross_dim: int, batch: int, frame
 def _motion_module_macs(c: dict[str, Any], width: int, frames: int, h: int, w: int, tokens: int) -> dict[str, int]:
     """MACs of one motion module (``attn_temporal``), by part."""
     mm = c["motion_module_kwargs"]
-    # a "VanillaGrid" sequence holds an n x n token neighbourhood per frame, n = block_size (2 when released)
+    # a "VanillaGrid" sequence holds an n x n token neighbourhood across the frames, n = block_size (2 released)
     n = mm.block_size if c["motion_module_type"] == "VanillaGrid" else 1
     if h % n or w % n:
         raise ValueError(f"the grid motion module groups {n}x{n} tokens, got a {h}x{w} token grid")
@@ -170,11 +128,10 @@ def _timestep_embedder_macs(width: int, sample_size: int, use_additional_conditi
 
 def _resolved_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The model config with constructor defaults filled in and typed motion-module options."""
-    from .models.transformer3d import Transformer3DModel
+    from easyanimate.models import Transformer3DModel
 
-    defaults = {name: parameter.default
-                for name, parameter in inspect.signature(Transformer3DModel.__init__).parameters.items()
-                if parameter.default is not inspect.Parameter.empty}
+    defaults = {name: p.default for name, p in inspect.signature(Transformer3DModel.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
     resolved = {**defaults, **{k: v for k, v in config.items() if k in defaults}}
     mm = resolved["motion_module_kwargs"]
     if resolved["basic_block_type"] == "motionmodule":
@@ -182,3 +139,23 @@ def _resolved_config(config: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError("basic_block_type 'motionmodule' needs motion_module_kwargs")
         resolved["motion_module_kwargs"] = mm if isinstance(mm, MotionModuleKwargs) else MotionModuleKwargs(**mm)
     return resolved
+
+
+def generation_flops(transformer_config: Mapping[str, Any], frames: int = 80, size: int = 512, steps: int = 30,
+                     guided: bool = True, text_len: int = 120) -> dict[str, int]:
+    """FLOPs of one generation: the transformer per step (analytic, guidance as a batch of 2), the released T5-XXL
+    once and the SD VAE per frame (counted by ``FlopCounterMode`` on meta tensors)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch, counters = 2 if guided else 1, [FlopCounterMode(display=False) for _ in range(2)]
+    per_step = transformer_flops(transformer_config, frames, size // 8, size // 8, batch, text_len).total
+    encoder, vae = build_meta_model("text_encoder", T5_XXL_CONFIG), build_meta_model("vae", SD_VAE_CONFIG)
+    with torch.inference_mode():
+        with counters[0]:
+            encoder(torch.zeros(batch, text_len, dtype=torch.long, device="meta"))
+        with counters[1]:
+            vae.decode(torch.empty(1, 4, size // 8, size // 8, device="meta"))
+    text, per_frame = (counter.get_total_flops() for counter in counters)
+    return {"text_encoding": text, "transformer_per_step": per_step, "denoising": steps * per_step,
+            "decoding_per_frame": per_frame, "decoding": frames * per_frame,
+            "total": text + steps * per_step + frames * per_frame}

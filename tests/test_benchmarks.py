@@ -1,7 +1,9 @@
-"""The analytic FLOP count agrees with torch's own counter and scales as the formulas say."""
+"""The benchmark harness: the analytic FLOP count agrees with torch's own counter and scales as the formulas say, the
+comparison and the original-layout reference are right, and every kind of scenario runs end to end at a tiny size."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,8 +12,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks import run
+from benchmarks.flops import BLOCK_PARTS, GLOBAL_PARTS, transformer_flops
+from benchmarks.harness import build_transformer, compare, original_layout, transformer_inputs
+from benchmarks.scenarios import SCENARIOS
 from easyanimate.config import load_config, transformer_kwargs_for_model
-from easyanimate.flops import BLOCK_PARTS, GLOBAL_PARTS, transformer_flops
 from easyanimate.models import Transformer3DModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,58 +140,51 @@ def test_odd_latent_sizes_are_rejected():
         transformer_flops(config, 4, 34, 32)
 
 
-# ------------------------------------------------------------------------------------------------
-# Computed memory (benchmarks/computed.py): the memory tiers rest on these.
-
-def test_live_tensor_bytes_counts_new_storages_not_views_or_earlier_tensors():
-    from benchmarks.computed import LiveTensorBytes
-
-    before = torch.zeros(1000)  # made before the mode: not counted
-    with LiveTensorBytes() as tracker:
-        before.view(10, 100)  # a view allocates nothing
-        before.add_(1)  # nor does an in-place op
-        first = before + 1  # 4000 bytes
-        second = first * 2  # 8000 live
-        del first
-        third = torch.empty(3000)  # 4000 + 12000 live: the peak
-        del second, third
-        torch.empty(1)
-    assert tracker.peak_bytes == 16000
-    assert tracker.current_bytes == 4
+def test_compare_reports_max_abs_difference_and_psnr():
+    reference = torch.zeros(4, 4)
+    candidate = reference.clone()
+    assert compare(reference, candidate, data_range=1.0)["psnr_db"] == float("inf")
+    candidate[0, 0] = 0.4  # MSE = 0.16 / 16 = 0.01 -> 20 dB at peak 1
+    result = compare(reference, candidate, data_range=1.0)
+    assert result["max_abs_diff"] == pytest.approx(0.4)
+    assert result["psnr_db"] == pytest.approx(20.0)
 
 
-def test_activation_peak_on_meta_tensors_equals_the_real_run():
-    from benchmarks.computed import activation_peak
-    from benchmarks.setups import build_transformer, transformer_inputs
-
-    real = build_transformer("tiny", 2, sample_size=8)
-    inputs = transformer_inputs(real, 2, 3, 64, 64, text_len=12)
-    meta = build_transformer("tiny", 2, device="meta", sample_size=8)
-    meta_inputs = tuple(t.to("meta") for t in inputs)
-    assert activation_peak(lambda: meta(*meta_inputs)) == activation_peak(lambda: real(*inputs)) > 0
-
-
-def test_two_blocks_have_the_activation_peak_of_more_blocks():
-    from benchmarks.computed import denoising_peak
-
-    # denoising_peak builds 2 blocks for speed: every block allocates alike, so 2 give the peak of 28.
-    two, three = (denoising_peak(4, 64, 64, torch.bfloat16, num_layers=n) for n in (2, 3))
-    assert two == three
+def test_contiguous_grid_sequences_equal_the_original_per_attention_layout():
+    # The benchmark's plain reference for the grid layout must compute the same function.
+    model = build_transformer("tiny", 2, sample_size=8)
+    inputs = transformer_inputs(model, 2, 3, 64, 96, text_len=12)
+    with torch.no_grad():
+        fast = model(*inputs).sample
+        with original_layout():
+            original = model(*inputs).sample
+    torch.testing.assert_close(original, fast, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        assert torch.equal(model(*inputs).sample, fast)  # the context manager restored the fast path
 
 
-def test_temporal_windows_bound_the_computed_denoising_peak():
-    from benchmarks.computed import denoising_peak
-
-    whole = denoising_peak(64, 64, 64, torch.float32, batch=1)
-    windowed = denoising_peak(64, 64, 64, torch.float32, batch=1, window=16)
-    assert windowed < 0.5 * whole
+def run_quick(names: list[str], out: Path) -> None:
+    run.main(["--quick", "--threads", "1", "--scenarios", ",".join(names), "--out", str(out)])
 
 
-def test_released_component_sizes():
-    from benchmarks.computed import component_sizes
+# The quickest scenario of each kind of measurement, at the tiny sizes of --quick.
+QUICKEST = {"transformer": "transformer_backward", "pipeline": "fast-paths-pipeline", "tiers": "tiers"}
 
-    sizes = component_sizes(torch.bfloat16)
-    assert sizes.transformer_params == 1_429_029_536  # PixArt-XL-2 plus 28 grid motion modules
-    assert sizes.text_encoder_params == 4_762_310_656  # T5 v1.1 XXL encoder
-    assert sizes.vae_params == 83_653_863  # SD VAE
-    assert sizes.transformer_bytes == 2 * (sizes.transformer_params + sizes.transformer_buffers)
+
+@pytest.mark.parametrize("name", QUICKEST.values(), ids=QUICKEST.keys())
+def test_the_quickest_scenario_of_each_kind_writes_its_json_and_markdown(name, tmp_path):
+    run_quick([name], tmp_path)
+    payload = json.loads((tmp_path / f"{name}.json").read_text())
+    assert payload["settings"]["kind"] in QUICKEST and payload["rows"]
+    markdown = (tmp_path / f"{name}.md").read_text()
+    assert markdown.startswith(f"# {SCENARIOS[name].title}") and "| " in markdown
+
+
+@pytest.mark.slow
+def test_every_scenario_runs_quick_and_fills_the_docs_template(tmp_path):
+    run_quick(list(SCENARIOS), tmp_path)
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(SCENARIOS)
+    docs = tmp_path / "benchmarks.md"
+    run.main(["--render-only", "--out", str(tmp_path), "--docs", str(docs)])
+    assert "{{" not in docs.read_text() and all(f"# {s.title}" in (tmp_path / f"{n}.md").read_text()
+                                                  for n, s in SCENARIOS.items())
