@@ -281,3 +281,14 @@ def test_training_draws_timesteps_only_from_the_configured_band(tiny_models, dat
     run(tiny_models, dataset, tmp_path, max_train_steps=6, min_train_timestep=300, max_train_timestep=400)
     t = torch.cat(drawn)
     assert len(t) == 12 and t.min().item() >= 300 and t.max().item() < 400, t
+
+
+def test_flag_help_comes_from_the_field_metadata():
+    import dataclasses
+
+    from easyanimate.training.config import TrainConfig, build_parser
+
+    fields = dataclasses.fields(TrainConfig)
+    assert all(f.metadata.get("help") for f in fields), [f.name for f in fields if not f.metadata.get("help")]
+    text = " ".join(build_parser("test").format_help().split())
+    assert "--learning_rate LEARNING_RATE peak learning rate." in text

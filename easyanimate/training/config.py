@@ -27,6 +27,13 @@ from omegaconf.errors import OmegaConfBaseException
 from ..config import ConfigError
 
 
+def option(default: Any, text: str) -> Any:
+    """A field whose metadata holds its ``--help`` text; a list default is copied for each instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
 @dataclass
 class LoraSettings:
     """LoRA training (kohya-format export). Defaults: the original rank 128, alpha 64."""
@@ -39,130 +46,82 @@ class LoraSettings:
 
 @dataclass
 class TrainConfig:
-    """Every training option; field docs double as ``--help`` text."""
+    """Every training option; each field's ``help`` metadata is its ``--help`` text."""
 
-    pretrained_model_name_or_path: str = ""
-    """PixArt diffusers folder (transformer, vae, text_encoder, tokenizer)."""
-    config_path: str | None = None
-    """model yaml (default: config/easyanimate_video_motion_module_v1.yaml)."""
-    transformer_path: str | None = None
-    """full or personalized transformer checkpoint loaded over the base before training."""
-    motion_module_path: str | None = None
-    """motion-module file loaded before training (e.g. to train a LoRA on a video model)."""
-
-    train_data_format: str = "normal"
-    """webvid (csv), normal (json list) or diffusers (imagefolder with metadata.jsonl)."""
-    train_data_dir: str | None = None
-    """folder the metadata's file paths are relative to."""
-    train_data_meta: str | None = None
-    """metadata file (csv / json); for the diffusers format, optional."""
-    caption_column: str = "text"
-    """caption column of the metadata."""
-    sample_size: int = 256
-    """square clip size in pixels (multiple of 32), or the bucket base size."""
-    image_sample_size: int | None = None
-    """size of image items (default: sample_size)."""
-    sample_stride: int = 4
-    """frame step when sampling a clip."""
-    sample_n_frames: int = 16
-    """frames per video clip."""
-    video_repeat: int = 0
-    """extra copies of every video in an epoch (image + video mixing)."""
-    caption_dropout: float = 0.0
-    """probability of training a sample with an empty caption."""
-    skip_short_videos: bool = False
-    """skip videos shorter than the clip instead of repeating frames."""
-    enable_bucket: bool = False
-    """aspect-ratio buckets instead of square center crops."""
-    random_flip: bool = False
-    """mirror clips horizontally at random."""
-    precompute: bool = False
-    """encode every item once (VAE latents, T5 states) and train from memory: for small datasets."""
-    validate_data: bool = False
-    """probe every file at start (exact skip counts)."""
-
-    output_dir: str = "output_dir"
-    """where checkpoints, samples, logs and exports go."""
-    seed: int | None = None
-    """seed for weights of new layers, data order, noise and timesteps."""
-    train_batch_size: int = 16
-    """clips per process per step."""
-    vae_mini_batch: int = 32
-    """frames encoded by the VAE at once."""
-    num_train_epochs: int = 100
-    """epochs (max_train_steps wins when set)."""
-    max_train_steps: int | None = None
-    """optimizer steps in total."""
-    gradient_accumulation_steps: int = 1
-    """batches per optimizer step."""
-    gradient_checkpointing: bool = False
-    """recompute block activations in the backward pass."""
-    learning_rate: float = 1e-4
-    """peak learning rate."""
-    scale_lr: bool = False
-    """scale lr by sqrt(accumulation x batch x processes / 256)."""
-    lr_scheduler: str = "constant"
-    """diffusers schedule: constant, constant_with_warmup, linear, cosine, ..."""
-    lr_warmup_steps: int = 500
-    """warm-up steps."""
-    use_8bit_adam: bool = False
-    """bitsandbytes AdamW8bit (needs bitsandbytes)."""
-    allow_tf32: bool = False
-    """TF32 matmuls on Ampere+ GPUs."""
-    use_ema: bool = False
-    """keep an exponential moving average of the trained weights; it is what gets exported."""
-    ema_decay: float = 0.9999
-    """EMA decay (effective decay min(decay, (1+s)/(10+s)))."""
-    dataloader_num_workers: int = 0
-    """data loading processes."""
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 0.01
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    """gradient clipping norm."""
-    mixed_precision: str = "no"
-    """no, fp16 or bf16."""
-    report_to: str = "tensorboard"
-    """tracker: tensorboard or none."""
-    logging_dir: str = "logs"
-    """tracker folder inside output_dir."""
-    checkpointing_steps: int = 500
-    """save a checkpoint every N optimizer steps."""
-    checkpoints_total_limit: int | None = None
-    """keep at most N checkpoints."""
-    resume_from_checkpoint: str | None = None
-    """a checkpoint folder or "latest"."""
-    enable_xformers_memory_efficient_attention: bool = False
-    """xformers attention (needs xformers)."""
-    validation_prompts: list[str] = field(default_factory=list)
-    """prompts rendered every validation_steps."""
-    validation_steps: int = 2000
-    """validate every N optimizer steps (and at the end)."""
-    validation_sampler: str = "DPM++"
-    validation_inference_steps: int = 20
-    validation_guidance_scale: float = 4.5
-    validation_frames: int | None = None
-    """frames of validation videos (default: sample_n_frames)."""
-    snr_loss: bool = False
-    """x0 target for t <= 249 (the original's option)."""
-    train_sampling_steps: int = 1000
-    """diffusion steps of the training process."""
-    min_train_timestep: int = 0
-    """train on timesteps drawn uniformly from [min_train_timestep, train_sampling_steps) only (0: all). For a
-    motion module on a frozen image model: at low noise each frame is denoised from itself, and only the
-    noisier steps, where the frames' layout is decided, carry a signal for the motion."""
-    max_train_timestep: int | None = None
-    """train on timesteps below this only (None: train_sampling_steps). With min_train_timestep it picks a
-    band, e.g. to fine-tune a motion module on the low-noise steps a first stage left out."""
-    tokenizer_max_length: int = 120
-    """T5 tokens (at most the tokenizer's ``model_max_length``)."""
-    trainable_modules: list[str] = field(default_factory=lambda: ["attn_temporal"])
-    """parameter-name substrings to train ("." = everything)."""
-    trainable_modules_low_learning_rate: list[str] = field(default_factory=list)
-    """substrings trained at lr/10."""
-    lora: LoraSettings | None = None
-    """LoRA training instead of full weights."""
+    pretrained_model_name_or_path: str = option("",
+        "PixArt diffusers folder (transformer, vae, text_encoder, tokenizer).")
+    config_path: str | None = option(None, "model yaml (default: config/easyanimate_video_motion_module_v1.yaml).")
+    transformer_path: str | None = option(None,
+        "full or personalized transformer checkpoint loaded over the base before training.")
+    motion_module_path: str | None = option(None,
+        "motion-module file loaded before training (e.g. to train a LoRA on a video model).")
+    train_data_format: str = option("normal",
+        "webvid (csv), normal (json list) or diffusers (imagefolder with metadata.jsonl).")
+    train_data_dir: str | None = option(None, "folder the metadata's file paths are relative to.")
+    train_data_meta: str | None = option(None, "metadata file (csv / json); for the diffusers format, optional.")
+    caption_column: str = option("text", "caption column of the metadata.")
+    sample_size: int = option(256, "square clip size in pixels (multiple of 32), or the bucket base size.")
+    image_sample_size: int | None = option(None, "size of image items (default: sample_size).")
+    sample_stride: int = option(4, "frame step when sampling a clip.")
+    sample_n_frames: int = option(16, "frames per video clip.")
+    video_repeat: int = option(0, "extra copies of every video in an epoch (image + video mixing).")
+    caption_dropout: float = option(0.0, "probability of training a sample with an empty caption.")
+    skip_short_videos: bool = option(False, "skip videos shorter than the clip instead of repeating frames.")
+    enable_bucket: bool = option(False, "aspect-ratio buckets instead of square center crops.")
+    random_flip: bool = option(False, "mirror clips horizontally at random.")
+    precompute: bool = option(False,
+        "encode every item once (VAE latents, T5 states) and train from memory: for small datasets.")
+    validate_data: bool = option(False, "probe every file at start (exact skip counts).")
+    output_dir: str = option("output_dir", "where checkpoints, samples, logs and exports go.")
+    seed: int | None = option(None, "seed for weights of new layers, data order, noise and timesteps.")
+    train_batch_size: int = option(16, "clips per process per step.")
+    vae_mini_batch: int = option(32, "frames encoded by the VAE at once.")
+    num_train_epochs: int = option(100, "epochs (max_train_steps wins when set).")
+    max_train_steps: int | None = option(None, "optimizer steps in total.")
+    gradient_accumulation_steps: int = option(1, "batches per optimizer step.")
+    gradient_checkpointing: bool = option(False, "recompute block activations in the backward pass.")
+    learning_rate: float = option(1e-4, "peak learning rate.")
+    scale_lr: bool = option(False, "scale lr by sqrt(accumulation x batch x processes / 256).")
+    lr_scheduler: str = option("constant", "diffusers schedule: constant, constant_with_warmup, linear, cosine, ...")
+    lr_warmup_steps: int = option(500, "warm-up steps.")
+    use_8bit_adam: bool = option(False, "bitsandbytes AdamW8bit (needs bitsandbytes).")
+    allow_tf32: bool = option(False, "TF32 matmuls on Ampere+ GPUs.")
+    use_ema: bool = option(False,
+        "keep an exponential moving average of the trained weights; it is what gets exported.")
+    ema_decay: float = option(0.9999, "EMA decay (effective decay min(decay, (1+s)/(10+s))).")
+    dataloader_num_workers: int = option(0, "data loading processes.")
+    adam_beta1: float = option(0.9, "AdamW beta1.")
+    adam_beta2: float = option(0.999, "AdamW beta2.")
+    adam_weight_decay: float = option(0.01, "AdamW weight decay.")
+    adam_epsilon: float = option(1e-8, "AdamW epsilon.")
+    max_grad_norm: float = option(1.0, "gradient clipping norm.")
+    mixed_precision: str = option("no", "no, fp16 or bf16.")
+    report_to: str = option("tensorboard", "tracker: tensorboard or none.")
+    logging_dir: str = option("logs", "tracker folder inside output_dir.")
+    checkpointing_steps: int = option(500, "save a checkpoint every N optimizer steps.")
+    checkpoints_total_limit: int | None = option(None, "keep at most N checkpoints.")
+    resume_from_checkpoint: str | None = option(None, 'a checkpoint folder or "latest".')
+    enable_xformers_memory_efficient_attention: bool = option(False, "xformers attention (needs xformers).")
+    validation_prompts: list[str] = option([], "prompts rendered every validation_steps.")
+    validation_steps: int = option(2000, "validate every N optimizer steps (and at the end).")
+    validation_sampler: str = option("DPM++", "sampler of the validation samples.")
+    validation_inference_steps: int = option(20, "denoising steps of the validation samples.")
+    validation_guidance_scale: float = option(4.5, "guidance scale of the validation samples.")
+    validation_frames: int | None = option(None, "frames of validation videos (default: sample_n_frames).")
+    snr_loss: bool = option(False, "x0 target for t <= 249 (the original's option).")
+    train_sampling_steps: int = option(1000, "diffusion steps of the training process.")
+    min_train_timestep: int = option(0,
+        "train on timesteps drawn uniformly from [min_train_timestep, train_sampling_steps) only (0: all). For a "
+        "motion module on a frozen image model: at low noise each frame is denoised from itself, and only the "
+        "noisier steps, where the frames' layout is decided, carry a signal for the motion.")
+    max_train_timestep: int | None = option(None,
+        "train on timesteps below this only (None: train_sampling_steps). With min_train_timestep it picks a "
+        "band, e.g. to fine-tune a motion module on the low-noise steps a first stage left out.")
+    tokenizer_max_length: int = option(120, "T5 tokens (at most the tokenizer's ``model_max_length``).")
+    trainable_modules: list[str] = option(["attn_temporal"],
+        'parameter-name substrings to train ("." = everything).')
+    trainable_modules_low_learning_rate: list[str] = option([], "substrings trained at lr/10.")
+    lora: LoraSettings | None = option(None, "LoRA training instead of full weights.")
 
     def to_yaml(self) -> str:
         return OmegaConf.to_yaml(OmegaConf.structured(self))
@@ -223,29 +182,14 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--train_config", help="training yaml read before the flags")
     hints = typing.get_type_hints(TrainConfig)
-    docs = _field_docs()
     for f in sorted(dataclasses.fields(TrainConfig), key=lambda f: f.name):
         if f.name == "lora":
             continue
         kind, extra = _flag_type(hints[f.name])
         if kind is not None:
             extra["type"] = kind
-        parser.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=docs.get(f.name, ""), **extra)
+        parser.add_argument(f"--{f.name}", default=argparse.SUPPRESS, help=f.metadata["help"], **extra)
     return parser
-
-
-def _field_docs() -> dict[str, str]:
-    """Field docstrings (the string literal after each field) for --help."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(TrainConfig))
-    body = tree.body[0].body
-    docs = {}
-    for node, following in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
-            docs[node.target.id] = str(following.value.value)
-    return docs
 
 
 def parse_config(argv: list[str] | None, description: str, lora: bool = False) -> TrainConfig:
