@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -237,6 +238,10 @@ def test_two_process_accelerate_launch_trains_and_saves(tiny_models, dataset, tm
     assert (out / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     assert (out / "checkpoint-2" / "noise_generator_1.safetensors").is_file()  # one state per process
     assert (out / "motion_module.safetensors").is_file()
+    # --precompute: each process encoded its half of the 4 clips; messages not meant per process appear once
+    shares = re.findall(r"\[RANK (\d)\] precompute: this process encoded (\d) of 4 items", done.stderr)
+    assert sorted(shares) == [("0", "2"), ("1", "2")], done.stderr[-3000:]
+    assert done.stderr.count("mixed precision:") == 1 and done.stderr.count("exported motion_module") == 1
 
 
 @pytest.mark.slow
@@ -292,3 +297,71 @@ def test_flag_help_comes_from_the_field_metadata():
     assert all(f.metadata.get("help") for f in fields), [f.name for f in fields if not f.metadata.get("help")]
     text = " ".join(build_parser("test").format_help().split())
     assert "--learning_rate LEARNING_RATE peak learning rate." in text
+
+
+def train_py(tiny_models, dataset, out, *extra: str, env: dict | None = None, script: str = "train.py",
+             **overrides) -> subprocess.CompletedProcess:
+    """Run ``train.py`` (or ``train_lora.py``) as a user does, with the fixture's settings as flags."""
+    options = settings(tiny_models, dataset, out, **overrides)
+    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *flags, *extra], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_mixed_precision_follows_the_launcher(tiny_models, dataset, tmp_path):
+    """``accelerate launch --mixed_precision bf16`` tells the script through ACCELERATE_MIXED_PRECISION; with no
+    --mixed_precision of its own the run uses it (an explicit value still wins: the slow test below)."""
+    done = train_py(tiny_models, dataset, tmp_path, env={"ACCELERATE_MIXED_PRECISION": "bf16"}, max_train_steps=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mixed precision: bf16 (the launcher's)" in done.stderr
+
+
+@pytest.mark.slow
+def test_an_explicit_mixed_precision_wins_over_the_launcher(tiny_models, dataset, tmp_path):
+    done = train_py(tiny_models, dataset, tmp_path, env={"ACCELERATE_MIXED_PRECISION": "bf16"}, max_train_steps=1,
+                    mixed_precision="no")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mixed precision: no (--mixed_precision)" in done.stderr
+
+
+def test_a_tracker_that_is_not_installed_fails_at_start(tiny_models, dataset, tmp_path):
+    from accelerate.tracking import get_available_trackers
+
+    if "wandb" in {str(t) for t in get_available_trackers()}:
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ConfigError, match=r"report_to=wandb needs the wandb package.*pip install wandb"):
+        run(tiny_models, dataset, tmp_path / "out", report_to="wandb")
+    assert not (tmp_path / "out").exists()  # refused before anything was loaded or written
+    with pytest.raises(ConfigError, match="report_to must be one of"):
+        run(tiny_models, dataset, tmp_path / "out", report_to="wandbb")
+
+
+def test_validation_samples_reach_tensorboard(tiny_models, dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tiny_models, dataset, tmp_path, max_train_steps=2, report_to="tensorboard",
+        validation_prompts=["a red square moving right"], validation_steps=2, validation_inference_steps=2)
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent),
+                              size_guidance={"images": 0})
+    events.Reload()
+    assert "validation/0" in events.Tags()["images"]
+    (image,) = events.Images("validation/0")
+    assert (image.step, image.width, image.height) == (2, 4 * 64, 64)  # the 4 frames side by side
+
+
+def test_a_text_encoder_lora_under_deepspeed_is_refused_with_the_alternative(tiny_models, dataset, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what accelerate launch sets for a DeepSpeed config
+    with pytest.raises(ConfigError, match="no-train_text_encoder"):
+        run(tiny_models, dataset, tmp_path, lora={"rank": 4, "train_text_encoder": True}, precompute=False)
+    config = parse_config(["--pretrained_model_name_or_path", "m", "--train_text_encoder", "--no-train_text_encoder"],
+                          "test", lora=True)
+    assert config.lora.train_text_encoder is False
+
+
+def test_the_multinode_accelerate_example_is_a_valid_accelerate_config():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "config" / "accelerate_multinode_example.yaml"))
+    assert (config.num_machines, config.num_processes, config.machine_rank) == (2, 16, 0)

@@ -18,7 +18,6 @@ the latest, and the temporary folder is removed at the next start.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
@@ -34,7 +34,7 @@ from .components import Components
 from .config import TrainConfig
 from .export import export_lora
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TEMPORARY_PREFIX = ".incomplete-"

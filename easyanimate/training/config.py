@@ -25,6 +25,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ConfigError
+from ..devices import MIXED_PRECISION_DTYPES
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet-ml", "aim": "aim",
+                    "mlflow": "mlflow", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
+                    "trackio": "trackio"}
+"""accelerate's tracker names (``--report_to``) and the pip package each needs."""
 
 
 def option(default: Any, text: str) -> Any:
@@ -95,8 +101,12 @@ class TrainConfig:
     adam_weight_decay: float = option(0.01, "AdamW weight decay.")
     adam_epsilon: float = option(1e-8, "AdamW epsilon.")
     max_grad_norm: float = option(1.0, "gradient clipping norm.")
-    mixed_precision: str = option("no", "no, fp16 or bf16.")
-    report_to: str = option("tensorboard", "tracker: tensorboard or none.")
+    mixed_precision: str | None = option(None,
+        "no, fp16 or bf16; unset: what the launcher says (accelerate launch --mixed_precision, or its config "
+        "file), else no.")
+    report_to: str = option("tensorboard",
+        "tracker: tensorboard, wandb, comet_ml, aim, mlflow, clearml, dvclive, swanlab, trackio, all (every "
+        "installed one) or none.")
     logging_dir: str = option("logs", "tracker folder inside output_dir.")
     checkpointing_steps: int = option(500, "save a checkpoint every N optimizer steps.")
     checkpoints_total_limit: int | None = option(None, "keep at most N checkpoints.")
@@ -145,8 +155,11 @@ def validate(config: TrainConfig) -> None:
     """Refuse settings that cannot work, naming the option."""
     if not config.pretrained_model_name_or_path:
         raise ConfigError("pretrained_model_name_or_path is required (a PixArt diffusers folder)")
-    if config.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {config.mixed_precision!r}")
+    if config.mixed_precision not in (None, *MIXED_PRECISION_DTYPES):
+        raise ConfigError(f"mixed_precision must be {', '.join(MIXED_PRECISION_DTYPES)} or unset (the launcher's), "
+                          f"got {config.mixed_precision!r}")
+    if config.report_to not in ("none", "all", *TRACKER_PACKAGES):
+        raise ConfigError(f"report_to must be one of none, all, {', '.join(TRACKER_PACKAGES)}; got {config.report_to!r}")
     if config.sample_size % 32:
         raise ConfigError(f"sample_size must be a multiple of 32 (the motion module's 2x2 grid), got {config.sample_size}")
     if config.train_batch_size < 1 or config.gradient_accumulation_steps < 1 or config.sample_n_frames < 1:
@@ -162,6 +175,22 @@ def validate(config: TrainConfig) -> None:
                           f"train_sampling_steps = {config.train_sampling_steps}] or unset, got {config.max_train_timestep}")
     if config.lora is None and not config.trainable_modules:
         raise ConfigError("nothing to train: give trainable_modules (e.g. attn_temporal) or a lora section")
+
+
+def check_environment(config: TrainConfig) -> None:
+    """Refuse, before anything is loaded, what this machine or the launcher cannot run."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import parse_flag_from_env
+
+    installed = {str(tracker) for tracker in get_available_trackers()}
+    if config.report_to in TRACKER_PACKAGES and config.report_to not in installed:
+        package = TRACKER_PACKAGES[config.report_to]
+        raise ConfigError(f"report_to={config.report_to} needs the {package} package, which is not installed: "
+                          f"pip install {package} (or --report_to none)")
+    if config.lora is not None and config.lora.train_text_encoder and parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        raise ConfigError("train_text_encoder: under DeepSpeed accelerate prepares one model, and a text-encoder LoRA "
+                          "needs two (transformer and T5); train the transformer LoRA alone (--no-train_text_encoder) "
+                          "or launch without DeepSpeed (plain data parallel)")
 
 
 def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
@@ -198,8 +227,8 @@ def parse_config(argv: list[str] | None, description: str, lora: bool = False) -
     if lora:
         parser.add_argument("--rank", type=int, default=argparse.SUPPRESS, help="LoRA rank (128)")
         parser.add_argument("--network_alpha", type=float, default=argparse.SUPPRESS, help="LoRA alpha (64)")
-        parser.add_argument("--train_text_encoder", action="store_true", default=argparse.SUPPRESS,
-                            help="also train a LoRA on the T5 encoder")
+        parser.add_argument("--train_text_encoder", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                            help="also train a LoRA on the T5 encoder (not under DeepSpeed)")
     values = vars(parser.parse_args(argv))
     train_config = values.pop("train_config", None)
     if lora:

@@ -1,8 +1,8 @@
 """The data side of a training run: dataset, epoch order, batches, and the optional latent cache.
 
 Without ``precompute`` every batch is read from the files and encoded (VAE, T5) in the step. With it,
-every item is encoded once at start (:func:`precompute`: epoch-0 crops and caption choice) and the run
-trains from the :class:`CachedDataset` in memory, batched by :func:`collate_cached`.
+every item is encoded once at start, by one process (:func:`precompute`: epoch-0 crops and caption
+choice), and the run trains from the :class:`CachedDataset` in memory, batched by :func:`collate_cached`.
 
 The order of an epoch depends only on (seed, epoch) (:class:`EpochSampler`), so a resumed run replays
 the batches an uninterrupted run would have seen.
@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import gather_object
 from diffusers import AutoencoderKL
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -22,6 +25,8 @@ from ..data import AspectRatioBatchSampler, VideoImageDataset, collate_clips
 from ..text import encode_text
 from .components import Components
 from .config import TrainConfig
+
+logger = get_logger(__name__)
 
 
 class EpochSampler(Sampler[int]):
@@ -88,20 +93,30 @@ def encode_video(vae: AutoencoderKL, pixels: torch.Tensor, mini_batch: int,
 
 
 @torch.no_grad()
-def precompute(dataset: VideoImageDataset, components: Components, config: TrainConfig,
-               device: torch.device, generator: torch.Generator) -> CachedDataset:
-    """Encode every item once (epoch 0 crops and caption choice)."""
-    items = []
+def precompute(dataset: VideoImageDataset, components: Components, config: TrainConfig, accelerator: Accelerator,
+               generator: torch.Generator) -> CachedDataset:
+    """Encode every item once (epoch 0 crops and caption choice), each process its share, then share them all.
+
+    Process ``r`` of ``n`` encodes items ``r, r + n, ...`` with its own generator; every process then
+    holds the whole cache, in dataset order.
+    """
+    device = accelerator.device
     components.vae.to(device)
     components.text_encoder.to(device)
-    for index in tqdm(range(len(dataset)), desc="precomputing latents and text", leave=False):
+    share = range(accelerator.process_index, len(dataset), accelerator.num_processes)
+    items = []
+    for index in tqdm(share, desc="precomputing latents and text", leave=False,
+                      disable=not accelerator.is_local_main_process):
         example = dataset[index]
         latents = encode_video(components.vae, example["pixel_values"][None], config.vae_mini_batch, generator)[0]
         states, mask = encode_text(components.tokenizer, components.text_encoder, [example["text"]],
                                    config.tokenizer_max_length, device)
-        items.append({"latents": latents.cpu(), "prompt_embeds": states[0].float().cpu(),
-                      "prompt_attention_mask": mask[0].cpu(), "data_type": example["data_type"], "text": example["text"]})
-    return CachedDataset(items)
+        items.append((index, {"latents": latents.cpu(), "prompt_embeds": states[0].float().cpu(),
+                              "prompt_attention_mask": mask[0].cpu(), "data_type": example["data_type"],
+                              "text": example["text"]}))
+    logger.info("precompute: this process encoded %d of %d items", len(items), len(dataset), main_process_only=False)
+    gathered = gather_object(items) if accelerator.num_processes > 1 else items
+    return CachedDataset([item for _, item in sorted(gathered, key=lambda pair: pair[0])])
 
 
 @dataclass
@@ -114,7 +129,7 @@ class TrainingData:
     batches_per_epoch: int
 
 
-def build_training_data(config: TrainConfig, components: Components, device: torch.device,
+def build_training_data(config: TrainConfig, components: Components, accelerator: Accelerator,
                         generator: torch.Generator) -> TrainingData:
     """Dataset (cached when ``precompute``), epoch sampler, batches (by aspect ratio when mixed) and loader."""
     source = build_dataset(config, components.image_mode)
@@ -122,7 +137,7 @@ def build_training_data(config: TrainConfig, components: Components, device: tor
     if config.precompute:
         if config.lora is not None and config.lora.train_text_encoder:
             raise ValueError("precompute caches T5 states, which a text-encoder LoRA changes; turn one off")
-        dataset, collate = precompute(source, components, config, device, generator), collate_cached
+        dataset, collate = precompute(source, components, config, accelerator, generator), collate_cached
     else:
         dataset, collate = source, collate_clips
     sampler = EpochSampler(len(dataset), config.seed or 0)

@@ -10,7 +10,6 @@ through ``accelerate launch``.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Iterator
@@ -20,18 +19,20 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from ..config import ConfigError
 from ..devices import MIXED_PRECISION_DTYPES
 from ..files import write_text
 from ..text import encode_text
 from . import checkpoints
 from .checkpoints import CheckpointIO, save_checkpoint
 from .components import Components, choose_trainable, count_parameters, load_components, select_trainable
-from .config import TrainConfig
+from .config import TrainConfig, check_environment
 from .data import TrainingData, build_training_data, encode_video
 from .diffusion import ImprovedDDPM
 from .export import export
@@ -39,7 +40,7 @@ from .validation import run_validation
 
 __all__ = ["TrainResult", "select_trainable", "train", "training_step"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Run:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train as configured: set up, resume, run the epochs, finish."""
+    check_environment(config)
     accelerator = make_accelerator(config)
     prepare_output_dir(accelerator, config)
     run = set_up(config, accelerator)
@@ -105,7 +107,11 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
-    """accelerate for this run; several processes on a machine without GPUs run data parallel on CPU (gloo)."""
+    """accelerate for this run; several processes on a machine without GPUs run data parallel on CPU (gloo).
+
+    ``mixed_precision`` None leaves the choice to the launcher (``accelerate launch --mixed_precision``
+    or its config file), as accelerate's own examples do.
+    """
     output_dir = Path(config.output_dir)
     cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
@@ -113,6 +119,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)))
+    source = "--mixed_precision" if config.mixed_precision else "the launcher's"
+    logger.info("mixed precision: %s (%s)", accelerator.mixed_precision, source)
     if config.seed is not None:
         set_seed(config.seed)
     if config.allow_tf32:
@@ -131,14 +139,14 @@ def prepare_output_dir(accelerator: Accelerator, config: TrainConfig) -> None:
 
 def set_up(config: TrainConfig, accelerator: Accelerator) -> Run:
     """Models and what trains, data, optimizer and schedule, EMA; all prepared by accelerate."""
-    weight_dtype = MIXED_PRECISION_DTYPES[config.mixed_precision]
+    weight_dtype = weight_dtype_of(accelerator)
     components = load_components(config, weight_dtype)
     groups, trainable = choose_trainable(components, config)
     describe_trainable(accelerator, components, trainable)
     prepare_transformer(components.transformer, config)
     # Noise, timesteps and VAE sampling draw from one generator per process, saved in checkpoints.
     noise_generator = torch.Generator(accelerator.device).manual_seed((config.seed or 0) * 1000 + accelerator.process_index)
-    data = build_training_data(config, components, accelerator.device, noise_generator)
+    data = build_training_data(config, components, accelerator, noise_generator)
     steps_per_epoch = math.ceil(data.batches_per_epoch / accelerator.num_processes / config.gradient_accumulation_steps)
     max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
     optimizer, lr_schedule = make_optimizer_and_schedule(config, groups, accelerator.num_processes, max_steps)
@@ -156,6 +164,14 @@ def set_up(config: TrainConfig, accelerator: Accelerator) -> Run:
     diffusion = ImprovedDDPM(num_timesteps=config.train_sampling_steps, snr_loss=config.snr_loss)
     return Run(config, accelerator, components, transformer, trainable, data, optimizer, lr_schedule, ema, io,
                diffusion, noise_generator, weight_dtype, steps_per_epoch, max_steps)
+
+
+def weight_dtype_of(accelerator: Accelerator) -> torch.dtype:
+    """The dtype the frozen models are kept in under the run's mixed precision."""
+    if accelerator.mixed_precision not in MIXED_PRECISION_DTYPES:
+        raise ConfigError(f"mixed_precision {accelerator.mixed_precision!r} (from the launcher) is not supported; "
+                          f"use one of {', '.join(MIXED_PRECISION_DTYPES)}")
+    return MIXED_PRECISION_DTYPES[accelerator.mixed_precision]
 
 
 def describe_trainable(accelerator: Accelerator, components: Components, trainable: list) -> None:
