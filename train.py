@@ -5,20 +5,13 @@ What trains is configuration (``--trainable_modules``, the model yaml in ``--con
 ``accelerate launch train.py ...`` (scripts/train_t2v.sh, scripts/train_t2i.sh).
 """
 
-import logging
 import sys
 
-from easyanimate.training.config import parse_config
-from easyanimate.training.trainer import train
+from easyanimate.training.cli import main as train_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    config = parse_config(argv, __doc__)
-    result = train(config)
-    for name, path in result.exports.items():
-        print(f"{name}: {path}")
-    return 0
+    return train_main(argv, __doc__)
 
 
 if __name__ == "__main__":

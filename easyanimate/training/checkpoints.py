@@ -17,6 +17,7 @@ the latest, and the temporary folder is removed at the next start.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -49,13 +50,12 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_checkpoint(output_dir: Path, name: str) -> Path:
-    """``latest`` -> the newest complete checkpoint; else a checkpoint folder by path or name."""
+def resolve_checkpoint(output_dir: Path, name: str) -> Path | None:
+    """``latest`` -> the newest complete checkpoint (None when there is none yet); else a checkpoint folder by
+    path or name, which must exist."""
     if name == "latest":
         found = list_checkpoints(output_dir)
-        if not found:
-            raise FileNotFoundError(f"no checkpoint-<step> folder in {output_dir} to resume from")
-        return found[-1][1]
+        return found[-1][1] if found else None
     path = Path(name)
     if not path.is_dir():
         path = output_dir / name
@@ -176,16 +176,61 @@ class CheckpointIO:
 
 
 def save_checkpoint(accelerator: Accelerator, io: CheckpointIO, output_dir: Path, step: int, limit: int | None) -> None:
-    """Write ``checkpoint-<step>`` through a temporary folder, publish it, prune old ones."""
+    """Write ``checkpoint-<step>`` through a temporary folder, publish it, prune old ones.
+
+    A disk that fills up while writing raises a :class:`DiskFullError` naming the folder and the space a
+    checkpoint needs; the temporary folder is removed and the previous checkpoint stays the latest.
+    """
     accelerator.wait_for_everyone()
     tmp = temporary_folder(output_dir, step)
     if accelerator.is_main_process:
         tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    io.write(tmp, step)
+    try:
+        io.write(tmp, step)
+    except Exception as error:  # torch.save reports a full disk as a RuntimeError, safetensors as its own error
+        raise_if_disk_full(error, output_dir, step, io)
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         publish(output_dir, step)
         prune(output_dir, limit)
         logger.info("saved checkpoint-%d", step)
     accelerator.wait_for_everyone()
+
+
+class DiskFullError(OSError):
+    """A checkpoint did not fit on the disk of the output folder."""
+
+
+def raise_if_disk_full(error: Exception, output_dir: Path, step: int, io: CheckpointIO) -> None:
+    """After a failed write: remove the partial folder; if the disk is (or was) full, say so in one line."""
+    shutil.rmtree(temporary_folder(output_dir, step), ignore_errors=True)
+    free, needed = shutil.disk_usage(output_dir).free, checkpoint_size(output_dir, io)
+    if getattr(error, "errno", None) != errno.ENOSPC and free >= needed:
+        return
+    found = list_checkpoints(output_dir)
+    latest = f"{found[-1][1].name} is still the latest" if found else "no checkpoint was saved yet"
+    raise DiskFullError(errno.ENOSPC, f"no space left for checkpoint-{step} in {output_dir}: {_size(free)} free, a "
+                        f"checkpoint needs about {_size(needed)}; {latest}") from error
+
+
+def checkpoint_size(output_dir: Path, io: CheckpointIO) -> int:
+    """Bytes of the newest checkpoint, or an estimate (weights, two Adam moments, EMA) before the first."""
+    found = list_checkpoints(output_dir)
+    if found:
+        return sum(path.stat().st_size for path in found[-1][1].rglob("*") if path.is_file())
+    trainable = sum(p.numel() * 4 for _, p in io.trainable)
+    weights = trainable if io.config.lora is not None else sum(
+        p.numel() * 4 for p in io.accelerator.unwrap_model(io.components.transformer).parameters())
+    return weights + 2 * trainable + (trainable if io.ema is not None else 0)
+
+
+def _size(count: float) -> str:
+    if count < 1024:
+        return f"{count:.0f} bytes"
+    for unit in ("KB", "MB", "GB"):
+        count /= 1024
+        if count < 1024 or unit == "GB":
+            break
+    return f"{count:.1f} {unit}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -79,6 +80,9 @@ class TrainConfig:
         "encode every item once (VAE latents, T5 states) and train from memory: for small datasets.")
     validate_data: bool = option(False, "probe every file at start (exact skip counts).")
     output_dir: str = option("output_dir", "where checkpoints, samples, logs and exports go.")
+    overwrite_output_dir: bool = option(False,
+        "start a new run in an output_dir that holds a previous one (its checkpoints are removed); without it, "
+        "such a folder is only resumed.")
     seed: int | None = option(None, "seed for weights of new layers, data order, noise and timesteps.")
     train_batch_size: int = option(16, "clips per process per step.")
     vae_mini_batch: int = option(32, "frames encoded by the VAE at once.")
@@ -151,21 +155,36 @@ def config_from_sources(train_config: str | Path | None, overrides: dict[str, An
     return config
 
 
+# The valid range of each numeric option: whole numbers from a lowest value (optional ones may be unset),
+# real numbers in an interval. Checked at start, before anything is loaded.
+WHOLE_AT_LEAST = {
+    "train_batch_size": 1, "gradient_accumulation_steps": 1, "sample_n_frames": 1, "sample_stride": 1,
+    "vae_mini_batch": 1, "num_train_epochs": 1, "checkpointing_steps": 1, "validation_steps": 1,
+    "validation_inference_steps": 1, "tokenizer_max_length": 1, "train_sampling_steps": 1,
+    "lr_warmup_steps": 0, "video_repeat": 0, "dataloader_num_workers": 0,
+}
+OPTIONAL_WHOLE_AT_LEAST = {"max_train_steps": 1, "checkpoints_total_limit": 1, "validation_frames": 1,
+                           "image_sample_size": 1}
+# name: (low, high, low included, high included)
+REAL_RANGES = {
+    "learning_rate": (0.0, math.inf, False, False), "max_grad_norm": (0.0, math.inf, False, False),
+    "adam_epsilon": (0.0, math.inf, False, False), "adam_weight_decay": (0.0, math.inf, True, False),
+    "adam_beta1": (0.0, 1.0, True, False), "adam_beta2": (0.0, 1.0, True, False), "ema_decay": (0.0, 1.0, True, True),
+    "caption_dropout": (0.0, 1.0, True, True), "validation_guidance_scale": (0.0, math.inf, True, False),
+}
+LORA_REAL_RANGES = {"network_alpha": (0.0, math.inf, False, False), "text_encoder_lr_ratio": (0.0, math.inf, False, False)}
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+MAX_SEED = 2**32 - 1  # numpy's seed range (accelerate's set_seed seeds numpy too)
+
+
 def validate(config: TrainConfig) -> None:
-    """Refuse settings that cannot work, naming the option."""
+    """Refuse settings that cannot work, naming the option and its valid range."""
     if not config.pretrained_model_name_or_path:
         raise ConfigError("pretrained_model_name_or_path is required (a PixArt diffusers folder)")
-    if config.mixed_precision not in (None, *MIXED_PRECISION_DTYPES):
-        raise ConfigError(f"mixed_precision must be {', '.join(MIXED_PRECISION_DTYPES)} or unset (the launcher's), "
-                          f"got {config.mixed_precision!r}")
-    if config.report_to not in ("none", "all", *TRACKER_PACKAGES):
-        raise ConfigError(f"report_to must be one of none, all, {', '.join(TRACKER_PACKAGES)}; got {config.report_to!r}")
+    _check_ranges(config)
+    _check_names(config)
     if config.sample_size % 32:
         raise ConfigError(f"sample_size must be a multiple of 32 (the motion module's 2x2 grid), got {config.sample_size}")
-    if config.train_batch_size < 1 or config.gradient_accumulation_steps < 1 or config.sample_n_frames < 1:
-        raise ConfigError("train_batch_size, gradient_accumulation_steps and sample_n_frames must be >= 1")
-    if config.max_train_steps is None and config.num_train_epochs < 1:
-        raise ConfigError("set max_train_steps or num_train_epochs >= 1")
     if not 0 <= config.min_train_timestep < config.train_sampling_steps:
         raise ConfigError(f"min_train_timestep must be in [0, train_sampling_steps = {config.train_sampling_steps}), "
                           f"got {config.min_train_timestep}")
@@ -175,6 +194,51 @@ def validate(config: TrainConfig) -> None:
                           f"train_sampling_steps = {config.train_sampling_steps}] or unset, got {config.max_train_timestep}")
     if config.lora is None and not config.trainable_modules:
         raise ConfigError("nothing to train: give trainable_modules (e.g. attn_temporal) or a lora section")
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    for name, low in WHOLE_AT_LEAST.items():
+        _check_whole(name, getattr(config, name), low)
+    for name, low in OPTIONAL_WHOLE_AT_LEAST.items():
+        if getattr(config, name) is not None:
+            _check_whole(name, getattr(config, name), low, " or unset")
+    for name, bounds in REAL_RANGES.items():
+        _check_real(name, getattr(config, name), *bounds)
+    if config.seed is not None and not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be a whole number from 0 to {MAX_SEED}, or unset; got {config.seed}")
+    if config.lora is not None:
+        _check_whole("rank", config.lora.rank, 1)
+        for name, bounds in LORA_REAL_RANGES.items():
+            _check_real(name, getattr(config.lora, name), *bounds)
+
+
+def _check_whole(name: str, value: int, low: int, unset: str = "") -> None:
+    if value < low:
+        raise ConfigError(f"{name} must be a whole number >= {low}{unset}, got {value}")
+
+
+def _check_real(name: str, value: float, low: float, high: float, low_in: bool, high_in: bool) -> None:
+    inside = (low <= value if low_in else low < value) and (value <= high if high_in else value < high)
+    if not (math.isfinite(value) and inside):
+        if math.isinf(high):
+            allowed = f"a finite number {'>=' if low_in else '>'} {low:g}"
+        else:
+            allowed = f"a number in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+        raise ConfigError(f"{name} must be {allowed}, got {value}")
+
+
+def _check_names(config: TrainConfig) -> None:
+    from ..data import DATA_FORMATS
+    from ..schedulers import SAMPLER_NAMES
+
+    for name, value, valid in (("mixed_precision", config.mixed_precision, [None, *MIXED_PRECISION_DTYPES]),
+                               ("report_to", config.report_to, ["none", "all", *TRACKER_PACKAGES]),
+                               ("lr_scheduler", config.lr_scheduler, LR_SCHEDULERS),
+                               ("train_data_format", config.train_data_format, list(DATA_FORMATS)),
+                               ("validation_sampler", config.validation_sampler, SAMPLER_NAMES)):
+        if value not in valid:
+            names = ", ".join("unset (the launcher's)" if v is None else str(v) for v in valid)
+            raise ConfigError(f"{name} must be one of {names}; got {value!r}")
 
 
 def check_environment(config: TrainConfig) -> None:
@@ -210,6 +274,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     """Flags for every field (alphabetised), each defaulting to "not given" so yaml values survive."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--train_config", help="training yaml read before the flags")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error (also EASYANIMATE_DEBUG=1)")
     hints = typing.get_type_hints(TrainConfig)
     for f in sorted(dataclasses.fields(TrainConfig), key=lambda f: f.name):
         if f.name == "lora":
@@ -231,6 +297,7 @@ def parse_config(argv: list[str] | None, description: str, lora: bool = False) -
                             help="also train a LoRA on the T5 encoder (not under DeepSpeed)")
     values = vars(parser.parse_args(argv))
     train_config = values.pop("train_config", None)
+    values.pop("debug", None)
     if lora:
         section = {k: values.pop(k) for k in ("rank", "network_alpha", "train_text_encoder") if k in values}
         values["lora"] = section

@@ -10,6 +10,7 @@ the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,8 +148,14 @@ def build_training_data(config: TrainConfig, components: Components, accelerator
                          "lower train_batch_size or add data")
     # Its own generator: creating an epoch iterator must not draw from the global RNG.
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=config.dataloader_num_workers,
-                        generator=torch.Generator().manual_seed(config.seed or 0))
+                        generator=torch.Generator().manual_seed(config.seed or 0), worker_init_fn=ignore_interrupts)
     return TrainingData(source, dataset, loader, len(batches))
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the training process, which stops after the current step (and still
+    needs its batches for that)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_batch_sampler(dataset, sampler: EpochSampler, batch_size: int, grouped: bool) -> Sampler:

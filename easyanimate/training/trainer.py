@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -36,6 +37,9 @@ from .config import TrainConfig, check_environment
 from .data import TrainingData, build_training_data, encode_video
 from .diffusion import ImprovedDDPM
 from .export import export
+from .interrupts import StepBoundary, StopRequest
+from .output_dir import OutputDirError, check_reuse
+from .output_dir import locked as output_dir_lock
 from .validation import run_validation
 
 __all__ = ["TrainResult", "select_trainable", "train", "training_step"]
@@ -74,7 +78,11 @@ class Run:
     max_steps: int
     global_step: int = 0
     last_saved: int = 0
-    saving: bool = False
+    saving: bool = False  # inside save_checkpoint
+    updating: bool = False  # from the optimizer step to the step count: weights and RNG state disagree
+    stop: StopRequest = field(default_factory=StopRequest)
+    stop_agreed: bool = False  # every process saw a stop request at this step boundary
+    boundary: StepBoundary | None = None
     result: TrainResult = field(default_factory=lambda: TrainResult(0))
     progress: Any = None
 
@@ -92,14 +100,15 @@ class Run:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Train as configured: set up, resume, run the epochs, finish."""
+    """Train as configured: check, claim the output folder, set up, resume, run the epochs, finish."""
     check_environment(config)
     accelerator = make_accelerator(config)
-    prepare_output_dir(accelerator, config)
-    run = set_up(config, accelerator)
-    resume(run)
-    run_epochs(run)
-    return finish(run)
+    with claimed_output_dir(accelerator, config):
+        checkpoint = checkpoint_to_resume(config)
+        run = set_up(config, accelerator)
+        resume(run, checkpoint)
+        run_epochs(run)
+        return finish(run)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,13 +137,37 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     return accelerator
 
 
-def prepare_output_dir(accelerator: Accelerator, config: TrainConfig) -> None:
-    """Create the output folder, write the resolved config, remove half-written checkpoints."""
-    if accelerator.is_main_process:
-        output_dir = Path(config.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_text(output_dir / "train_config.yaml", config.to_yaml())
-        checkpoints.remove_incomplete(output_dir)
+@contextmanager
+def claimed_output_dir(accelerator: Accelerator, config: TrainConfig) -> Iterator[None]:
+    """The main process locks the output folder, refuses to start over a previous run unless told, writes the
+    resolved config and removes half-written checkpoints; every process learns of a refusal."""
+    output_dir = Path(config.output_dir)
+    with ExitStack() as stack:
+        refusal = None
+        if accelerator.is_main_process:
+            try:
+                stack.enter_context(output_dir_lock(output_dir))
+                check_reuse(output_dir, resume=bool(config.resume_from_checkpoint), overwrite=config.overwrite_output_dir)
+            except OutputDirError as error:
+                refusal = str(error)
+        if accelerator.num_processes > 1:
+            refusal = broadcast_object_list([refusal])[0]
+        if refusal is not None:
+            raise OutputDirError(refusal)
+        if accelerator.is_main_process:
+            write_text(output_dir / "train_config.yaml", config.to_yaml())
+            checkpoints.remove_incomplete(output_dir)
+        yield
+
+
+def checkpoint_to_resume(config: TrainConfig) -> Path | None:
+    """The checkpoint ``resume_from_checkpoint`` names, found before anything is loaded; None: start fresh."""
+    if not config.resume_from_checkpoint:
+        return None
+    folder = checkpoints.resolve_checkpoint(Path(config.output_dir), config.resume_from_checkpoint)
+    if folder is None:
+        logger.warning("resume_from_checkpoint=latest: no checkpoint in %s yet, starting from step 0", config.output_dir)
+    return folder
 
 
 def set_up(config: TrainConfig, accelerator: Accelerator) -> Run:
@@ -215,13 +248,12 @@ def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optim
 # Resume
 
 
-def resume(run: Run) -> None:
-    """Continue from ``resume_from_checkpoint`` if given; start the trackers and the progress bar."""
-    if run.config.resume_from_checkpoint:
-        folder = checkpoints.resolve_checkpoint(run.output_dir, run.config.resume_from_checkpoint)
-        run.io.read(folder)
-        run.global_step = run.last_saved = checkpoints.step_of(folder)
-        run.accelerator.print(f"resumed from {folder} at step {run.global_step}")
+def resume(run: Run, checkpoint: Path | None) -> None:
+    """Continue from ``checkpoint`` if given; start the trackers and the progress bar."""
+    if checkpoint is not None:
+        run.io.read(checkpoint)
+        run.global_step = run.last_saved = checkpoints.step_of(checkpoint)
+        run.accelerator.print(f"resumed from {checkpoint} at step {run.global_step}")
     if run.config.report_to != "none":
         run.accelerator.init_trackers("easyanimate", config={k: v for k, v in vars(run.config).items()
                                                              if isinstance(v, (int, float, str, bool))})
@@ -235,17 +267,25 @@ def resume(run: Run) -> None:
 
 
 def run_epochs(run: Run) -> None:
-    """Epochs until ``max_steps``; on Ctrl-C the work done so far is saved before the interrupt goes on."""
-    first_epoch = run.global_step // run.steps_per_epoch
-    try:
-        for epoch in range(first_epoch, math.ceil(run.max_steps / run.steps_per_epoch) + 1):
-            if run.done:
-                break
-            run_epoch(run, epoch, skip=run.global_step % run.steps_per_epoch if epoch == first_epoch else 0)
-    except KeyboardInterrupt:
-        save_on_interrupt(run)
-        raise
+    """Epochs until ``max_steps``. Ctrl-C ends the run after the current step; whatever stops it, the state after
+    the last completed step is saved before the interrupt goes on."""
+    run.stop.announce = run.accelerator.is_main_process
+    run.boundary = StepBoundary.capture(run.noise_generator, run.accelerator)
+    with run.stop.installed():
+        try:
+            run_all_epochs(run)
+        except BaseException as error:
+            save_on_interrupt(run, error)
+            raise
     run.progress.close()
+
+
+def run_all_epochs(run: Run) -> None:
+    first_epoch = run.global_step // run.steps_per_epoch
+    for epoch in range(first_epoch, math.ceil(run.max_steps / run.steps_per_epoch) + 1):
+        if run.done:
+            return
+        run_epoch(run, epoch, skip=run.global_step % run.steps_per_epoch if epoch == first_epoch else 0)
 
 
 def run_epoch(run: Run, epoch: int, skip: int) -> None:
@@ -280,6 +320,7 @@ def accumulate(run: Run, batch: dict[str, Any]) -> torch.Tensor | None:
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_([p for _, p in run.trainable], run.config.max_grad_norm)
+            run.updating = True
         run.optimizer.step()
         run.lr_schedule.step()
         run.optimizer.zero_grad(set_to_none=True)
@@ -287,11 +328,19 @@ def accumulate(run: Run, batch: dict[str, Any]) -> torch.Tensor | None:
 
 
 def end_step(run: Run, loss: torch.Tensor) -> None:
-    """After an optimizer step: EMA, count and log it, checkpoint and validate when due."""
+    """After an optimizer step: EMA, count and log it, stop if asked, checkpoint and validate when due."""
     if run.ema is not None:
         run.ema.step([p for _, p in run.trainable])
     run.global_step += 1
-    log_step(run, run.accelerator.gather(loss.detach()[None]).mean().item())
+    run.boundary = StepBoundary.capture(run.noise_generator, run.accelerator)
+    run.updating = False
+    # One collective for the loss and the stop request, so that every process stops at the same step.
+    stop = torch.tensor([float(run.stop.requested)], device=loss.device)
+    gathered = run.accelerator.gather(torch.cat([loss.detach().float().reshape(1), stop])[None])
+    log_step(run, gathered[:, 0].mean().item())
+    if gathered[:, 1].any():
+        run.stop_agreed = True
+        raise KeyboardInterrupt(f"stopped after step {run.global_step}")
     if run.global_step % run.config.checkpointing_steps == 0:
         save(run)
     if run.config.validation_prompts and run.global_step % run.config.validation_steps == 0:
@@ -312,11 +361,21 @@ def save(run: Run) -> None:
     run.saving, run.last_saved = False, run.global_step
 
 
-def save_on_interrupt(run: Run) -> None:
-    """Interrupted between steps: keep the work done so far. Interrupted while saving: the half-written
-    folder is never published, and the previous checkpoint stays the latest."""
-    if run.global_step > run.last_saved and not run.saving:
-        run.accelerator.print(f"interrupted: saving checkpoint-{run.global_step} before exiting")
+def save_on_interrupt(run: Run, error: BaseException) -> None:
+    """Save the state after the last completed step when a stop (Ctrl-C, or an error after a stop request) ends
+    the run, unless it is already saved, or cannot be: interrupted while saving (the half-written folder is never
+    published), inside the weight update, or on one process of several without the others' agreement."""
+    if not (isinstance(error, KeyboardInterrupt) or run.stop.requested) or run.saving:
+        return
+    latest = f"checkpoint-{run.last_saved} stays the latest" if run.last_saved else "no checkpoint was saved"
+    if run.global_step == run.last_saved:
+        run.accelerator.print(f"stopped at step {run.global_step}: {latest}")
+    elif run.updating or (run.accelerator.num_processes > 1 and not run.stop_agreed):
+        run.accelerator.print(f"interrupted inside step {run.global_step + 1}: not saved, {latest}")
+    else:
+        run.boundary.restore(run.noise_generator, run.accelerator)  # undo what the unfinished step drew
+        run.accelerator.print(f"interrupted: saving checkpoint-{run.global_step} (the state after step "
+                              f"{run.global_step}) before exiting")
         save(run)
 
 
