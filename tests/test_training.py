@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from easyanimate.config import ConfigError
 from easyanimate.generation import apply_lora, load_pipeline, select_model
@@ -564,3 +564,48 @@ def test_a_metadata_file_that_is_not_utf8_is_named(tiny_models, dataset, tmp_pat
     (tmp_path / "latin1.json").write_bytes(json.dumps(meta, ensure_ascii=False).encode("latin-1"))
     with pytest.raises(ValueError, match=r"latin1\.json is not UTF-8 text .*save the metadata file as UTF-8"):
         run(tiny_models, dataset, tmp_path / "out", train_data_meta=str(tmp_path / "latin1.json"))
+
+
+def test_a_model_folders_own_yaml_is_used_unless_config_path_says_otherwise(tiny_models, dataset, tmp_path, caplog):
+    """The tiny folder carries its yaml (2 motion-module heads, a 256-frame table); the v1 yaml has 8 and 4096."""
+    from easyanimate.models import MotionModuleSpec, WeightLoadError
+
+    result = run(tiny_models, dataset, tmp_path / "own", max_train_steps=1, config_path=None)
+    assert MotionModuleSpec.of_file(result.exports["motion_module"]) == MotionModuleSpec(2, 1, 256, "VanillaGrid", 32)
+    pipe = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"],
+                                      motion_module=result.exports["motion_module"]), device="cpu")
+    assert pipe.transformer is not None  # loads with the folder's own yaml, as generation reads it
+
+    caplog.set_level("WARNING")
+    v1 = ROOT / "config" / "easyanimate_video_motion_module_v1.yaml"
+    result = run(tiny_models, dataset, tmp_path / "v1", max_train_steps=1, config_path=str(v1))
+    assert MotionModuleSpec.of_file(result.exports["motion_module"]).num_attention_heads == 8
+    assert any("the model folder's own easyanimate_config.yaml has 2 heads" in r.getMessage() for r in caplog.records)
+    with pytest.raises(WeightLoadError, match="was built with 8 heads"):
+        load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"],
+                                   motion_module=result.exports["motion_module"]), device="cpu")
+
+
+def test_a_yaml_that_does_not_fit_the_transformer_is_an_error_at_start(tiny_models, dataset, tmp_path):
+    yaml = tmp_path / "three_heads.yaml"
+    yaml.write_text(tiny_models["config"].read_text().replace("num_attention_heads: 2", "num_attention_heads: 3"))
+    with pytest.raises(ConfigError, match=r"3 motion-module heads .* must divide the transformer's width 32"):
+        run(tiny_models, dataset, tmp_path / "out", config_path=str(yaml))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_motion_module_built_with_other_settings_is_an_error_at_start(tiny_models, dataset, tmp_path):
+    from easyanimate.models import WeightLoadError
+
+    four_heads = tmp_path / "four_heads.yaml"
+    four_heads.write_text(tiny_models["config"].read_text().replace("num_attention_heads: 2", "num_attention_heads: 4"))
+    with pytest.raises(WeightLoadError, match="was built with 2 heads.*four_heads.yaml has motion modules with 4 heads"):
+        run(tiny_models, dataset, tmp_path / "out", config_path=str(four_heads),
+            motion_module_path=str(tiny_models["motion_module"]))
+    bare = tmp_path / "bare_mm.safetensors"  # no metadata, 256-frame tables (as a file saved elsewhere)
+    save_file(load_file(str(tiny_models["motion_module"])), str(bare))
+    long_table = tmp_path / "long_table.yaml"
+    long_table.write_text(tiny_models["config"].read_text().replace("max_len: 256", "max_len: 4096"))
+    with pytest.raises(ConfigError, match="has 256-frame position tables; .*long_table.yaml builds 4096-frame ones"):
+        run(tiny_models, dataset, tmp_path / "out", config_path=str(long_table), motion_module_path=str(bare))
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from easyanimate.training.components import model_yaml
 from easyanimate.training.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,11 +102,23 @@ def test_each_script_resolves_to_the_settings_it_passed_as_flags(name, tmp_path,
     # none, which gives the v1 yaml the script passed before.
     expected = dataclasses.replace(old, mixed_precision=None)
     if name == "train_t2v.sh":
-        from easyanimate.training.components import DEFAULT_MODEL_CONFIG
-
-        assert old.config_path == str(DEFAULT_MODEL_CONFIG.relative_to(ROOT))
+        assert model_yaml(new).path.resolve() == (ROOT / old.config_path).resolve()
         expected = dataclasses.replace(expected, config_path=None)
     assert new == expected
+
+
+def test_the_video_recipe_on_the_demo_model_uses_the_demo_models_own_yaml(tmp_path, monkeypatch):
+    """The shipped demo model has 4 motion-module heads and a 256-frame table; the v1 yaml 8 and 4096, which
+    trained a motion module the demo model could not load."""
+    log = tmp_path / "launch.args"
+    done = launch(ROOT / "scripts" / "train_t2v.sh", log, cwd=tmp_path, ACCELERATE=str(recorder(tmp_path / "bin")),
+                  MODEL_NAME="models/Diffusion_Transformer/EasyAnimate-Shapes-Demo")
+    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(ROOT)
+    yaml = model_yaml(parse_config(recorded(log)[2], "t2v"))
+    assert yaml.source == "the model folder's own"
+    mm = yaml.config.transformer_additional_kwargs.motion_module_kwargs
+    assert (mm.num_attention_heads, mm.temporal_position_encoding_max_len) == (4, 256)
 
 
 def test_variables_and_flags_reach_the_trainer(tmp_path, monkeypatch):

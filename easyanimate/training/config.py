@@ -57,7 +57,9 @@ class TrainConfig:
 
     pretrained_model_name_or_path: str = option("",
         "PixArt diffusers folder (transformer, vae, text_encoder, tokenizer).")
-    config_path: str | None = option(None, "model yaml (default: config/easyanimate_video_motion_module_v1.yaml).")
+    config_path: str | None = option(None,
+        "model yaml (default: the model folder's own easyanimate_config.yaml, else "
+        "config/easyanimate_video_motion_module_v1.yaml).")
     transformer_path: str | None = option(None,
         "full or personalized transformer checkpoint loaded over the base before training.")
     motion_module_path: str | None = option(None,

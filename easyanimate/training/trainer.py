@@ -32,7 +32,16 @@ from ..files import write_text
 from ..text import encode_text
 from . import checkpoints
 from .checkpoints import CheckpointIO, save_checkpoint
-from .components import Components, choose_trainable, count_parameters, load_components, select_trainable
+from .components import (
+    Components,
+    ModelYaml,
+    check_model_fits,
+    choose_trainable,
+    count_parameters,
+    load_components,
+    model_yaml,
+    select_trainable,
+)
 from .config import TrainConfig, check_environment
 from .data import TrainingData, build_training_data, encode_video
 from .diffusion import ImprovedDDPM
@@ -103,9 +112,11 @@ def train(config: TrainConfig) -> TrainResult:
     """Train as configured: check, claim the output folder, set up, resume, run the epochs, finish."""
     check_environment(config)
     accelerator = make_accelerator(config)
+    yaml = model_yaml(config)
+    check_model_fits(config, yaml)
     with claimed_output_dir(accelerator, config):
         checkpoint = checkpoint_to_resume(config)
-        run = set_up(config, accelerator)
+        run = set_up(config, accelerator, yaml)
         resume(run, checkpoint)
         run_epochs(run)
         return finish(run)
@@ -170,10 +181,10 @@ def checkpoint_to_resume(config: TrainConfig) -> Path | None:
     return folder
 
 
-def set_up(config: TrainConfig, accelerator: Accelerator) -> Run:
+def set_up(config: TrainConfig, accelerator: Accelerator, yaml: ModelYaml) -> Run:
     """Models and what trains, data, optimizer and schedule, EMA; all prepared by accelerate."""
     weight_dtype = weight_dtype_of(accelerator)
-    components = load_components(config, weight_dtype)
+    components = load_components(config, yaml.config, weight_dtype)
     groups, trainable = choose_trainable(components, config)
     describe_trainable(accelerator, components, trainable)
     prepare_transformer(components.transformer, config)
