@@ -609,3 +609,25 @@ def test_a_motion_module_built_with_other_settings_is_an_error_at_start(tiny_mod
     with pytest.raises(ConfigError, match="has 256-frame position tables; .*long_table.yaml builds 4096-frame ones"):
         run(tiny_models, dataset, tmp_path / "out", config_path=str(long_table), motion_module_path=str(bare))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_start_header_says_what_the_run_will_do_once(tiny_models, dataset, tmp_path, caplog):
+    caplog.set_level("INFO")
+    run(tiny_models, dataset, tmp_path, max_train_steps=4, trainable_modules_low_learning_rate=["attn2"])
+    headers = [r.getMessage() for r in caplog.records if "***** training *****" in r.getMessage()]
+    assert len(headers) == 1
+    lines = [line.strip() for line in headers[0].splitlines()]
+    assert "examples: 4 (4 listed)" in lines
+    assert "epochs: 2, 2 optimizer steps each" in lines and "total optimizer steps: 4" in lines
+    assert "batch: 2 per device x 1 process(es) x 1 accumulation step(s) = 2 per optimizer step" in lines
+    trains = next(line for line in lines if line.startswith("trains: "))
+    assert "transformer parameters in" in trains and "names containing attn_temporal (at lr/10: attn2)" in trains
+    assert "mixed precision: no (the launcher's)" in lines
+    assert f"model yaml: {tiny_models['config']} (--config_path)" in lines
+    assert f"output: {tmp_path.resolve()}" in lines
+
+    caplog.clear()
+    run(tiny_models, dataset, tmp_path / "lora", max_train_steps=1, precompute=False,
+        lora={"rank": 4, "network_alpha": 2.0, "train_text_encoder": True})
+    (header,) = [r.getMessage() for r in caplog.records if "***** training *****" in r.getMessage()]
+    assert "trains: a LoRA of rank 4, alpha 2 on the transformer and T5: " in header

@@ -206,9 +206,3 @@ def choose_trainable(components: Components, config: TrainConfig) -> tuple[list[
     if config.lora is not None and config.lora.train_text_encoder:
         trainable += [(f"text_encoder.{n}", p) for n, p in components.text_encoder.named_parameters() if p.requires_grad]
     return groups, trainable
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, frozen) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters()) - trainable

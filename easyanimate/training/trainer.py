@@ -37,7 +37,6 @@ from .components import (
     ModelYaml,
     check_model_fits,
     choose_trainable,
-    count_parameters,
     load_components,
     model_yaml,
     select_trainable,
@@ -118,6 +117,7 @@ def train(config: TrainConfig) -> TrainResult:
         checkpoint = checkpoint_to_resume(config)
         run = set_up(config, accelerator, yaml)
         resume(run, checkpoint)
+        logger.info("%s", start_header(run, yaml))
         run_epochs(run)
         return finish(run)
 
@@ -139,8 +139,6 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)))
-    source = "--mixed_precision" if config.mixed_precision else "the launcher's"
-    logger.info("mixed precision: %s (%s)", accelerator.mixed_precision, source)
     if config.seed is not None:
         set_seed(config.seed)
     if config.allow_tf32:
@@ -186,7 +184,6 @@ def set_up(config: TrainConfig, accelerator: Accelerator, yaml: ModelYaml) -> Ru
     weight_dtype = weight_dtype_of(accelerator)
     components = load_components(config, yaml.config, weight_dtype)
     groups, trainable = choose_trainable(components, config)
-    describe_trainable(accelerator, components, trainable)
     prepare_transformer(components.transformer, config)
     # Noise, timesteps and VAE sampling draw from one generator per process, saved in checkpoints.
     noise_generator = torch.Generator(accelerator.device).manual_seed((config.seed or 0) * 1000 + accelerator.process_index)
@@ -216,11 +213,6 @@ def weight_dtype_of(accelerator: Accelerator) -> torch.dtype:
         raise ConfigError(f"mixed_precision {accelerator.mixed_precision!r} (from the launcher) is not supported; "
                           f"use one of {', '.join(MIXED_PRECISION_DTYPES)}")
     return MIXED_PRECISION_DTYPES[accelerator.mixed_precision]
-
-
-def describe_trainable(accelerator: Accelerator, components: Components, trainable: list) -> None:
-    n_train, n_frozen = count_parameters(components.transformer)
-    accelerator.print(f"transformer: {n_train:,} trainable parameters in {len(trainable)} tensors, {n_frozen:,} frozen")
 
 
 def prepare_transformer(transformer: torch.nn.Module, config: TrainConfig) -> None:
@@ -271,6 +263,39 @@ def resume(run: Run, checkpoint: Path | None) -> None:
     run.result = TrainResult(run.global_step)
     run.progress = tqdm(total=run.max_steps, initial=run.global_step, desc="training",
                         disable=not run.accelerator.is_main_process)
+
+
+def start_header(run: Run, yaml: ModelYaml) -> str:
+    """What the run will do, as diffusers' training examples print it: data, steps, batch, what trains, where."""
+    config, accelerator = run.config, run.accelerator
+    per_step = config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    precision = "--mixed_precision" if config.mixed_precision else "the launcher's"
+    lines = [
+        "***** training *****",
+        f"examples: {len(run.data.dataset)} ({run.data.source.summary().get('listed', 0)} listed)",
+        f"epochs: {math.ceil(run.max_steps / run.steps_per_epoch)}, {run.steps_per_epoch} optimizer steps each",
+        f"total optimizer steps: {run.max_steps}" + (f", from step {run.global_step}" if run.global_step else ""),
+        f"batch: {config.train_batch_size} per device x {accelerator.num_processes} process(es) x "
+        f"{config.gradient_accumulation_steps} accumulation step(s) = {per_step} per optimizer step",
+        f"trains: {describe_trainable(run)}",
+        f"mixed precision: {accelerator.mixed_precision} ({precision})",
+        f"model yaml: {yaml.path} ({yaml.source})",
+        f"output: {run.output_dir.resolve()}",
+    ]
+    return "\n  ".join(lines)
+
+
+def describe_trainable(run: Run) -> str:
+    """Parameter counts, and the name patterns or the LoRA settings that chose them."""
+    trained = sum(p.numel() for _, p in run.trainable)
+    total = sum(p.numel() for p in run.components.transformer.parameters())
+    lora = run.config.lora
+    if lora is not None:
+        on = "the transformer and T5" if lora.train_text_encoder else "the transformer"
+        return f"a LoRA of rank {lora.rank}, alpha {lora.network_alpha:g} on {on}: {trained:,} parameters"
+    low = run.config.trainable_modules_low_learning_rate
+    return (f"{trained:,} of {total:,} transformer parameters in {len(run.trainable)} tensors, names containing "
+            f"{' or '.join(run.config.trainable_modules)}" + (f" (at lr/10: {' or '.join(low)})" if low else ""))
 
 
 # ------------------------------------------------------------------------------------------------
