@@ -8,7 +8,12 @@ What to train is configuration, not a separate script (as in nanoGPT / AnimateDi
 
 Flag names are the original trainers' (``--train_data_dir``, ``--sample_n_frames``, ...). A yaml given
 with ``--train_config`` is read first and flags override it. Unknown keys and wrong types are errors.
-The resolved config is written to ``<output_dir>/train_config.yaml`` and into every checkpoint.
+The resolved config is written to ``<output_dir>/train_config.yaml`` and into every checkpoint. The
+production recipes are such yamls (``config/train/*.yaml``).
+
+Every value is checked against its valid range when the config is built (:func:`validate`), and what
+depends on the machine or the launcher (an installed tracker, DeepSpeed) when training starts
+(:func:`check_environment`): both before any model is loaded.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """The one training loop behind ``train.py`` and ``train_lora.py``.
 
-:func:`train` reads as its table of contents: set up (accelerate, models, what trains, data, optimizer),
-resume, run the epochs (encode -> noise -> predict -> improved-DDPM loss -> step; checkpoint, validate),
-finish (final validation, exports). What the steps use lives beside this module: loading and what
-trains in ``components``, data and the latent cache in ``data``, checkpoint folders in ``checkpoints``,
-samples in ``validation``, final files in ``export``. Runs on one CPU or GPU, or many processes
-through ``accelerate launch``.
+:func:`train` reads as its table of contents: check the settings against this machine and the model
+folder, claim the output folder, set up (accelerate, models, what trains, data, optimizer), resume,
+print the start header, run the epochs (encode -> noise -> predict -> improved-DDPM loss -> step;
+checkpoint, validate; Ctrl-C ends a run at a step boundary), finish (final validation, exports). What
+the steps use lives beside this module: loading and what trains in ``components``, data and the latent
+cache in ``data``, checkpoint folders in ``checkpoints``, the output folder's lock in ``output_dir``,
+stopping in ``interrupts``, samples in ``validation``, final files in ``export``. Runs on one CPU or
+GPU, or many processes through ``accelerate launch``.
 """
 
 from __future__ import annotations
@@ -263,6 +265,10 @@ def resume(run: Run, checkpoint: Path | None) -> None:
     run.result = TrainResult(run.global_step)
     run.progress = tqdm(total=run.max_steps, initial=run.global_step, desc="training",
                         disable=not run.accelerator.is_main_process)
+
+
+# ------------------------------------------------------------------------------------------------
+# Start header
 
 
 def start_header(run: Run, yaml: ModelYaml) -> str:
