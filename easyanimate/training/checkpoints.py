@@ -12,7 +12,8 @@ A checkpoint folder holds
 
 A checkpoint is written into a hidden temporary folder and renamed to ``checkpoint-<step>`` only when
 complete, so a crash while saving never leaves a broken latest checkpoint: the previous one stays
-the latest, and the temporary folder is removed at the next start.
+the latest, and the temporary folder is removed at the next start. A disk that fills up while saving
+ends the run with a :class:`DiskFullError` that names the folder and the space a checkpoint needs.
 """
 
 from __future__ import annotations
