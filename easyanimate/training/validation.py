@@ -62,19 +62,25 @@ def write_samples(videos: list[torch.Tensor], output_dir: Path, step: int) -> li
 def log_samples(accelerator: Accelerator, videos: list[torch.Tensor], prompts: list[str], step: int) -> None:
     """Send the samples to the run's trackers: tensorboard as image grids (one tile per frame), wandb as videos."""
     for tracker in accelerator.trackers:
+        if tracker.name not in ("tensorboard", "wandb"):
+            logger.info("validation samples are not sent to %s; they are in %s/sample", tracker.name,
+                        accelerator.project_dir)
+            continue
         for i, (video, prompt) in enumerate(zip(videos, prompts)):
             frames = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()  # (F, H, W, 3)
-            if tracker.name == "tensorboard":
-                tracker.log_images({f"validation/{i}": frames}, step=step, dataformats="NHWC")
-            elif tracker.name == "wandb":
-                import wandb
+            log_sample(tracker, f"validation/{i}", frames, prompt, step)
 
-                media = wandb.Image(frames[0], caption=prompt) if len(frames) == 1 else wandb.Video(
-                    frames.transpose(0, 3, 1, 2), fps=SAMPLE_FPS, caption=prompt)
-                tracker.log({f"validation/{i}": media}, step=step)
-            elif i == 0:
-                logger.info("validation samples are not sent to %s; they are in %s/sample", tracker.name,
-                            accelerator.project_dir)
+
+def log_sample(tracker, key: str, frames, prompt: str, step: int) -> None:
+    """One sample ``(F, H, W, 3)`` uint8 to a tensorboard or wandb tracker."""
+    if tracker.name == "tensorboard":
+        tracker.log_images({key: frames}, step=step, dataformats="NHWC")
+        return
+    import wandb
+
+    media = wandb.Image(frames[0], caption=prompt) if len(frames) == 1 else wandb.Video(
+        frames.transpose(0, 3, 1, 2), fps=SAMPLE_FPS, caption=prompt)
+    tracker.log({key: media}, step=step)
 
 
 def run_validation(accelerator: Accelerator, components: Components, transformer, ema: EMAModel | None,
