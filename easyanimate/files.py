@@ -67,7 +67,8 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tenso
                                                           metadata=dict(metadata) if metadata else None))
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (owned by anyone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,7 +88,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
-        if (match := _TEMPORARY.match(entry.name)) and not _process_alive(int(match.group(1))):
+        if (match := _TEMPORARY.match(entry.name)) and not process_alive(int(match.group(1))):
             entry.unlink(missing_ok=True)
             removed.append(entry)
         elif _CLAIM.match(entry.name) and _claim_is_stale(entry):
@@ -101,7 +102,7 @@ def _claim_is_stale(claim: Path) -> bool:
         owner = json.loads(claim.read_text())
     except (OSError, ValueError):
         return False  # being written right now, or not ours: leave it
-    return owner.get("host") == socket.gethostname() and not _process_alive(int(owner.get("pid", 0)))
+    return owner.get("host") == socket.gethostname() and not process_alive(int(owner.get("pid", 0)))
 
 
 def _numbers_in(folder: Path) -> Iterable[int]:

@@ -1,21 +1,20 @@
 #!/bin/sh
-# Fine-tune the whole image (PixArt) model on images; the result can be used as a personalized
-# base model (output_dir_t2i/pixart_transformer.safetensors -> models/Personalized_Model/).
+# Fine-tune the whole image (PixArt) model on images; output_dir_t2i/pixart_transformer.safetensors is a
+# personalized base model (models/Personalized_Model/). The recipe is config/train/t2i.yaml; set the
+# dataset variables below here or in the environment, and add any train.py flag at the end.
 # train_data_format: diffusers (folder with metadata.jsonl) or normal (json list).
+# Paths are relative to the repository root. MIXED_PRECISION=no|fp16|bf16 (default bf16).
 set -eu
+cd "$(dirname "$0")/.."
 export MODEL_NAME="${MODEL_NAME:-models/Diffusion_Transformer/PixArt-XL-2-512x512}"
 export DATASET_NAME="${DATASET_NAME:-datasets/diffusers_images/}"
 export DATASET_META_NAME="${DATASET_META_NAME:-}"
 train_data_format="${train_data_format:-diffusers}"
+# Only on machines whose InfiniBand or peer-to-peer setup hangs NCCL (this slows every other run):
+# export NCCL_IB_DISABLE=1 NCCL_P2P_DISABLE=1
+ACCELERATE="${ACCELERATE:-$(if [ -x .venv/bin/accelerate ]; then echo .venv/bin/accelerate; else command -v accelerate || true; fi)}"
+[ -n "$ACCELERATE" ] || { echo "error: accelerate not found: run 'sh scripts/setup.sh' (it makes .venv) or activate your environment" >&2; exit 2; }
 
-accelerate launch --mixed_precision="${MIXED_PRECISION:-bf16}" train.py \
-  --pretrained_model_name_or_path="$MODEL_NAME" \
-  --train_data_dir="$DATASET_NAME" ${DATASET_META_NAME:+--train_data_meta="$DATASET_META_NAME"} \
-  --train_data_format="$train_data_format" --caption_column="text" \
-  --config_path "config/easyanimate_image_normal_v1.yaml" \
-  --sample_size=512 --train_batch_size=2 --gradient_accumulation_steps=1 --dataloader_num_workers=8 \
-  --num_train_epochs=50 --checkpointing_steps=500 \
-  --validation_prompts="1girl, bangs, blue eyes, blunt bangs, blurry, blurry background, bob cut, depth of field, lips, looking at viewer, motion blur, nose, realistic, red lips, shirt, short hair, solo, white shirt." \
-  --validation_steps=100 --learning_rate=1e-05 --lr_scheduler="constant_with_warmup" --lr_warmup_steps=50 \
-  --seed=42 --max_grad_norm=1 --output_dir="output_dir_t2i" --gradient_checkpointing \
-  --mixed_precision="${MIXED_PRECISION:-bf16}" --use_ema --trainable_modules "." "$@"
+"$ACCELERATE" launch --mixed_precision="${MIXED_PRECISION:-bf16}" train.py --train_config config/train/t2i.yaml \
+  --pretrained_model_name_or_path="$MODEL_NAME" --train_data_dir="$DATASET_NAME" \
+  ${DATASET_META_NAME:+--train_data_meta="$DATASET_META_NAME"} --train_data_format="$train_data_format" "$@"

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from easyanimate.config import ConfigError
 from easyanimate.models import (
+    MotionModuleSpec,
     Transformer3DModel,
     WeightLoadError,
     load_motion_module,
@@ -126,6 +127,40 @@ def test_motion_module_of_another_width_or_depth_is_refused(tmp_path):
     save_motion_module(shallow, tmp_path / "shallow.safetensors")
     with pytest.raises(WeightLoadError, match="missing keys, e.g. transformer_blocks.1.attn_temporal"):
         load_motion_module(trained_video_model(), tmp_path / "shallow.safetensors")
+
+
+def video_model_with(seed: int = 1, **motion_module_kwargs) -> Transformer3DModel:
+    torch.manual_seed(seed)
+    model = Transformer3DModel(**TINY, **{**EXTRAS, "motion_module_kwargs": {**TINY_MM, **motion_module_kwargs}})
+    randomize(model.eval(), seed)
+    return model
+
+
+def test_a_motion_module_records_what_it_was_built_with_and_another_head_count_is_refused(tmp_path):
+    """Two heads or four: the weights have the same shapes, so only the file's metadata can tell them apart."""
+    path = tmp_path / "mm.safetensors"
+    save_motion_module(video_model_with(num_attention_heads=2), path)
+    assert MotionModuleSpec.of_file(path) == MotionModuleSpec(2, 1, 64, "VanillaGrid", 32)
+    four_heads = video_model_with(num_attention_heads=4)
+    before = output(four_heads)
+    with pytest.raises(WeightLoadError, match=r"was built with 2 heads.*has motion modules with 4 heads.*"
+                                              r"differs in num_attention_heads"):
+        load_motion_module(four_heads, path)
+    assert torch.equal(output(four_heads), before)
+    # Without the metadata (as the released v1 file): it loads, and runs differently than it was trained.
+    save_file(read_state_dict(path), str(tmp_path / "bare.safetensors"))
+    assert MotionModuleSpec.of_file(tmp_path / "bare.safetensors") is None
+    load_motion_module(four_heads, tmp_path / "bare.safetensors")
+    two_heads = video_model_with(num_attention_heads=2, seed=2)
+    load_motion_module(two_heads, path)
+    assert not torch.equal(output(four_heads), output(two_heads))
+
+
+def test_a_motion_module_without_its_tables_is_refused_for_another_table_length(tmp_path):
+    path = tmp_path / "mm.safetensors"
+    save_motion_module(video_model_with(temporal_position_encoding_max_len=64), path, include_position_tables=False)
+    with pytest.raises(WeightLoadError, match="a 64-frame position table.*a 128-frame position table"):
+        load_motion_module(video_model_with(temporal_position_encoding_max_len=128), path)
 
 
 def test_truncated_and_missing_files_are_reported(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from easyanimate.config import ConfigError
 from easyanimate.generation import apply_lora, load_pipeline, select_model
@@ -273,33 +274,58 @@ def test_two_process_accelerate_launch_trains_and_saves(tiny_models, dataset, tm
     assert (out / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     assert (out / "checkpoint-2" / "noise_generator_1.safetensors").is_file()  # one state per process
     assert (out / "motion_module.safetensors").is_file()
+    # --precompute: each process encoded its half of the 4 clips; messages not meant per process appear once
+    shares = re.findall(r"\[RANK (\d)\] precompute: this process encoded (\d) of 4 items", done.stderr)
+    assert sorted(shares) == [("0", "2"), ("1", "2")], done.stderr[-3000:]
+    assert done.stderr.count("mixed precision:") == 1 and done.stderr.count("exported motion_module") == 1
+
+
+def wait_for(condition, timeout: float = 120.0, what: str = "") -> None:
+    """Poll ``condition`` until it holds (a file the run writes appears), failing after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
 
 
 @pytest.mark.slow
-def test_killing_the_process_at_any_moment_leaves_a_resumable_latest_checkpoint(tiny_models, dataset, tmp_path):
-    """SIGKILL a run that checkpoints every step, whatever it is doing, then resume from 'latest'."""
+def test_killing_or_interrupting_the_process_at_any_moment_then_resuming_equals_an_uninterrupted_run(
+        tiny_models, dataset, tmp_path):
+    """SIGKILL or SIGINT a run that checkpoints every step, at seeded moments it can be seen to reach (a checkpoint
+    just published, or one being written), then resume from 'latest': the weights equal an uninterrupted run's."""
+    import random
     import signal
-    import time
 
-    out = tmp_path / "killed"
-    options = settings(tiny_models, dataset, out, max_train_steps=10_000, checkpointing_steps=1)
-    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *flags], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while len(checkpoints.list_checkpoints(out)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.137)  # land somewhere in the middle of the save / step cycle
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    latest = checkpoints.resolve_checkpoint(out, "latest")
-    assert (latest / checkpoints.COMPLETE_MARKER).is_file()
-    step = checkpoints.step_of(latest)
-    result = run(tiny_models, dataset, out, max_train_steps=step + 1, checkpointing_steps=1000,
-                 resume_from_checkpoint="latest")
-    assert result.global_step == step + 1
+    total = 8
+    straight = run(tiny_models, dataset, tmp_path / "straight", max_train_steps=total, checkpointing_steps=1000)
+    expected = load_file(str(straight.exports["transformer"] / "diffusion_pytorch_model.safetensors"))
+    rng = random.Random(1234)
+    for trial in range(6):
+        kind = [signal.SIGKILL, signal.SIGINT][trial % 2]
+        step, moment = rng.randint(1, 5), rng.choice(["published", "being written"])
+        out = tmp_path / f"trial{trial}"
+        marker = out / (f"checkpoint-{step}" if moment == "published" else f".incomplete-checkpoint-{step}")
+        options = settings(tiny_models, dataset, out, max_train_steps=10_000, checkpointing_steps=1)
+        flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
+        process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *flags], cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: marker.exists() or process.poll() is not None, what=str(marker))
+        finally:
+            process.send_signal(kind)
+            _, errors = process.communicate(timeout=120)
+        assert process.returncode == (-signal.SIGKILL if kind == signal.SIGKILL else 130), errors[-2000:]
+        latest = checkpoints.resolve_checkpoint(out, "latest")
+        assert (latest / checkpoints.COMPLETE_MARKER).is_file()
+        assert checkpoints.step_of(latest) >= step - (moment == "being written")
+        result = run(tiny_models, dataset, out, max_train_steps=total, checkpointing_steps=1000,
+                     resume_from_checkpoint="latest")
+        assert result.global_step == total
+        resumed = load_file(str(result.exports["transformer"] / "diffusion_pytorch_model.safetensors"))
+        assert all(torch.equal(expected[key], resumed[key]) for key in expected), (trial, kind, step, moment)
+        assert not list(out.glob(".incomplete-*")) and not (out / ".lock").exists()
 
 
 def test_training_draws_timesteps_only_from_the_configured_band(tiny_models, dataset, tmp_path, monkeypatch):
@@ -341,3 +367,327 @@ def test_fewer_training_steps_feed_the_model_the_original_timesteps(tiny_models,
     kept = torch.tensor(spaced_timesteps(1000, 50))
     drawn, fed = torch.cat(drawn), torch.cat(fed)
     assert drawn.max().item() < 50 and torch.equal(fed, kept[drawn])
+
+
+def test_flag_help_comes_from_the_field_metadata():
+    import dataclasses
+
+    from easyanimate.training.config import TrainConfig, build_parser
+
+    fields = dataclasses.fields(TrainConfig)
+    assert all(f.metadata.get("help") for f in fields), [f.name for f in fields if not f.metadata.get("help")]
+    text = " ".join(build_parser("test").format_help().split())
+    assert "--learning_rate LEARNING_RATE peak learning rate." in text
+
+
+def train_py(tiny_models, dataset, out, *extra: str, env: dict | None = None, script: str = "train.py",
+             **overrides) -> subprocess.CompletedProcess:
+    """Run ``train.py`` (or ``train_lora.py``) as a user does, with the fixture's settings as flags."""
+    options = settings(tiny_models, dataset, out, **overrides)
+    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *flags, *extra], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_mixed_precision_follows_the_launcher(tiny_models, dataset, tmp_path):
+    """``accelerate launch --mixed_precision bf16`` tells the script through ACCELERATE_MIXED_PRECISION; with no
+    --mixed_precision of its own the run uses it (an explicit value still wins: the slow test below)."""
+    done = train_py(tiny_models, dataset, tmp_path, env={"ACCELERATE_MIXED_PRECISION": "bf16"}, max_train_steps=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mixed precision: bf16 (the launcher's)" in done.stderr
+
+
+@pytest.mark.slow
+def test_an_explicit_mixed_precision_wins_over_the_launcher(tiny_models, dataset, tmp_path):
+    done = train_py(tiny_models, dataset, tmp_path, env={"ACCELERATE_MIXED_PRECISION": "bf16"}, max_train_steps=1,
+                    mixed_precision="no")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mixed precision: no (--mixed_precision)" in done.stderr
+
+
+def test_a_tracker_that_is_not_installed_fails_at_start(tiny_models, dataset, tmp_path):
+    from accelerate.tracking import get_available_trackers
+
+    if "wandb" in {str(t) for t in get_available_trackers()}:
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ConfigError, match=r"report_to=wandb needs the wandb package.*pip install wandb"):
+        run(tiny_models, dataset, tmp_path / "out", report_to="wandb")
+    assert not (tmp_path / "out").exists()  # refused before anything was loaded or written
+    with pytest.raises(ConfigError, match="report_to must be one of"):
+        run(tiny_models, dataset, tmp_path / "out", report_to="wandbb")
+
+
+def test_validation_samples_reach_tensorboard(tiny_models, dataset, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tiny_models, dataset, tmp_path, max_train_steps=2, report_to="tensorboard",
+        validation_prompts=["a red square moving right"], validation_steps=2, validation_inference_steps=2)
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent),
+                              size_guidance={"images": 0})
+    events.Reload()
+    assert "validation/0" in events.Tags()["images"]
+    (image,) = events.Images("validation/0")
+    assert (image.step, image.width, image.height) == (2, 4 * 64, 64)  # the 4 frames side by side
+
+
+def test_a_text_encoder_lora_under_deepspeed_is_refused_with_the_alternative(tiny_models, dataset, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what accelerate launch sets for a DeepSpeed config
+    with pytest.raises(ConfigError, match="no-train_text_encoder"):
+        run(tiny_models, dataset, tmp_path, lora={"rank": 4, "train_text_encoder": True}, precompute=False)
+    config = parse_config(["--pretrained_model_name_or_path", "m", "--train_text_encoder", "--no-train_text_encoder"],
+                          "test", lora=True)
+    assert config.lora.train_text_encoder is False
+
+
+def test_the_multinode_accelerate_example_is_a_valid_accelerate_config():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "config" / "accelerate_multinode_example.yaml"))
+    assert (config.num_machines, config.num_processes, config.machine_rank) == (2, 16, 0)
+
+
+@pytest.mark.parametrize("option, value, allowed", [
+    ("learning_rate", float("nan"), "a finite number > 0"), ("learning_rate", float("inf"), "a finite number > 0"),
+    ("learning_rate", 0.0, "a finite number > 0"), ("learning_rate", -1e-4, "a finite number > 0"),
+    ("max_train_steps", 0, "a whole number >= 1 or unset"), ("max_train_steps", -5, "a whole number >= 1 or unset"),
+    ("checkpointing_steps", 0, "a whole number >= 1"), ("num_train_epochs", 0, "a whole number >= 1"),
+    ("max_grad_norm", float("nan"), "a finite number > 0"), ("max_grad_norm", float("inf"), "a finite number > 0"),
+    ("validation_steps", 0, "a whole number >= 1"), ("checkpoints_total_limit", 0, "a whole number >= 1 or unset"),
+    ("adam_beta2", 1.0, "a number in [0, 1)"), ("caption_dropout", 1.5, "a number in [0, 1]"),
+    ("lr_warmup_steps", -1, "a whole number >= 0"), ("seed", -1, "a whole number from 0 to 4294967295"),
+    ("lr_scheduler", "cosine_annealing", "one of constant, constant_with_warmup"),
+    ("train_data_format", "csv", "one of webvid, normal, diffusers"),
+])
+def test_settings_out_of_range_are_refused_at_start_naming_the_option_and_range(tiny_models, dataset, tmp_path,
+                                                                                 option, value, allowed):
+    with pytest.raises(ConfigError, match=rf"^{option} must be {re.escape(allowed)}"):
+        run(tiny_models, dataset, tmp_path / "out", **{option: value})
+    assert not (tmp_path / "out").exists()  # before anything was loaded or written
+
+
+def test_a_lora_setting_out_of_range_is_refused(tiny_models, dataset, tmp_path):
+    with pytest.raises(ConfigError, match="^rank must be a whole number >= 1, got 0"):
+        run(tiny_models, dataset, tmp_path, lora={"rank": 0})
+    with pytest.raises(ConfigError, match="^network_alpha must be a finite number > 0, got nan"):
+        run(tiny_models, dataset, tmp_path, lora={"network_alpha": float("nan")})
+
+
+def test_train_py_says_what_is_wrong_in_one_line_and_exits_2(tiny_models, dataset, tmp_path):
+    done = train_py(tiny_models, dataset, tmp_path / "out", "--learning_rate", "nan")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["error: learning_rate must be a finite number > 0, got nan"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_errors_are_one_line_and_tracebacks_are_opt_in(tiny_models, dataset, tmp_path, capsys, monkeypatch):
+    from easyanimate.cli.train import main
+
+    flags = [f"--{k}={v}" for k, v in settings(tiny_models, dataset, tmp_path / "out").items() if v is not True]
+    assert main([*flags, "--max_train_steps", "0"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["error: max_train_steps must be a whole number >= 1 or unset, got 0"]
+    with pytest.raises(ConfigError):
+        main([*flags, "--max_train_steps", "0", "--debug"])
+    monkeypatch.setenv("EASYANIMATE_DEBUG", "1")
+    with pytest.raises(ConfigError):
+        main([*flags, "--checkpointing_steps", "0"])
+
+
+def test_resume_latest_without_a_checkpoint_starts_fresh_with_a_notice(tiny_models, dataset, tmp_path, caplog):
+    caplog.set_level("INFO")
+    result = run(tiny_models, dataset, tmp_path, max_train_steps=2, resume_from_checkpoint="latest")
+    assert result.global_step == 2
+    assert any("no checkpoint in" in r.getMessage() and "starting from step 0" in r.getMessage() for r in caplog.records)
+    with pytest.raises(FileNotFoundError, match="checkpoint-7"):
+        run(tiny_models, dataset, tmp_path, resume_from_checkpoint="checkpoint-7")
+
+
+def test_a_second_training_into_a_live_runs_folder_is_refused(tiny_models, dataset, tmp_path, monkeypatch):
+    """Run B starts into run A's folder while A trains (from inside A's first step): B is refused, A goes on."""
+    from easyanimate.training import trainer
+    from easyanimate.training.output_dir import OutputDirError
+
+    real_step, refusals = trainer.training_step, []
+
+    def start_a_second_run(*args, **kwargs):
+        if not refusals:
+            with pytest.raises(OutputDirError) as refused:
+                run(tiny_models, dataset, tmp_path, max_train_steps=1, overwrite_output_dir=True)
+            refusals.append(str(refused.value))
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "training_step", start_a_second_run)
+    result = run(tiny_models, dataset, tmp_path, max_train_steps=2, checkpointing_steps=1)
+    assert result.global_step == 2 and (tmp_path / "motion_module.safetensors").is_file()
+    assert f"is in use by another training (pid {os.getpid()} on" in refusals[0]
+    assert not (tmp_path / ".lock").exists()  # released at the end
+
+
+def test_a_finished_runs_folder_is_reused_only_to_resume_or_when_told(tiny_models, dataset, tmp_path, caplog):
+    from easyanimate.training.output_dir import OutputDirError
+
+    run(tiny_models, dataset, tmp_path, max_train_steps=2, checkpointing_steps=1)
+    with pytest.raises(OutputDirError, match=r"holds a previous run .*--resume_from_checkpoint latest.*"
+                                             r"--overwrite_output_dir"):
+        run(tiny_models, dataset, tmp_path, max_train_steps=2)
+    assert run(tiny_models, dataset, tmp_path, max_train_steps=3, resume_from_checkpoint="latest").global_step == 3
+    caplog.set_level("INFO")
+    run(tiny_models, dataset, tmp_path, max_train_steps=1, checkpointing_steps=1000, overwrite_output_dir=True)
+    assert checkpoints.list_checkpoints(tmp_path) == []  # the previous run's, which 'latest' would have found
+    assert any("removing the previous run's 2 checkpoints" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_notice(tiny_models, dataset, tmp_path, caplog):
+    import socket
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / ".lock").write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
+    caplog.set_level("INFO")
+    assert run(tiny_models, dataset, tmp_path, max_train_steps=1).global_step == 1
+    assert any("no longer runs; taking it over" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / ".lock").exists()
+
+
+def interrupt_at(monkeypatch, call: int, how: str) -> None:
+    """Make the ``call``-th training_step (1-based) end in an interrupt: ``raise`` a KeyboardInterrupt after the step
+    drew its noise (as a second Ctrl-C or an interrupting exception would), or send this process a real SIGINT."""
+    import signal
+
+    from easyanimate.training import trainer
+
+    real_step, calls = trainer.training_step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_step(*args, **kwargs)
+        if calls["n"] == call and how == "raise":
+            raise KeyboardInterrupt
+        if calls["n"] == call and how == "sigint":
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(trainer, "training_step", step)
+
+
+@pytest.mark.parametrize("how, accumulation, call, saved", [
+    ("raise", 1, 4, 3),  # inside step 4: the state after step 3 is saved
+    ("raise", 2, 5, 2),  # in the first micro-batch of step 3: the state after step 2
+    ("sigint", 1, 4, 4),  # Ctrl-C inside step 4: step 4 finishes, then it is saved
+])
+def test_ctrl_c_saves_a_checkpoint_that_resumes_like_an_uninterrupted_run(tiny_models, dataset, tmp_path, monkeypatch,
+                                                                          how, accumulation, call, saved):
+    common = dict(precompute=False, use_ema=True, checkpointing_steps=1000, gradient_accumulation_steps=accumulation,
+                  train_batch_size=1, train_data_meta=str(dataset / "meta.json"))
+    run(tiny_models, dataset, tmp_path / "straight", max_train_steps=6, **common)
+    interrupt_at(monkeypatch, call, how)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=6, **common)
+    monkeypatch.undo()
+    assert [step for step, _ in checkpoints.list_checkpoints(tmp_path / "resumed")] == [saved]
+    result = run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=6, resume_from_checkpoint="latest", **common)
+    assert result.global_step == 6
+    straight = load_file(str(tmp_path / "straight" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+
+
+def test_a_full_disk_while_saving_is_one_clear_error_and_the_previous_checkpoint_stays_latest(
+        tiny_models, dataset, tmp_path):
+    """On a tmpfs with room for about one and a half checkpoints (made here as root; skipped otherwise)."""
+    from easyanimate.training.checkpoints import DiskFullError
+
+    run(tiny_models, dataset, tmp_path / "measure", max_train_steps=1, checkpointing_steps=1)
+    size = sum(p.stat().st_size for p in (tmp_path / "measure" / "checkpoint-1").rglob("*") if p.is_file())
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 1.6) + 65536}", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot make a small filesystem here (needs root): {mounted.stderr.strip()}")
+    try:
+        with pytest.raises(DiskFullError) as full:
+            run(tiny_models, dataset, small / "out", max_train_steps=4, checkpointing_steps=2)
+        message = str(full.value)
+        del full  # its traceback keeps the failed writer's open file alive
+        assert "no space left for checkpoint-4 in " + str(small / "out") in message
+        assert " free, a checkpoint needs about " in message and "checkpoint-2 is still the latest" in message
+        assert [p.name for p in (small / "out").iterdir() if "checkpoint" in p.name] == ["checkpoint-2"]
+    finally:
+        subprocess.run(["umount", "--lazy", str(small)], check=True)
+
+
+def test_a_metadata_file_that_is_not_utf8_is_named(tiny_models, dataset, tmp_path):
+    meta = json.loads((dataset / "videos_only.json").read_text())
+    meta[0]["text"] = "un carré rouge"
+    (tmp_path / "latin1.json").write_bytes(json.dumps(meta, ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.json is not UTF-8 text .*save the metadata file as UTF-8"):
+        run(tiny_models, dataset, tmp_path / "out", train_data_meta=str(tmp_path / "latin1.json"))
+
+
+def test_a_model_folders_own_yaml_is_used_unless_config_path_says_otherwise(tiny_models, dataset, tmp_path, caplog):
+    """The tiny folder carries its yaml (2 motion-module heads, a 256-frame table); the v1 yaml has 8 and 4096."""
+    from easyanimate.models import MotionModuleSpec, WeightLoadError
+
+    result = run(tiny_models, dataset, tmp_path / "own", max_train_steps=1, config_path=None)
+    assert MotionModuleSpec.of_file(result.exports["motion_module"]) == MotionModuleSpec(2, 1, 256, "VanillaGrid", 32)
+    pipe = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"],
+                                      motion_module=result.exports["motion_module"]), device="cpu")
+    assert pipe.transformer is not None  # loads with the folder's own yaml, as generation reads it
+
+    caplog.set_level("WARNING")
+    v1 = ROOT / "config" / "easyanimate_video_motion_module_v1.yaml"
+    result = run(tiny_models, dataset, tmp_path / "v1", max_train_steps=1, config_path=str(v1))
+    assert MotionModuleSpec.of_file(result.exports["motion_module"]).num_attention_heads == 8
+    assert any("the model folder's own easyanimate_config.yaml has 2 heads" in r.getMessage() for r in caplog.records)
+    with pytest.raises(WeightLoadError, match="was built with 8 heads"):
+        load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"],
+                                   motion_module=result.exports["motion_module"]), device="cpu")
+
+
+def test_a_yaml_that_does_not_fit_the_transformer_is_an_error_at_start(tiny_models, dataset, tmp_path):
+    yaml = tmp_path / "three_heads.yaml"
+    yaml.write_text(tiny_models["config"].read_text().replace("num_attention_heads: 2", "num_attention_heads: 3"))
+    with pytest.raises(ConfigError, match=r"3 motion-module heads .* must divide the transformer's width 32"):
+        run(tiny_models, dataset, tmp_path / "out", config_path=str(yaml))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_motion_module_built_with_other_settings_is_an_error_at_start(tiny_models, dataset, tmp_path):
+    from easyanimate.models import WeightLoadError
+
+    four_heads = tmp_path / "four_heads.yaml"
+    four_heads.write_text(tiny_models["config"].read_text().replace("num_attention_heads: 2", "num_attention_heads: 4"))
+    with pytest.raises(WeightLoadError, match="was built with 2 heads.*four_heads.yaml has motion modules with 4 heads"):
+        run(tiny_models, dataset, tmp_path / "out", config_path=str(four_heads),
+            motion_module_path=str(tiny_models["motion_module"]))
+    bare = tmp_path / "bare_mm.safetensors"  # no metadata, 256-frame tables (as a file saved elsewhere)
+    save_file(load_file(str(tiny_models["motion_module"])), str(bare))
+    long_table = tmp_path / "long_table.yaml"
+    long_table.write_text(tiny_models["config"].read_text().replace("max_len: 256", "max_len: 4096"))
+    with pytest.raises(ConfigError, match="has 256-frame position tables; .*long_table.yaml builds 4096-frame ones"):
+        run(tiny_models, dataset, tmp_path / "out", config_path=str(long_table), motion_module_path=str(bare))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_start_header_says_what_the_run_will_do_once(tiny_models, dataset, tmp_path, caplog):
+    caplog.set_level("INFO")
+    run(tiny_models, dataset, tmp_path, max_train_steps=4, trainable_modules_low_learning_rate=["attn2"])
+    headers = [r.getMessage() for r in caplog.records if "***** training *****" in r.getMessage()]
+    assert len(headers) == 1
+    lines = [line.strip() for line in headers[0].splitlines()]
+    assert "examples: 4 (4 listed)" in lines
+    assert "epochs: 2, 2 optimizer steps each" in lines and "total optimizer steps: 4" in lines
+    assert "batch: 2 per device x 1 process(es) x 1 accumulation step(s) = 2 per optimizer step" in lines
+    trains = next(line for line in lines if line.startswith("trains: "))
+    assert "transformer parameters in" in trains and "names containing attn_temporal (at lr/10: attn2)" in trains
+    assert "mixed precision: no (the launcher's)" in lines
+    assert f"model yaml: {tiny_models['config']} (--config_path)" in lines
+    assert f"output: {tmp_path.resolve()}" in lines
+
+    caplog.clear()
+    run(tiny_models, dataset, tmp_path / "lora", max_train_steps=1, precompute=False,
+        lora={"rank": 4, "network_alpha": 2.0, "train_text_encoder": True})
+    (header,) = [r.getMessage() for r in caplog.records if "***** training *****" in r.getMessage()]
+    assert "trains: a LoRA of rank 4, alpha 2 on the transformer and T5: " in header

@@ -29,6 +29,7 @@ Robustness (the original retried a corrupt item forever and could stop a run mid
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -91,13 +92,29 @@ def _infer_type(record: dict, file_path: str, where: str) -> str:
     return data_type
 
 
+def _read_text(path: Path) -> str:
+    """A metadata file as text: UTF-8 (a leading byte-order mark is dropped); anything else is an error naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"metadata file not found: {path}")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start} is {error.object[error.start]:#04x}); "
+                         "save the metadata file as UTF-8") from error
+
+
+def _parse_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where} is not valid JSON: {error}") from error
+
+
 def _read_records(meta_path: Path) -> list[dict]:
     """Records of a JSON list or a csv file."""
     if meta_path.suffix.lower() == ".csv":
-        with open(meta_path, newline="", encoding="utf-8") as file:
-            return list(csv.DictReader(file))
-    with open(meta_path, encoding="utf-8") as file:
-        records = json.load(file)
+        return list(csv.DictReader(io.StringIO(_read_text(meta_path), newline="")))
+    records = _parse_json(_read_text(meta_path), str(meta_path))
     if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
         raise ValueError(f"{meta_path}: expected a JSON list of objects with 'file_path' and 'text'")
     return records
@@ -109,13 +126,12 @@ def read_webvid(meta_path: Path | None, data_dir: Path | None, caption_column: s
         raise ValueError("the webvid format needs the csv file as meta_path")
     column = caption_column or "name"
     folder = data_dir if data_dir is not None else meta_path.parent
-    with open(meta_path, newline="", encoding="utf-8") as file:
-        reader = csv.DictReader(file)
-        _require_columns(reader.fieldnames, ["videoid", column], meta_path)
-        return [
-            DataEntry(folder / f"{row['videoid']}.mp4", _caption(row, column, f"{meta_path} row {number}"), "video")
-            for number, row in enumerate(reader, start=2)
-        ]
+    reader = csv.DictReader(io.StringIO(_read_text(meta_path), newline=""))
+    _require_columns(reader.fieldnames, ["videoid", column], meta_path)
+    return [
+        DataEntry(folder / f"{row['videoid']}.mp4", _caption(row, column, f"{meta_path} row {number}"), "video")
+        for number, row in enumerate(reader, start=2)
+    ]
 
 
 def read_normal(meta_path: Path | None, data_dir: Path | None, caption_column: str | None) -> list[DataEntry]:
@@ -146,14 +162,13 @@ def read_imagefolder(meta_path: Path | None, data_dir: Path | None, caption_colu
         raise ValueError(f"no metadata.jsonl under {data_dir}; the diffusers format needs one with file_name/{column} lines")
     entries = []
     for metadata in metadata_files:
-        with open(metadata, encoding="utf-8") as file:
-            for number, line in enumerate(file, start=1):
-                if not line.strip():
-                    continue
-                where = f"{metadata} line {number}"
-                record = json.loads(line)
-                _require_columns(list(record), ["file_name", column], Path(where))
-                entries.append(DataEntry(metadata.parent / record["file_name"], _caption(record, column, where), "image"))
+        for number, line in enumerate(_read_text(metadata).split("\n"), start=1):
+            if not line.strip():
+                continue
+            where = f"{metadata} line {number}"
+            record = _parse_json(line, where)
+            _require_columns(list(record), ["file_name", column], Path(where))
+            entries.append(DataEntry(metadata.parent / record["file_name"], _caption(record, column, where), "image"))
     return entries
 
 

@@ -2,6 +2,7 @@
 
 from .loading import (
     LoadReport,
+    MotionModuleSpec,
     WeightLoadError,
     load_motion_module,
     load_transformer_checkpoint,
@@ -15,6 +16,7 @@ from .transformer3d import Transformer3DModel, Transformer3DModelOutput
 __all__ = [
     "EasyAnimateMotionModule",
     "LoadReport",
+    "MotionModuleSpec",
     "TemporalContext",
     "Transformer3DModel",
     "Transformer3DModelOutput",

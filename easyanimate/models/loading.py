@@ -5,12 +5,15 @@
 * :func:`load_transformer_from_2d` — a PixArt diffusers folder (``transformer/config.json`` +
   weights) into the video model; only the motion-module keys may be missing.
 * :func:`load_motion_module` — ``easyanimate_v1_mm.safetensors`` (original key names, with or
-  without the ``pos_encoder.pe`` tables).
+  without the ``pos_encoder.pe`` tables); a file that records what it was built with
+  (:class:`MotionModuleSpec` in its safetensors metadata) must match the model in what its weight
+  shapes cannot show: head count, grid, position-table length.
 * :func:`load_transformer_checkpoint` — a personalized / full transformer state dict such as
   ``easyanimate_portrait.safetensors`` (the 603 PixArt keys, optionally motion-module keys too).
 * :func:`build_video_transformer` — the load order of the original: 2D base, personalized
   checkpoint, motion module.
-* :func:`motion_module_state_dict` / :func:`save_motion_module` — cut the motion module out.
+* :func:`motion_module_state_dict` / :func:`save_motion_module` — cut the motion module out (with its
+  :class:`MotionModuleSpec` when it comes from a model).
 
 Nothing is loaded with ``strict=False`` silently: keys are compared first, the expected gaps are
 stated in code, and anything else raises a :class:`WeightLoadError` naming the keys.
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..config import ConfigError, TransformerAdditionalKwargs, transformer_kwargs_for_model
@@ -241,15 +244,96 @@ def _extras_dict(extras: Mapping[str, Any] | TransformerAdditionalKwargs | None)
     return dict(extras)
 
 
+@dataclass(frozen=True)
+class MotionModuleSpec:
+    """What a motion module was built with, recorded in the safetensors metadata of the files saved here.
+
+    The weight shapes show the width and the number of blocks, and the position-table length only when
+    the tables are in the file; they never show the head count or whether the module attends over 2x2
+    grids. A motion module run with another head count loads without a shape error and changes the
+    output, so these are compared before loading (:meth:`mismatch`).
+    """
+
+    num_attention_heads: int
+    num_transformer_block: int
+    position_table_length: int  # 0: no position encoding
+    motion_module_type: str
+    width: int
+
+    KEYS = ("num_attention_heads", "num_transformer_block", "position_table_length", "motion_module_type", "width")
+
+    @classmethod
+    def of_settings(cls, motion_module_type: str, motion_module_kwargs: Mapping[str, Any] | Any,
+                    width: int) -> MotionModuleSpec:
+        """From a model yaml's ``motion_module_type`` and ``motion_module_kwargs`` (dict or dataclass) and the
+        transformer's width."""
+        kwargs = motion_module_kwargs if isinstance(motion_module_kwargs, Mapping) else vars(motion_module_kwargs)
+        table = kwargs.get("temporal_position_encoding_max_len", 4096) if kwargs.get("temporal_position_encoding") else 0
+        return cls(kwargs.get("num_attention_heads", 8), kwargs.get("num_transformer_block", 2), table,
+                   motion_module_type, width)
+
+    @classmethod
+    def of_model(cls, model: torch.nn.Module) -> MotionModuleSpec | None:
+        """From a :class:`Transformer3DModel`'s config; None for a model without motion modules."""
+        config = getattr(model, "config", None)
+        if config is None or getattr(config, "basic_block_type", None) != "motionmodule":
+            return None
+        width = config.num_attention_heads * config.attention_head_dim
+        return cls.of_settings(config.motion_module_type, dict(config.motion_module_kwargs or {}), width)
+
+    @classmethod
+    def of_file(cls, path: str | Path) -> MotionModuleSpec | None:
+        """From a safetensors file's metadata; None when the file does not record it (e.g. the released v1 file)."""
+        if Path(path).suffix != ".safetensors":
+            return None
+        try:
+            with safe_open(str(path), "pt") as file:
+                metadata = file.metadata() or {}
+        except (SafetensorError, OSError):
+            return None  # read_state_dict reports an unreadable file
+        if not all(key in metadata for key in cls.KEYS):
+            return None
+        try:
+            return cls(int(metadata["num_attention_heads"]), int(metadata["num_transformer_block"]),
+                       int(metadata["position_table_length"]), metadata["motion_module_type"], int(metadata["width"]))
+        except ValueError as error:
+            raise WeightLoadError(f"{path}: unreadable motion-module metadata {metadata}: {error}") from error
+
+    def to_metadata(self) -> dict[str, str]:
+        return {key: str(getattr(self, key)) for key in self.KEYS}
+
+    def describe(self) -> str:
+        table = f"a {self.position_table_length}-frame position table" if self.position_table_length else "no position table"
+        return (f"{self.num_attention_heads} heads, {self.num_transformer_block} block(s), {table}, "
+                f"{self.motion_module_type}, width {self.width}")
+
+    def mismatch(self, other: MotionModuleSpec) -> list[str]:
+        """What ``other`` differs in that weight shapes would not show: heads, grid, position-table length."""
+        return [key for key in ("num_attention_heads", "motion_module_type", "position_table_length")
+                if getattr(self, key) != getattr(other, key)]
+
+
+def check_motion_module_spec(path: str | Path, expected: MotionModuleSpec | None, model_label: str = "this model") -> None:
+    """Raise a WeightLoadError when the file records a build that ``expected`` cannot run as it was trained."""
+    recorded = MotionModuleSpec.of_file(path)
+    if recorded is None or expected is None or not recorded.mismatch(expected):
+        return
+    raise WeightLoadError(f"{path} was built with {recorded.describe()}; {model_label} has motion modules with "
+                          f"{expected.describe()} (it differs in {', '.join(recorded.mismatch(expected))}): use the "
+                          "model yaml the motion module was trained with (--config, or --config_path in training)")
+
+
 def load_motion_module(model: torch.nn.Module, path: str | Path) -> LoadReport:
     """Load a motion-module file into ``model``; every motion-module key must be in the file.
 
     The ``pos_encoder.pe`` tables may be absent (they are computed). Anything that is not
-    motion-module weights of this model's size raises a :class:`WeightLoadError`.
+    motion-module weights of this model's size raises a :class:`WeightLoadError`, and so does a file whose
+    recorded :class:`MotionModuleSpec` differs from the model's in head count, grid or position-table length.
     """
     if not getattr(model, "has_motion_module", False):
         raise WeightLoadError("this transformer has no motion modules (basic_block_type is not "
                               "'motionmodule'); a motion-module file cannot be loaded into it")
+    check_motion_module_spec(path, MotionModuleSpec.of_model(model))
     state = read_state_dict(path)
     expected = [k for k in model.state_dict() if is_motion_key(k)]
     foreign = [k for k in state if not is_motion_key(k)]
@@ -324,16 +408,23 @@ def motion_module_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, tor
 
 
 def save_motion_module(model_or_state: torch.nn.Module | Mapping[str, torch.Tensor], path: str | Path,
-                       include_position_tables: bool = True, dtype: torch.dtype | None = None) -> int:
+                       include_position_tables: bool = True, dtype: torch.dtype | None = None,
+                       spec: MotionModuleSpec | None = None) -> int:
     """Write the motion module with the original key names; returns the number of tensors.
 
-    ``include_position_tables`` keeps the ``pos_encoder.pe`` buffers as the released file does.
-    The file appears whole or not at all (:func:`easyanimate.files.atomic_write`).
+    ``include_position_tables`` keeps the ``pos_encoder.pe`` buffers as the released file does. What the
+    module was built with (``spec``, taken from the model when a model is given) goes into the file's
+    metadata. The file appears whole or not at all (:func:`easyanimate.files.atomic_write`).
     """
-    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    if isinstance(model_or_state, torch.nn.Module):
+        spec = spec or MotionModuleSpec.of_model(model_or_state)
+        state = model_or_state.state_dict()
+    else:
+        state = model_or_state
     selected = motion_module_state_dict(state)
     if not include_position_tables:
         selected = {k: v for k, v in selected.items() if not COMPUTED_BUFFERS.search(k)}
     tensors = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in selected.items()}
-    write_safetensors(path, tensors, metadata={"format": "pt", "content": "easyanimate motion module"})
+    metadata = {"format": "pt", "content": "easyanimate motion module", **(spec.to_metadata() if spec else {})}
+    write_safetensors(path, tensors, metadata=metadata)
     return len(tensors)

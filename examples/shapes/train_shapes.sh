@@ -49,7 +49,8 @@ if [ "$DRY_RUN" = 1 ] && same_folder "$MODELS" models; then
   echo "a dry run does not release into models/ (the shipped demo models): leave MODELS unset" >&2; exit 2
 fi
 # The training yamls name output_dir/shapes and datasets/shapes; the flags below point them at OUT and DATA.
-paths="--pretrained_model_name_or_path $OUT/base --train_data_dir $DATA --seed $SEED"
+# Every run of the recipe starts over (the data and the VAE were just rebuilt): the stages overwrite their folders.
+paths="--pretrained_model_name_or_path $OUT/base --train_data_dir $DATA --seed $SEED --overwrite_output_dir"
 release="--base $OUT/base --transformer $OUT/t2i/pixart_transformer.safetensors \
 --motion_module $OUT/t2v/motion_module.safetensors --lora $OUT/lora/lora.safetensors --variant $VARIANT --world $world"
 stage() { echo "== $1 ($(date +%T))"; }

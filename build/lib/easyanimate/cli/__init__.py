@@ -1,5 +1,0 @@
-"""The command-line programs: ``easyanimate-predict`` (``predict_t2v.py``), ``easyanimate-ui`` (``app.py``),
-``easyanimate-train`` (``train.py``) and ``easyanimate-train-lora`` (``train_lora.py``).
-
-Each module has a ``main(argv=None) -> int``; the scripts in a checkout and the installed commands call it.
-"""
