@@ -24,9 +24,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from easyanimate.devices import DTYPES
-from easyanimate.memory import MEMORY_MODES
+from easyanimate.memory import MEMORY_MODES, component_sizes, estimate_generation_memory, transformer_activation_bytes
 from easyanimate.models import TemporalContext
-from easyanimate.memory import component_sizes, estimate_generation_memory, transformer_activation_bytes
 from easyanimate.training.diffusion import ImprovedDDPM
 
 from . import harness as h
@@ -177,10 +176,12 @@ def measure_pipeline(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, ma
         group = h.compare_variants([h.Variant(n, lambda n=n: generate(n), malloc, n == generation[0], slow.get(n))
                                     for n in generation], device, s.repeats, peaks, s.warmup, data_range=1.0)[0]
         plain, latents = build("fp32", "none"), generate(generation[0], "latent")
-        text = statistics.median(h.time_calls(lambda: plain.encode_prompt(h.PROMPT, s.guidance > 1, device=device),
-                                              device, s.repeats, warmup=1))
+        text = statistics.median(h.time_calls(
+            lambda plain=plain: plain.encode_prompt(h.PROMPT, s.guidance > 1, device=device), device, s.repeats,
+            warmup=1))
         with torch.no_grad():
-            decode_s = statistics.median(h.time_calls(lambda: plain.decode_latents(latents), device, s.repeats))
+            decode_s = statistics.median(h.time_calls(
+                lambda plain=plain, latents=latents: plain.decode_latents(latents), device, s.repeats))
         group[0].update(text_encoding_s=text, decoding_s=decode_s, denoising_s=group[0]["median_s"] - text - decode_s)
         rows += [{**r, **common, "group": "generation"} for r in group]
         if decoding:

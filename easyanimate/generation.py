@@ -329,7 +329,8 @@ def select_model(models_dir: Path = MODELS_DIR, model: str | Path | None = None,
 def _check_present(selection: ModelSelection) -> None:
     missing = []
     if not (selection.model / "transformer" / "config.json").is_file():
-        missing.append(f"{selection.model}/ (a PixArt diffusers folder with transformer/, vae/, text_encoder/, tokenizer/)")
+        missing.append(f"{selection.model}/ (a PixArt diffusers folder with transformer/, vae/, text_encoder/, "
+                       "tokenizer/)")
     for label, path in (("model config", selection.config), ("motion module", selection.motion_module),
                         ("transformer checkpoint", selection.transformer_path), ("LoRA", selection.lora)):
         if path is not None and not path.is_file():

@@ -15,9 +15,11 @@ from easyanimate.models import read_state_dict, save_motion_module
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="full transformer weights (.safetensors, or a pickle read with weights_only)")
+    parser.add_argument("checkpoint", type=Path,
+                        help="full transformer weights (.safetensors, or a pickle read with weights_only)")
     parser.add_argument("output", type=Path, help="motion-module file to write (.safetensors)")
-    parser.add_argument("--no-position-tables", action="store_true", help="leave out the computed pos_encoder.pe buffers")
+    parser.add_argument("--no-position-tables", action="store_true",
+                        help="leave out the computed pos_encoder.pe buffers")
     args = parser.parse_args()
     if args.output.exists():
         parser.error(f"{args.output} exists; choose another name (nothing is overwritten)")

@@ -5,12 +5,7 @@ from __future__ import annotations
 import pytest
 
 from easyanimate.config import ConfigError
-from easyanimate.generation import GenerationRequest, ModelDefaults, load_pipeline, read_model_defaults, select_model
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_models):
-    return load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
+from easyanimate.generation import GenerationRequest, ModelDefaults, read_model_defaults, select_model
 
 
 def test_the_defaults_are_the_original_scripts_and_a_model_folder_overrides_them(tmp_path):

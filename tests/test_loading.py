@@ -21,7 +21,7 @@ from easyanimate.models import (
 )
 from easyanimate.models.loading import motion_module_state_dict
 
-from .test_transformer import TINY, TINY_MM, randomize
+from .helpers import TINY, TINY_MM, randomize
 
 EXTRAS = dict(basic_block_type="motionmodule", motion_module_type="VanillaGrid", motion_module_kwargs=TINY_MM)
 
@@ -69,7 +69,8 @@ def test_from_pretrained_2d_names_unexpected_and_missing_keys(pixart_folder):
     state["transformer_blocks.0.attn1.extra.weight"] = torch.zeros(1)
     del state["proj_out.bias"]
     save_file(state, str(weights))
-    with pytest.raises(WeightLoadError, match=r"missing keys, e.g. proj_out.bias.*unexpected keys, e.g. transformer_blocks.0.attn1.extra.weight"):
+    expected = r"missing keys, e.g. proj_out.bias.*unexpected keys, e.g. transformer_blocks.0.attn1.extra.weight"
+    with pytest.raises(WeightLoadError, match=expected):
         Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS)
 
 
@@ -121,7 +122,8 @@ def test_lora_given_as_motion_module_says_what_it_is(tmp_path):
 def test_motion_module_of_another_width_or_depth_is_refused(tmp_path):
     wide = Transformer3DModel(**{**TINY, "attention_head_dim": 32}, **EXTRAS)
     save_motion_module(wide, tmp_path / "wide.safetensors")
-    with pytest.raises(WeightLoadError, match=r"motion-module file \(56 tensors, 2 blocks, width 64\).*shape mismatches"):
+    with pytest.raises(WeightLoadError,
+                       match=r"motion-module file \(56 tensors, 2 blocks, width 64\).*shape mismatches"):
         load_motion_module(trained_video_model(), tmp_path / "wide.safetensors")
     shallow = Transformer3DModel(**{**TINY, "num_layers": 1}, **EXTRAS)
     save_motion_module(shallow, tmp_path / "shallow.safetensors")
@@ -192,7 +194,8 @@ def test_full_checkpoint_with_a_partial_motion_module_is_refused(tmp_path):
     state = trained_video_model().state_dict()
     del state["transformer_blocks.1.attn_temporal.temporal_transformer.proj_out.weight"]
     save_file(state, str(tmp_path / "partial.safetensors"))
-    with pytest.raises(WeightLoadError, match="transformer_blocks.1.attn_temporal.temporal_transformer.proj_out.weight"):
+    with pytest.raises(WeightLoadError,
+                       match="transformer_blocks.1.attn_temporal.temporal_transformer.proj_out.weight"):
         load_transformer_checkpoint(trained_video_model(), tmp_path / "partial.safetensors")
 
 

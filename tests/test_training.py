@@ -22,6 +22,8 @@ from easyanimate.training.config import config_from_sources, parse_config
 from easyanimate.training.trainer import train
 from easyanimate.video_io import save_image, save_video
 
+from .helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 40, 40), "blue": (40, 40, 220)}
 
@@ -266,7 +268,8 @@ def test_two_process_accelerate_launch_trains_and_saves(tiny_models, dataset, tm
     flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
     # --multi_gpu selects accelerate's torchrun launcher; without GPUs the trainer uses CPU + gloo.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(free_port()),
                str(ROOT / "train.py"), *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -309,10 +312,13 @@ def test_killing_or_interrupting_the_process_at_any_moment_then_resuming_equals_
         marker = out / (f"checkpoint-{step}" if moment == "published" else f".incomplete-checkpoint-{step}")
         options = settings(tiny_models, dataset, out, max_train_steps=10_000, checkpointing_steps=1)
         flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
-        process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *flags], cwd=ROOT,
+        # The same number of threads as this process, whose in-process runs it is compared with bit for bit.
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *flags], cwd=ROOT, env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: marker.exists() or process.poll() is not None, what=str(marker))
+            wait_for(lambda marker=marker, process=process: marker.exists() or process.poll() is not None,
+                     what=str(marker))
         finally:
             process.send_signal(kind)
             _, errors = process.communicate(timeout=120)
@@ -486,7 +492,8 @@ def test_cli_errors_are_one_line_and_tracebacks_are_opt_in(tiny_models, dataset,
 
     flags = [f"--{k}={v}" for k, v in settings(tiny_models, dataset, tmp_path / "out").items() if v is not True]
     assert main([*flags, "--max_train_steps", "0"]) == 2
-    assert capsys.readouterr().err.splitlines() == ["error: max_train_steps must be a whole number >= 1 or unset, got 0"]
+    expected = "error: max_train_steps must be a whole number >= 1 or unset, got 0"
+    assert capsys.readouterr().err.splitlines() == [expected]
     with pytest.raises(ConfigError):
         main([*flags, "--max_train_steps", "0", "--debug"])
     monkeypatch.setenv("EASYANIMATE_DEBUG", "1")
@@ -498,7 +505,8 @@ def test_resume_latest_without_a_checkpoint_starts_fresh_with_a_notice(tiny_mode
     caplog.set_level("INFO")
     result = run(tiny_models, dataset, tmp_path, max_train_steps=2, resume_from_checkpoint="latest")
     assert result.global_step == 2
-    assert any("no checkpoint in" in r.getMessage() and "starting from step 0" in r.getMessage() for r in caplog.records)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("no checkpoint in" in message and "starting from step 0" in message for message in messages)
     with pytest.raises(FileNotFoundError, match="checkpoint-7"):
         run(tiny_models, dataset, tmp_path, resume_from_checkpoint="checkpoint-7")
 
@@ -586,7 +594,8 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_like_an_uninterrupted_run(tiny_m
         run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=6, **common)
     monkeypatch.undo()
     assert [step for step, _ in checkpoints.list_checkpoints(tmp_path / "resumed")] == [saved]
-    result = run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=6, resume_from_checkpoint="latest", **common)
+    result = run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=6, resume_from_checkpoint="latest",
+                 **common)
     assert result.global_step == 6
     straight = load_file(str(tmp_path / "straight" / "transformer" / "diffusion_pytorch_model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "transformer" / "diffusion_pytorch_model.safetensors"))
@@ -659,7 +668,8 @@ def test_a_motion_module_built_with_other_settings_is_an_error_at_start(tiny_mod
 
     four_heads = tmp_path / "four_heads.yaml"
     four_heads.write_text(tiny_models["config"].read_text().replace("num_attention_heads: 2", "num_attention_heads: 4"))
-    with pytest.raises(WeightLoadError, match="was built with 2 heads.*four_heads.yaml has motion modules with 4 heads"):
+    with pytest.raises(WeightLoadError,
+                       match="was built with 2 heads.*four_heads.yaml has motion modules with 4 heads"):
         run(tiny_models, dataset, tmp_path / "out", config_path=str(four_heads),
             motion_module_path=str(tiny_models["motion_module"]))
     bare = tmp_path / "bare_mm.safetensors"  # no metadata, 256-frame tables (as a file saved elsewhere)

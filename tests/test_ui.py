@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
-import av
 import pytest
 import torch
 from gradio_client import Client
@@ -21,35 +19,9 @@ from easyanimate.tiny import write_tiny_model
 from easyanimate.ui import EasyAnimateController, UIError, WeightChoice, scan_models
 from easyanimate.ui.controller import NO_MOTION_MODULE_WARNING, BusyError
 
-MODEL = "tiny-easyanimate"
-MOTION_MODULE = "tiny-easyanimate_mm.safetensors"
-LORA = "tiny-easyanimate_lora.safetensors"
+from .helpers import LORA, MODEL, MOTION_MODULE, decode, start_app, write_ui_models
+
 SMALL = {"width": 64, "height": 64, "frames": 4, "steps": 2, "sampler": "DPM++", "cfg_scale": 6.0}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_app(models_dir: Path, samples_dir: Path):
-    """Launch ``app.py`` with its default host in this process; returns the running page."""
-    return app.launch(["--models-dir", str(models_dir), "--samples-dir", str(samples_dir), "--device", "cpu",
-                     "--port", str(free_port())], block=False)
-
-
-def write_ui_models(root: Path) -> Path:
-    """The tiny model plus entries that point outside the models folder (which the UI must not list)."""
-    models = root / "models"
-    paths = write_tiny_model(models)
-    outside = root / "outside"
-    outside.mkdir()
-    shutil.copy(paths["motion_module"], outside / "secret.safetensors")
-    (models / "Motion_Module" / "linked_outside.safetensors").symlink_to(outside / "secret.safetensors")
-    (models / "Personalized_Model" / "escape.safetensors").symlink_to(Path("../../outside/secret.safetensors"))
-    (models / "Diffusion_Transformer" / "outside-model").symlink_to(outside, target_is_directory=True)
-    return models
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +62,6 @@ def call(client: Client, model=MODEL, motion_module=MOTION_MODULE, base_model="n
     return client.predict(model=model, motion_module=motion_module, base_model=base_model, lora=lora, lora_alpha=0.55,
                           prompt=prompt, negative_prompt="", seed=seed, **{**SMALL, **overrides},
                           api_name="/generate")
-
-
-def decode(path: str | Path) -> tuple[str, list[torch.Tensor]]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = [torch.from_numpy(frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)]
-        return stream.codec_context.name, frames
 
 
 def logs(samples: Path) -> list[dict]:

@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--config", help="model yaml (default: the model's own, else config/easyanimate_video_motion_module_v1.yaml)")
     add("--debug", action="store_true", help="show the full traceback of an error (also: EASYANIMATE_DEBUG=1)")
     add("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
-    add("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="weights dtype (auto: fp16 on GPU, fp32 on CPU)")
+    add("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+        help="weights dtype (auto: fp16 on GPU, fp32 on CPU)")
     add("--format", default="mp4", choices=list(FORMATS), help="output file format")
     add("--fps", type=int, help=f"frames per second of the file (default {d.fps})")
     add("--frames", type=int, help=f"number of frames; 1 writes an image (default {d.frames})")
@@ -70,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--height", type=int, help=f"pixels, multiple of 32 (16 x the grid's block_size) (default {d.height})")
     add("--lora", help="LoRA file (kohya format) merged into the transformer and T5")
     add("--lora-weight", type=float, help=f"LoRA multiplier (default {d.lora_weight})")
-    add("--memory-mode", default="none", choices=list(MEMORY_MODES), help="; ".join(f"{k}: {v}" for k, v in MEMORY_MODES.items()))
+    add("--memory-mode", default="none", choices=list(MEMORY_MODES),
+        help="; ".join(f"{k}: {v}" for k, v in MEMORY_MODES.items()))
     add("--model", help="PixArt diffusers folder (default models/Diffusion_Transformer/PixArt-XL-2-512x512)")
     add("--models-dir", default="models", help="root of Diffusion_Transformer/, Motion_Module/, Personalized_Model/")
     add("--motion-module", help="motion-module file (default models/Motion_Module/easyanimate_v1_mm.safetensors)")

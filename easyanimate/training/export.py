@@ -29,7 +29,8 @@ def export_lora(components: Components, config: TrainConfig, path: Path) -> Path
     if config.lora.train_text_encoder:
         tensors.update(peft_state_dict_to_kohya(get_peft_model_state_dict(components.text_encoder), TEXT_ENCODER,
                                                 alpha=config.lora.network_alpha))
-    save_kohya_lora(path, tensors, metadata={"rank": str(config.lora.rank), "network_alpha": str(config.lora.network_alpha)})
+    save_kohya_lora(path, tensors,
+                    metadata={"rank": str(config.lora.rank), "network_alpha": str(config.lora.network_alpha)})
     return path
 
 

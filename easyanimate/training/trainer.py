@@ -140,7 +140,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         cpu=cpu_only, gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / config.logging_dir)))
+        project_config=ProjectConfiguration(project_dir=str(output_dir),
+                                            logging_dir=str(output_dir / config.logging_dir)))
     if config.seed is not None:
         set_seed(config.seed)
     if config.allow_tf32:
@@ -158,7 +159,8 @@ def claimed_output_dir(accelerator: Accelerator, config: TrainConfig) -> Iterato
         if accelerator.is_main_process:
             try:
                 stack.enter_context(output_dir_lock(output_dir))
-                check_reuse(output_dir, resume=bool(config.resume_from_checkpoint), overwrite=config.overwrite_output_dir)
+                check_reuse(output_dir, resume=bool(config.resume_from_checkpoint),
+                            overwrite=config.overwrite_output_dir)
             except OutputDirError as error:
                 refusal = str(error)
         if accelerator.num_processes > 1:
@@ -177,7 +179,8 @@ def checkpoint_to_resume(config: TrainConfig) -> Path | None:
         return None
     folder = checkpoints.resolve_checkpoint(Path(config.output_dir), config.resume_from_checkpoint)
     if folder is None:
-        logger.warning("resume_from_checkpoint=latest: no checkpoint in %s yet, starting from step 0", config.output_dir)
+        logger.warning("resume_from_checkpoint=latest: no checkpoint in %s yet, starting from step 0",
+                       config.output_dir)
     return folder
 
 
@@ -188,7 +191,8 @@ def set_up(config: TrainConfig, accelerator: Accelerator, yaml: ModelYaml) -> Ru
     groups, trainable = choose_trainable(components, config)
     prepare_transformer(components.transformer, config)
     # Noise, timesteps and VAE sampling draw from one generator per process, saved in checkpoints.
-    noise_generator = torch.Generator(accelerator.device).manual_seed((config.seed or 0) * 1000 + accelerator.process_index)
+    seed = (config.seed or 0) * 1000 + accelerator.process_index
+    noise_generator = torch.Generator(accelerator.device).manual_seed(seed)
     data = build_training_data(config, components, accelerator, noise_generator)
     steps_per_epoch = math.ceil(data.batches_per_epoch / accelerator.num_processes / config.gradient_accumulation_steps)
     max_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch

@@ -31,7 +31,8 @@ def render_samples(components: Components, transformer: Transformer3DModel, conf
                    device: torch.device) -> list[torch.Tensor]:
     """The validation prompts rendered with the model yaml's scheduler: one ``(3, F, H, W)`` video in [0, 1] each."""
     pipeline = EasyAnimatePipeline(components.tokenizer, components.text_encoder, components.vae, transformer,
-                                   build_scheduler(config.validation_sampler, components.model_config.scheduler_kwargs()))
+                                   build_scheduler(config.validation_sampler,
+                                                   components.model_config.scheduler_kwargs()))
     pipeline.set_progress_bar_config(disable=True)
     frames = 1 if components.image_mode else (config.validation_frames or config.sample_n_frames)
     videos = []

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
+from ..devices import best_device, resolve_dtype
+from ..files import write_text
 from ..generation import (
     DEFAULTS_FILE,
     DEMO_MODEL,
@@ -50,8 +52,6 @@ from ..generation import (
     save_result,
     select_model,
 )
-from ..devices import best_device, resolve_dtype
-from ..files import write_text
 from ..lora import LoraMerger
 from ..models import WeightLoadError
 from ..pipelines import EasyAnimatePipeline
@@ -222,7 +222,8 @@ class EasyAnimateController:
             if label == NONE:
                 continue
             defaults = self.model_defaults(label) or ModelDefaults()
-            motion = self.label_of("motion_modules", self.models_dir / (defaults.motion_module or RELEASED_MOTION_MODULE))
+            motion = self.label_of("motion_modules",
+                                   self.models_dir / (defaults.motion_module or RELEASED_MOTION_MODULE))
             return WeightChoice(label, motion, NONE, NONE, defaults.lora_weight)
         return WeightChoice()
 

@@ -242,9 +242,11 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                                        info="frames; 1 gives an image")
                     cfg_scale = gr.Slider(0, 20, value=d.guidance_scale, step=0.1, label="CFG Scale")
                     with gr.Accordion("Longer videos (temporal window)", open=False):
-                        context_frames = gr.Slider(0, MAX_FRAMES, value=d.context_frames or 0, step=1, label="Temporal window",
+                        context_frames = gr.Slider(0, MAX_FRAMES, value=d.context_frames or 0, step=1,
+                                                   label="Temporal window",
                                                    info="frames the motion module sees at once; 0: the whole video")
-                        context_overlap = gr.Slider(0, MAX_FRAMES - 1, value=d.context_overlap or 4, step=1, label="Window overlap",
+                        context_overlap = gr.Slider(0, MAX_FRAMES - 1, value=d.context_overlap or 4, step=1,
+                                                    label="Window overlap",
                                                     info="frames shared by consecutive windows")
                     v1_quirks = gr.Checkbox(value=d.v1_sampler_quirks, label="Samplers as in the original v1",
                                             info="PNDM's warm-up and DDIM's clipping of latents; off: every sampler "

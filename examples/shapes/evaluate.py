@@ -178,7 +178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--world", help="world yaml with the held-out combinations (default: the model's shapes_world.yaml)")
     args = parser.parse_args(argv)
     if not 0 <= args.context_overlap < args.context_frames:
-        parser.error(f"need 0 <= --context-overlap < --context-frames, got {args.context_overlap} and {args.context_frames}")
+        parser.error(f"need 0 <= --context-overlap < --context-frames, got {args.context_overlap} and "
+                     f"{args.context_frames}")
     return args
 
 
@@ -192,7 +193,8 @@ def shipped_lora(models_dir: Path, model: Path) -> Path:
 
 def format_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = COLUMNS) -> str:
     """Markdown table, one row per (mode, split): percentages, seam ratios as numbers, clip counts."""
-    cell = lambda c, v: str(v) if c == "clips" else f"{v:.2f}" if c.startswith("seam") else f"{v:.0%}"
+    def cell(c, v):
+        return str(v) if c == "clips" else f"{v:.2f}" if c.startswith("seam") else f"{v:.0%}"
     lines = ["| mode | combinations | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
     for name, scores in rows.items():
         mode, split = name.split("/")
@@ -208,13 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     choice = dict(model=args.model, config=args.config, transformer_path=args.transformer_path)
     with_motion = any(mode in args.modes for mode in ("video", "lora", "long"))
-    selection = select_model(Path(args.models_dir), motion_module=args.motion_module, use_motion_module=with_motion, **choice)
+    selection = select_model(Path(args.models_dir), motion_module=args.motion_module, use_motion_module=with_motion,
+                             **choice)
     defaults = selection.defaults
     world = load_world(args.world or selection.model / "shapes_world.yaml")
     held_out = set(world.held_out_combinations())
     combinations = all_combinations()
-    pick = lambda value, default: default if value is None else value
-    settings = dict(steps=pick(args.steps, defaults.steps), guidance_scale=pick(args.guidance_scale, defaults.guidance_scale),
+    def pick(value, default):
+        return default if value is None else value
+    settings = dict(steps=pick(args.steps, defaults.steps),
+                    guidance_scale=pick(args.guidance_scale, defaults.guidance_scale),
                     negative_prompt=pick(args.negative_prompt, defaults.negative_prompt), frames=world.frames,
                     size=world.size, front_shade=world.front_shade, wrap=world.wrap,
                     batch_size=args.batch_size)
