@@ -130,6 +130,52 @@ def test_lora_training_exports_a_kohya_file_that_changes_the_pipeline(tiny_model
     assert base  # loaded for the assertion above to be meaningful
 
 
+def test_a_trained_lora_loads_through_peft_through_the_pipeline_and_merged_alike(tiny_models, dataset, tmp_path):
+    """The run writes the kohya file and peft adapter folders; peft itself, the pipeline's adapters and the
+    exact merge all give the same video."""
+    from peft import PeftModel
+
+    from easyanimate.lora import LoraMerger
+
+    overrides = dict(lora={"rank": 4, "network_alpha": 2.0, "train_text_encoder": True}, precompute=False,
+                     max_train_steps=3, learning_rate=5e-2)
+    result = run(tiny_models, dataset, tmp_path, **overrides)
+    folders = result.exports["lora_peft"]
+    assert (folders / "transformer" / "adapter_config.json").is_file()
+    assert (folders / "text_encoder" / "adapter_model.safetensors").is_file()
+    kwargs = dict(height=64, width=64, video_length=2, num_inference_steps=2, output_type="latent")
+
+    def generate(pipe):
+        pipe.set_progress_bar_config(disable=True)
+        return pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).videos
+
+    merged_pipe = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
+    plain = generate(merged_pipe)
+    LoraMerger(merged_pipe.transformer, merged_pipe.text_encoder).merge(result.exports["lora"])
+    merged = generate(merged_pipe)
+    adapters = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
+    adapters.load_lora_weights(folders)
+    through_pipeline = generate(adapters)
+    with_peft = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
+    with_peft.transformer = PeftModel.from_pretrained(with_peft.transformer, folders / "transformer").base_model.model
+    with_peft.text_encoder = PeftModel.from_pretrained(with_peft.text_encoder,
+                                                       folders / "text_encoder").base_model.model
+    through_peft = generate(with_peft)
+    assert (merged - plain).abs().max() > 1e-3
+    torch.testing.assert_close(through_pipeline, merged, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(through_peft, merged, atol=1e-3, rtol=1e-4)
+
+
+def test_a_trained_motion_module_is_also_a_configured_model_folder(tiny_models, dataset, tmp_path):
+    from easyanimate.models import EasyAnimateMotionModule
+
+    result = run(tiny_models, dataset, tmp_path, max_train_steps=2)
+    folder = EasyAnimateMotionModule.from_pretrained(result.exports["motion_module_folder"])
+    single = read_state_dict(result.exports["motion_module"])
+    assert folder.config.num_attention_heads == 2 and folder.config.num_layers == 2
+    assert all(torch.equal(folder.state_dict()[key], value) for key, value in single.items())
+
+
 def test_a_lora_with_motion_module_targets_exports_and_merges_back(tiny_models, dataset, tmp_path):
     """lora.motion_module (v1's add_lora_in_attn_temporal): the motion modules are adapted too, the export names
     them kohya-style (lora_unet__transformer_blocks_<i>_attn_temporal_...), and that part alone changes the video."""
