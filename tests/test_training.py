@@ -130,6 +130,24 @@ def test_lora_training_exports_a_kohya_file_that_changes_the_pipeline(tiny_model
     assert base  # loaded for the assertion above to be meaningful
 
 
+def test_each_dataset_format_trains_with_its_own_caption_column(tiny_models, dataset, tmp_path):
+    """A standard WebVid csv (videoid, name, page_dir: captions in 'name') needs no --caption_column."""
+    import csv
+
+    videos = tmp_path / "webvid"
+    videos.mkdir()
+    records = json.loads((dataset / "videos_only.json").read_text())
+    with open(tmp_path / "results.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["videoid", "name", "page_dir"])
+        for number, record in enumerate(records):
+            (videos / f"{number}.mp4").write_bytes((dataset / record["file_path"]).read_bytes())
+            writer.writerow([number, record["text"], "000"])
+    result = run(tiny_models, dataset, tmp_path / "out", train_data_format="webvid", train_data_dir=str(videos),
+                 train_data_meta=str(tmp_path / "results.csv"), max_train_steps=1)
+    assert result.global_step == 1 and result.data_summary["usable"] == len(records)
+
+
 def test_a_trained_lora_loads_through_peft_through_the_pipeline_and_merged_alike(tiny_models, dataset, tmp_path):
     """The run writes the kohya file and peft adapter folders; peft itself, the pipeline's adapters and the
     exact merge all give the same video."""

@@ -76,7 +76,8 @@ class TrainConfig:
         "webvid (csv), normal (json list) or diffusers (imagefolder with metadata.jsonl).")
     train_data_dir: str | None = option(None, "folder the metadata's file paths are relative to.")
     train_data_meta: str | None = option(None, "metadata file (csv / json); for the diffusers format, optional.")
-    caption_column: str = option("text", "caption column of the metadata.")
+    caption_column: str | None = option(None, "caption column of the metadata (default: the format's own: name for "
+                                        "webvid, text for normal and diffusers).")
     sample_size: int = option(256, "square clip size in pixels (multiple of 32), or the bucket base size.")
     image_sample_size: int | None = option(None, "size of image items (default: sample_size).")
     sample_stride: int = option(4, "frame step when sampling a clip.")
