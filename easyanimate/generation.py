@@ -175,6 +175,23 @@ class GenerationRequest:
             raise ValueError(f"frames must be at least 1, got {self.frames}")
         self._validate_window(limits)
 
+    def warnings(self, made_for: GenerationRequest) -> list[str]:
+        """What to expect when this request is far from what the model makes (``made_for``: its defaults).
+
+        These are not errors: the model runs, but far outside its training it repeats or smears content
+        and its motion stalls, which looks like a bug when nothing says so.
+        """
+        said = []
+        area, usual = self.height * self.width, made_for.height * made_for.width
+        if area > 4 * usual or 4 * area < usual:
+            said.append(f"{self.width}x{self.height} is far from the {made_for.width}x{made_for.height} this model "
+                        f"makes: expect {'repeated or striped' if area > usual else 'blurred'} content")
+        window = self.context_frames or made_for.context_frames
+        if window is None and self.frames > 2 * made_for.frames:
+            said.append(f"{self.frames} frames is more than twice the {made_for.frames} this model makes: its motion "
+                        f"may stall or drift; a temporal window (--context-frames {made_for.frames}) keeps it")
+        return said
+
     def _validate_window(self, limits: ModelLimits) -> None:
         table = limits.position_table
         if self.context_frames is None:
@@ -306,6 +323,12 @@ def select_model(models_dir: Path = MODELS_DIR, model: str | Path | None = None,
     """
     models_dir = Path(models_dir)
     explicit = model is not None
+    if not explicit and not models_dir.is_dir():
+        raise MissingWeightsError(
+            f"no models folder at {models_dir.resolve()} (it is looked up from the current folder, {Path.cwd()}): "
+            "run from the repository root, or pass --models-dir with the path of the repository's models/ folder, "
+            f"which holds the shipped demo model ({DEMO_MODEL}) and is where the released weights go (model zoo):\n"
+            + model_zoo_text())
     model_dir = Path(model) if explicit else models_dir / RELEASED_MODEL
     if not explicit and not model_dir.is_dir():
         fallback = next((models_dir / m for m in (DEMO_MODEL, TINY_MODEL) if (models_dir / m).is_dir()), None)

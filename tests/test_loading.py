@@ -248,6 +248,20 @@ def test_extract_motion_module_script_writes_original_keys_and_never_overwrites(
     assert set(extracted) == {k for k in model.state_dict() if ".attn_temporal." in k}
     again = subprocess.run([sys.executable, str(script), str(weights), str(out)], capture_output=True, text=True)
     assert again.returncode != 0 and "exists" in again.stderr
+    # A training checkpoint folder (checkpoint-<step>/transformer/...) is found, and what the module was built
+    # with goes into the file; an empty folder is one line that says what it lacks.
+    (tmp_path / "run" / "checkpoint-2").mkdir(parents=True)
+    model.save_pretrained(tmp_path / "run" / "checkpoint-2" / "transformer")
+    from_folder = tmp_path / "from_folder.safetensors"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run" / "checkpoint-2"), str(from_folder)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert MotionModuleSpec.of_file(from_folder) == MotionModuleSpec.of_model(model)
+    (tmp_path / "empty").mkdir()
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "empty"), str(tmp_path / "x.safetensors")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "without transformer weights" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "x.safetensors").exists()
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -155,3 +155,11 @@ def test_accelerate_launch_splits_the_prompts_over_processes(tiny_models, tmp_pa
     assert sorted(json.loads(p.read_text())["prompt"] for p in sidecars) == ["a blue square", "a green triangle",
                                                                              "a red circle"]
     assert done.stdout.count("done: 3 video(s)") == 1 and "by 2 processes" in done.stdout
+
+
+def test_far_settings_are_warned_about(tiny_models, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        assert cli(tiny_models, tmp_path / "out", "--frames", "20", "--steps", "2") == 0
+    assert "more than twice the 8 this model makes" in caplog.text

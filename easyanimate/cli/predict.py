@@ -43,6 +43,8 @@ from ..generation import (
 from ..lora import load_lora_state_dict
 from ..schedulers import SAMPLER_NAMES
 
+logger = logging.getLogger(__name__)
+
 FORMATS = {"mp4": ("mp4",), "gif": ("gif",), "both": ("mp4", "gif")}
 
 
@@ -182,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     limits = ModelLimits.of_selection(selection)
     for request in requests:
         request.validate(limits)
+    for warning in dict.fromkeys(w for request in requests for w in request.warnings(selection.defaults.request)):
+        logger.warning("warning: %s", warning)
     # Under `accelerate launch` with several processes: each generates its share on its own device.
     state = PartialState(cpu=not torch.cuda.is_available()) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     device = state.device if state is not None else choose_device(args.device, args.memory_mode)

@@ -259,8 +259,10 @@ class MotionModuleSpec:
     position_table_length: int  # 0: no position encoding
     motion_module_type: str
     width: int
+    block_size: int = 2  # grid neighbourhood of "VanillaGrid" (n x n tokens); files before it was recorded: 2
 
     KEYS = ("num_attention_heads", "num_transformer_block", "position_table_length", "motion_module_type", "width")
+    OPTIONAL_KEYS = ("block_size",)
 
     @classmethod
     def of_settings(cls, motion_module_type: str, motion_module_kwargs: Mapping[str, Any] | Any,
@@ -270,7 +272,7 @@ class MotionModuleSpec:
         kwargs = motion_module_kwargs if isinstance(motion_module_kwargs, Mapping) else vars(motion_module_kwargs)
         table = kwargs.get("temporal_position_encoding_max_len", 4096) if kwargs.get("temporal_position_encoding") else 0
         return cls(kwargs.get("num_attention_heads", 8), kwargs.get("num_transformer_block", 2), table,
-                   motion_module_type, width)
+                   motion_module_type, width, kwargs.get("block_size", 2))
 
     @classmethod
     def of_model(cls, model: torch.nn.Module) -> MotionModuleSpec | None:
@@ -295,21 +297,23 @@ class MotionModuleSpec:
             return None
         try:
             return cls(int(metadata["num_attention_heads"]), int(metadata["num_transformer_block"]),
-                       int(metadata["position_table_length"]), metadata["motion_module_type"], int(metadata["width"]))
+                       int(metadata["position_table_length"]), metadata["motion_module_type"], int(metadata["width"]),
+                       int(metadata.get("block_size", 2)))
         except ValueError as error:
             raise WeightLoadError(f"{path}: unreadable motion-module metadata {metadata}: {error}") from error
 
     def to_metadata(self) -> dict[str, str]:
-        return {key: str(getattr(self, key)) for key in self.KEYS}
+        return {key: str(getattr(self, key)) for key in (*self.KEYS, *self.OPTIONAL_KEYS)}
 
     def describe(self) -> str:
         table = f"a {self.position_table_length}-frame position table" if self.position_table_length else "no position table"
+        grid = f" ({self.block_size}x{self.block_size})" if self.motion_module_type == "VanillaGrid" else ""
         return (f"{self.num_attention_heads} heads, {self.num_transformer_block} block(s), {table}, "
-                f"{self.motion_module_type}, width {self.width}")
+                f"{self.motion_module_type}{grid}, width {self.width}")
 
     def mismatch(self, other: MotionModuleSpec) -> list[str]:
         """What ``other`` differs in that weight shapes would not show: heads, grid, position-table length."""
-        return [key for key in ("num_attention_heads", "motion_module_type", "position_table_length")
+        return [key for key in ("num_attention_heads", "motion_module_type", "block_size", "position_table_length")
                 if getattr(self, key) != getattr(other, key)]
 
 

@@ -371,6 +371,7 @@ class EasyAnimateController:
                 request.validate(loaded.pipeline)
             except ValueError as error:
                 raise UIError(str(error)) from error
+            warnings += request.warnings(loaded.selection.defaults.request)
             seed = request.resolved_seed()
             with _out_of_memory_message(f"at {request.width}x{request.height}, {request.frames} frames",
                                         "use a smaller size or fewer frames, or "):
