@@ -350,17 +350,23 @@ def select_model(models_dir: Path = MODELS_DIR, model: str | Path | None = None,
 
 
 def _check_present(selection: ModelSelection) -> None:
+    """Raise naming every file the selection needs that is not there (nothing has been read yet)."""
+    if not selection.config.is_file():
+        raise ConfigError(f"config file not found: {selection.config} (expected a yaml such as "
+                          "config/easyanimate_video_motion_module_v1.yaml)")
     missing = []
     if not (selection.model / "transformer" / "config.json").is_file():
         missing.append(f"{selection.model}/ (a PixArt diffusers folder with transformer/, vae/, text_encoder/, "
                        "tokenizer/)")
-    for label, path in (("model config", selection.config), ("motion module", selection.motion_module),
+    for label, path in (("motion module", selection.motion_module),
                         ("transformer checkpoint", selection.transformer_path), ("LoRA", selection.lora)):
+        if path is not None and path.is_dir():
+            raise WeightLoadError(f"{path} is a folder; the {label} is a file (e.g. a .safetensors file in it)")
         if path is not None and not path.is_file():
             missing.append(f"{path} ({label})")
     if missing:
-        raise MissingWeightsError("missing weights:\n  " + "\n  ".join(missing)
-                                  + "\nDownload them into place (model zoo):\n" + model_zoo_text())
+        raise MissingWeightsError(f"missing weights: {'; '.join(missing)}. Download them into place "
+                                  "(model zoo):\n" + model_zoo_text())
 
 
 # ------------------------------------------------------------------------------------------------
