@@ -431,7 +431,8 @@ def read_model_configs(selection: ModelSelection) -> dict[str, dict[str, Any]]:
             configs[name] = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
         except (OSError, ValueError) as error:
             raise ConfigError(f"cannot read {path}: {error}") from error
-    configs["transformer"].update(transformer_kwargs_for_model(load_config(selection.config).transformer_additional_kwargs))
+    extras = load_config(selection.config).transformer_additional_kwargs
+    configs["transformer"].update(transformer_kwargs_for_model(extras))
     return configs
 
 
@@ -480,8 +481,9 @@ class MemoryAdvice:
         fitting = [f"{mode} ({_size(need)})" for mode, need in self.by_mode.items()
                    if mode != self.memory_mode and need <= self.available]
         modes = f"; the memory mode {' or '.join(fitting)} would fit" if fitting else ""
-        return (f"{self.device} has {_size(self.available)} available but this setting needs about {_size(self.needed)}:"
-                f" it may run out of memory{modes}; fewer frames, a smaller size or a temporal window need less.")
+        return (f"{self.device} has {_size(self.available)} available but this setting needs about "
+                f"{_size(self.needed)}: it may run out of memory{modes}; fewer frames, a smaller size or a temporal "
+                "window need less.")
 
 
 def _size(count: int) -> str:
@@ -490,9 +492,9 @@ def _size(count: int) -> str:
 
 def estimate_memory(selection: ModelSelection, request: GenerationRequest, device: torch.device, dtype: torch.dtype,
                     memory_mode: str = "none") -> MemoryAdvice:
-    """The memory ``request`` needs with ``selection`` on ``device`` (:func:`easyanimate.memory.estimate_generation_memory`
-    from the selection's own configs; no weight is read). About 1 s for the released model on one CPU core, then
-    cached per config and shape."""
+    """The memory ``request`` needs with ``selection`` on ``device``: ``estimate_generation_memory`` from the
+    selection's own configs (no weight is read). About 1 s for the released model on one CPU core, then cached per
+    config and shape."""
     configs = read_model_configs(selection)
 
     def need(mode: str) -> int:

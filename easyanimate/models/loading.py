@@ -90,7 +90,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightLoadError(f"weight file not found: {path}")
     if path.suffix == ".safetensors":
-        try:  # pread: tensors that own their memory (mmap-backed ones would tie the model to the file)
+        try:  # pread: tensors that own their memory; mmap-backed ones would tie the model to the file
             state = load_file(str(path), backend="pread")
         except (SafetensorError, OSError, ValueError) as error:
             raise WeightLoadError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from error

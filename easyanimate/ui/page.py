@@ -152,8 +152,9 @@ class _Handlers:
         only: it never stands in the way of a generation."""
         try:
             request = GenerationRequest(
-                height=_whole(height, "Height"), width=_whole(width, "Width"), frames=_whole(frames, "Animation length"),
-                guidance_scale=float(cfg_scale), context_frames=_whole(context_frames, "Temporal window") or None,
+                height=_whole(height, "Height"), width=_whole(width, "Width"),
+                frames=_whole(frames, "Animation length"), guidance_scale=float(cfg_scale),
+                context_frames=_whole(context_frames, "Temporal window") or None,
                 context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None)
             advice = self.c.memory_advice(model, request)
         except Exception as error:  # noqa: BLE001 (advice only)
