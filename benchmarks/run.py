@@ -24,13 +24,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from easyanimate.devices import DTYPES
-from easyanimate.memory import MEMORY_MODES, component_sizes, estimate_generation_memory, transformer_activation_bytes
+from easyanimate.memory import component_sizes, memory_tiers, transformer_activation_bytes
 from easyanimate.models import TemporalContext
 from easyanimate.training.diffusion import ImprovedDDPM
 
 from . import harness as h
 from .flops import generation_flops, transformer_flops
-from .harness import TIERS_GB, render, write_docs
+from .harness import render, write_docs
 from .scenarios import SCENARIOS, Scenario, quick
 
 SDPA = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
@@ -192,21 +192,13 @@ def measure_pipeline(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, ma
 
 
 def measure_tiers(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, malloc: str) -> dict[str, Any]:
-    """:func:`easyanimate.memory.estimate_generation_memory` of every setting (``variants``: dtypes) and the FLOPs of
-    one generation; computed, not measured: nothing is allocated."""
-    config, rows = h.transformer_config(s.width, s.layers), []
-    for px, frames, dtype, mode, guidance, window in itertools.product(
-            s.sizes, s.frames, s.variants, MEMORY_MODES, ("batched", "sequential"), s.windows):
-        if window is None or window < frames:
-            e = estimate_generation_memory(config, px, px, frames, DTYPES[dtype], mode, context_frames=window,
-                                           batched_guidance=guidance == "batched")
-            rows.append({"height": px, "width": px, "frames": frames, "dtype": dtype, "memory_mode": mode,
-                         "guidance": guidance, "window": window, "peak_bytes": e.peak_bytes,
-                         "with_overhead_bytes": e.total_bytes, "activations": e.activations, "stages": e.stages,
-                         "fits_gb": [tier for tier in TIERS_GB if e.total_bytes <= tier * 10**9]})
+    """:func:`easyanimate.memory.memory_tiers` of every setting (``variants``: dtypes) and the FLOPs of one
+    generation; computed, not measured: nothing is allocated."""
+    config = h.transformer_config(s.width, s.layers)
     components = {dtype: {name: dataclasses.asdict(size) for name, size in
                           component_sizes(config, DTYPES[dtype]).items()} for dtype in s.variants}
-    return {"components": components, "rows": rows, "generation_flops": generation_flops(config)}
+    return {"components": components, "rows": memory_tiers(config, s.sizes, s.frames, s.variants, s.windows),
+            "generation_flops": generation_flops(config)}
 
 
 KINDS = {"transformer": measure_transformer, "pipeline": measure_pipeline, "tiers": measure_tiers}

@@ -28,11 +28,18 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import MODEL_CONFIG_FILE, MODEL_DEFAULTS_FILE, V1_VIDEO_CONFIG, ConfigError, load_config
+from .config import (
+    MODEL_CONFIG_FILE,
+    MODEL_DEFAULTS_FILE,
+    V1_VIDEO_CONFIG,
+    ConfigError,
+    load_config,
+    transformer_kwargs_for_model,
+)
 from .devices import best_device
 from .files import NumberedOutput
 from .lora import LoraMerger
-from .memory import MEMORY_MODES
+from .memory import MEMORY_MODES, estimate_generation_memory
 from .models import Transformer3DModel, WeightLoadError
 from .pipelines import EasyAnimatePipeline
 from .schedulers import SAMPLER_NAMES, build_scheduler, switch_sampler
@@ -441,6 +448,99 @@ def apply_lora(pipeline: EasyAnimatePipeline, merger: LoraMerger | None, lora: P
 
 
 # ------------------------------------------------------------------------------------------------
+# The memory a setting needs
+
+
+def read_model_configs(selection: ModelSelection) -> dict[str, dict[str, Any]]:
+    """The selection's ``transformer`` (its ``config.json`` plus the model yaml's kwargs), ``text_encoder`` and
+    ``vae`` configs, read from the folder without a weight."""
+    configs = {}
+    for name in ("transformer", "text_encoder", "vae"):
+        path = selection.model / name / "config.json"
+        try:
+            configs[name] = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read {path}: {error}") from error
+    extras = load_config(selection.config).transformer_additional_kwargs
+    configs["transformer"].update(transformer_kwargs_for_model(extras))
+    return configs
+
+
+def device_free_memory(device: torch.device) -> int | None:
+    """Bytes this process could use on ``device``: free memory plus what it holds already (CUDA: the caching
+    allocator's reserve; CPU: its resident set, which holds the loaded weights); None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+    if device.type == "cpu":
+        import psutil  # a dependency of accelerate
+
+        return psutil.virtual_memory().available + psutil.Process().memory_info().rss
+    return None
+
+
+@dataclass(frozen=True)
+class MemoryAdvice:
+    """What a setting needs on a device, computed before anything is loaded (:func:`estimate_memory`).
+
+    ``needed`` and ``by_mode`` (what each memory mode would need) are bytes: on an accelerator the computed peak plus
+    the CUDA context margin (:attr:`easyanimate.memory.MemoryEstimate.total_bytes`); on a CPU the computed peak
+    with every model in memory, whatever the mode. ``available``: :func:`device_free_memory`.
+    """
+
+    needed: int
+    available: int | None
+    device: str
+    memory_mode: str
+    by_mode: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def enough(self) -> bool:
+        """False only when the device is known to have less than the setting needs."""
+        return self.available is None or self.needed <= self.available
+
+    def summary(self) -> str:
+        """One line: what the setting needs, and what the device has."""
+        where = "of memory" if self.device == "cpu" else f"in memory mode {self.memory_mode}"
+        has = f" ({_size(self.available)} available)" if self.available is not None else ""
+        return f"This setting needs about {_size(self.needed)} {where} on {self.device}{has}."
+
+    def warning(self) -> str | None:
+        """What to do when the device has less than the setting needs (None when it has enough, or cannot say)."""
+        if self.enough:
+            return None
+        fitting = [f"{mode} ({_size(need)})" for mode, need in self.by_mode.items()
+                   if mode != self.memory_mode and need <= self.available]
+        modes = f"; the memory mode {' or '.join(fitting)} would fit" if fitting else ""
+        return (f"{self.device} has {_size(self.available)} available but this setting needs about "
+                f"{_size(self.needed)}: it may run out of memory{modes}; fewer frames, a smaller size or a temporal "
+                "window need less.")
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 10**9 else f"{count / 1e6:.0f} MB"
+
+
+def estimate_memory(selection: ModelSelection, request: GenerationRequest, device: torch.device, dtype: torch.dtype,
+                    memory_mode: str = "none") -> MemoryAdvice:
+    """The memory ``request`` needs with ``selection`` on ``device``: ``estimate_generation_memory`` from the
+    selection's own configs (no weight is read). About 1 s for the released model on one CPU core, then cached per
+    config and shape."""
+    configs = read_model_configs(selection)
+
+    def need(mode: str) -> int:
+        estimate = estimate_generation_memory(
+            configs["transformer"], request.height, request.width, request.frames, dtype, mode,
+            context_frames=request.context_frames, context_overlap=request.context_overlap,
+            guidance=request.guidance_scale > 1, text_encoder_config=configs["text_encoder"], vae_config=configs["vae"])
+        return estimate.peak_bytes if device.type == "cpu" else estimate.total_bytes
+
+    if device.type == "cpu":  # one memory holds every model: the mode moves nothing
+        return MemoryAdvice(need("none"), device_free_memory(device), "cpu", memory_mode)
+    by_mode = {mode: need(mode) for mode in MEMORY_MODES}
+    return MemoryAdvice(by_mode[memory_mode], device_free_memory(device), str(device), memory_mode, by_mode)
+
+
+# ------------------------------------------------------------------------------------------------
 # Generating and saving
 
 
@@ -494,7 +594,8 @@ def run_record(request: GenerationRequest, seed: int, selection: ModelSelection,
 
 
 __all__ = [
-    "DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "MEMORY_MODES", "GenerationRequest", "MissingWeightsError",
-    "ModelDefaults", "ModelSelection", "WeightLoadError", "apply_lora", "build_transformer", "generate",
-    "load_pipeline", "read_model_defaults", "run_record", "save_result", "select_model", "set_sampler",
+    "DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "MEMORY_MODES", "GenerationRequest", "MemoryAdvice",
+    "MissingWeightsError", "ModelDefaults", "ModelSelection", "WeightLoadError", "apply_lora", "build_transformer",
+    "estimate_memory", "generate", "load_pipeline", "read_model_defaults", "run_record", "save_result", "select_model",
+    "set_sampler",
 ]

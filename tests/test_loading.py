@@ -276,3 +276,55 @@ def test_weight_files_must_hold_finite_floating_point_tensors(tmp_path, bad, mat
     with pytest.raises(WeightLoadError, match=match) as caught:
         read_state_dict(path)
     assert "weights.safetensors" in str(caught.value) and "transformer_blocks.0.attn1.to_q.weight" in str(caught.value)
+
+
+def loaded_the_plain_way(folder, motion_module=None) -> Transformer3DModel:
+    """The reference: a fully initialised model, the files copied into it (``load_state_dict``), as loading was
+    before the model was built empty."""
+    config = {k: v for k, v in json.loads((folder / "transformer" / "config.json").read_text()).items()
+              if not k.startswith("_")}
+    model = Transformer3DModel.from_config({**config, **EXTRAS})
+    model.load_state_dict(read_state_dict(folder / "transformer" / "diffusion_pytorch_model.safetensors"), strict=False)
+    if motion_module is not None:
+        model.load_state_dict(read_state_dict(motion_module), strict=False)
+    return model.eval()
+
+
+@pytest.mark.parametrize("with_tables", [True, False])
+def test_loading_into_an_empty_model_gives_the_plain_loads_values_bit_for_bit(tmp_path, pixart_folder, with_tables):
+    path = tmp_path / "mm.safetensors"
+    save_motion_module(trained_video_model(), path, include_position_tables=with_tables)
+    model = Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS,
+                                                  motion_module=path).eval()
+    reference = loaded_the_plain_way(pixart_folder, path)
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value) and model.state_dict()[key].dtype == value.dtype, key
+    assert torch.equal(output(model, frames=4), output(reference, frames=4))
+
+
+def test_fresh_motion_modules_of_an_empty_model_are_identities_as_before(pixart_folder):
+    model = Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS).eval()
+    reference = loaded_the_plain_way(pixart_folder)  # its fresh motion modules: other random draws, also identities
+    for key, value in model.state_dict().items():
+        assert not value.is_meta and value.dtype == torch.float32, key
+        if ".attn_temporal." not in key or key.endswith(".pe") or ".proj_out." in key:
+            assert torch.equal(value, reference.state_dict()[key]), key
+    assert torch.equal(output(model, frames=4), output(reference, frames=4))
+
+
+def test_a_half_precision_file_loads_into_float32(pixart_folder):
+    weights = pixart_folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    half = {k: v.half() for k, v in read_state_dict(weights).items()}
+    save_file(half, str(weights))
+    model = Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.equal(model.proj_out.weight, half["proj_out.weight"].float())
+
+
+def test_a_loaded_model_owns_its_memory(pixart_folder):
+    model = Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS).eval()
+    before = output(model)
+    weights = pixart_folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(bytes(weights.stat().st_size))  # a model still mapping its file would see the zeros
+    assert torch.equal(output(model), before)

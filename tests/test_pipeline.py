@@ -204,3 +204,12 @@ def test_a_grid_with_block_size_4_needs_multiples_of_64_pixels(pipe):
     assert run(wide).shape == (1, 3, 4, 64, 64)
     with pytest.raises(ValueError, match="multiples of 64"):
         run(wide, height=32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_seed_gives_the_same_initial_noise_in_every_dtype(pipe, dtype):
+    """torch 2.11 draws another sequence for half dtypes than for float32: the noise is drawn in float32 and cast."""
+    def noise(in_dtype):
+        return pipe.prepare_latents(1, 4, 3, 64, 64, in_dtype, torch.device("cpu"), torch.Generator().manual_seed(8))
+
+    assert torch.equal(noise(dtype), noise(torch.float32).to(dtype))

@@ -32,7 +32,9 @@ from ..generation import (
     MEMORY_MODES,
     GenerationRequest,
     ModelLimits,
+    ModelSelection,
     apply_lora,
+    estimate_memory,
     generate,
     load_pipeline,
     model_zoo_text,
@@ -192,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device)
     output_dir = Path(args.output_dir)
     check_writable(output_dir)
+    if state is None or state.is_main_process:
+        report_memory(selection, requests[0], device, dtype, args.memory_mode)  # the requests differ in prompt only
     if selection.lora is not None:
         load_lora_state_dict(selection.lora)  # a LoRA that cannot be merged is refused before the model loads
     pipeline = load_pipeline(selection, requests[0].sampler, device, dtype, args.memory_mode)
@@ -214,6 +218,22 @@ def run(args: argparse.Namespace) -> int:
         processes = f" by {state.num_processes} processes" if state is not None else ""
         print(f"done: {len(requests)} video(s) in {output_dir}{processes}")
     return 0
+
+
+def report_memory(selection: ModelSelection, request: GenerationRequest, device: torch.device, dtype: torch.dtype,
+                  memory_mode: str) -> None:
+    """Print what the setting needs (computed from the model's configs), and warn when the device has less.
+
+    Advice only: the run goes on whatever it says, and a setting it cannot compute is reported and passed.
+    """
+    try:
+        advice = estimate_memory(selection, request, device, dtype, memory_mode)
+    except Exception as error:  # noqa: BLE001 (advice only: nothing here may stop a generation)
+        print(f"memory: not estimated ({type(error).__name__}: {error})")
+        return
+    print(advice.summary())
+    if (warning := advice.warning()) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 @contextmanager

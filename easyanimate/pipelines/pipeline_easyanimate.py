@@ -288,11 +288,15 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
     def prepare_latents(self, batch_size: int, num_channels: int, video_length: int, height: int, width: int,
                         dtype: torch.dtype, device: torch.device, generator: torch.Generator | list | None,
                         latents: torch.Tensor | None = None) -> torch.Tensor:
-        """Initial noise ``(B, C, F, H/8, W/8)`` times the scheduler's ``init_noise_sigma``."""
+        """Initial noise ``(B, C, F, H/8, W/8)`` times the scheduler's ``init_noise_sigma``.
+
+        The noise is drawn in float32 and then cast, so that a seed gives the same noise in every dtype: torch 2.11
+        draws another sequence for fp16 and bf16 than for float32 (torch 2.13 on a CPU draws float32 and rounds).
+        """
         shape = (batch_size, num_channels, video_length, height // self.vae_scale_factor,
                  width // self.vae_scale_factor)
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
         else:
             latents = latents.to(device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma

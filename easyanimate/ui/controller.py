@@ -40,11 +40,13 @@ from ..generation import (
     RELEASED_MODEL,
     RELEASED_MOTION_MODULE,
     GenerationRequest,
+    MemoryAdvice,
     MissingWeightsError,
     ModelDefaults,
     ModelSelection,
     apply_lora,
     build_transformer,
+    estimate_memory,
     generate,
     load_pipeline,
     read_model_defaults,
@@ -347,6 +349,15 @@ class EasyAnimateController:
         except (ValueError, OSError) as error:
             raise UIError(f"could not merge the LoRA {lora.name}: {error}") from error
         loaded.lora = wanted
+
+    def memory_advice(self, model: str | None, request: GenerationRequest) -> MemoryAdvice | None:
+        """What ``request`` needs with ``model`` on this device in this memory mode, from the model's config files
+        (nothing is loaded; :func:`~easyanimate.generation.estimate_memory`); None without a model."""
+        folder = self.resolve("models", model)
+        if folder is None:
+            return None
+        selection = select_model(self.models_dir, model=folder, use_motion_module=False)
+        return estimate_memory(selection, request, self.device, self.dtype, self.memory_mode)
 
     # ------------------------------------------------------------------------------------------
     # Generation

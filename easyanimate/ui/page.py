@@ -142,6 +142,25 @@ class _Handlers:
         return (loaded.model, loaded.motion_module, loaded.base_model, loaded.lora, loaded.lora_weight,
                 _status(self.c, []))
 
+    def memory(self, model, width, height, frames, cfg_scale, context_frames=0, context_overlap=0) -> str:
+        """What the current setting needs on this device, with a warning when the device has less (markdown)."""
+        summary, warning = self._memory_advice(model, width, height, frames, cfg_scale, context_frames, context_overlap)
+        return summary + (f"\n\n**Warning:** {warning}" if warning else "")
+
+    def _memory_advice(self, model, width, height, frames, cfg_scale, context_frames, context_overlap):
+        """(what the setting needs, a warning or None), computed from the model's configs with nothing loaded. Advice
+        only: it never stands in the way of a generation."""
+        try:
+            request = GenerationRequest(
+                height=_whole(height, "Height"), width=_whole(width, "Width"),
+                frames=_whole(frames, "Animation length"), guidance_scale=float(cfg_scale),
+                context_frames=_whole(context_frames, "Temporal window") or None,
+                context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None)
+            advice = self.c.memory_advice(model, request)
+        except Exception as error:  # noqa: BLE001 (advice only)
+            return f"Memory not estimated: {error}", None
+        return ("", None) if advice is None else (advice.summary(), advice.warning())
+
     def generate(self, model: str, motion_module: str, base_model: str, lora: str, lora_alpha: float, prompt: str,
                  negative_prompt: str, sampler: str, steps: float, width: float, height: float, frames: float,
                  cfg_scale: float, seed: float, context_frames: float = 0, context_overlap: float = 0,
@@ -163,6 +182,10 @@ class _Handlers:
                 v1_sampler_quirks=bool(v1_sampler_quirks))
         except Exception as error:
             raise _message(error) from error
+        _, memory_warning = self._memory_advice(model, width, height, frames, cfg_scale, context_frames,
+                                                context_overlap)
+        if memory_warning:
+            gr.Warning(memory_warning)  # before the generation starts; it still runs
         progress(0, desc="loading weights")
         cancel, outcome = threading.Event(), {}
 
@@ -190,7 +213,8 @@ class _Handlers:
         for warning in result.warnings:
             gr.Warning(warning)
         is_image = result.path.suffix == ".png"
-        status = _status(self.c, result.warnings) + f"\n\nSaved {result.path} (seed {result.seed})."
+        status = (_status(self.c, result.warnings + ([memory_warning] if memory_warning else []))
+                  + f"\n\nSaved {result.path} (seed {result.seed}).")
         yield None if is_image else str(result.path), str(result.path) if is_image else None, result.seed, status
 
     @staticmethod
@@ -257,6 +281,7 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                     with gr.Row():
                         generate = gr.Button("Generate", variant="primary", elem_id="generate")
                         stop = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="stop")
+                    memory = gr.Markdown("", elem_id="memory")
                 with gr.Column():
                     video = gr.Video(label="Generated Animation", interactive=False, format="mp4", elem_id="result")
                     image = gr.Image(label="Generated Image", interactive=False, visible=False, type="filepath")
@@ -269,6 +294,10 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                                  prompt, negative_prompt, context_frames, context_overlap, status],
                                 api_name="select_model")
         selecting.then(h.size_steps, None, [width, height], **private)
+        setting = [model, width, height, frames, cfg_scale, context_frames, context_overlap]
+        selecting.then(h.memory, setting, memory, **private)
+        for control in setting[1:]:
+            control.release(h.memory, setting, memory, **private)
         selecting.failure(h.restore_weights, None, [*weights, status], **private)
         for control in (motion_module, base_model, lora):
             control.input(h.switch, weights, status, **private).failure(h.restore_weights, None, [*weights, status],
@@ -277,6 +306,7 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
         for button in (model_refresh, motion_refresh, personalized_refresh):
             button.click(h.refresh, weights[:4], weights[:4], **private)
         page.load(h.refresh, weights[:4], weights[:4], **private)  # a new visitor sees the current files
+        page.load(h.memory, setting, memory, **private)
         dice.click(lambda: random.randint(1, MAX_SEED), None, seed, **private)
         generating = generate.click(h.generate, [*weights, prompt, negative_prompt, sampler, steps, width, height,
                                                  frames, cfg_scale, seed, context_frames, context_overlap, v1_quirks],
