@@ -88,9 +88,9 @@ def test_an_estimate_that_fails_never_stops_a_generation(tiny_models, tmp_path, 
 
 def test_the_page_shows_what_the_setting_needs_and_warns_before_generating(tiny_models, tmp_path, monkeypatch):
     from easyanimate.ui import EasyAnimateController
-    from easyanimate.ui.page import _Handlers
+    from easyanimate.ui.page import PageHandlers
 
-    handlers = _Handlers(EasyAnimateController(tiny_models["root"], tmp_path, device="cpu"))
+    handlers = PageHandlers(EasyAnimateController(tiny_models["root"], tmp_path, device="cpu"))
     model, motion_module = tiny_models["model"].name, tiny_models["motion_module"].name
     note = handlers.memory(model, 64, 64, 4, 6.0)
     assert note.startswith("This setting needs about") and "Warning" not in note

@@ -244,11 +244,11 @@ def test_size_sliders_follow_the_loaded_models_pixel_multiple():
     """A grid with block_size 4 needs multiples of 64 px: once such a model is loaded the sliders step by 64."""
     from types import SimpleNamespace
 
-    from easyanimate.ui.page import SIZE_STEP, _Handlers
+    from easyanimate.ui.page import SIZE_STEP, PageHandlers
 
-    handlers = _Handlers(SimpleNamespace(pipeline=None))
+    handlers = PageHandlers(SimpleNamespace(pipeline=None))
     assert all(update["step"] == update["minimum"] == SIZE_STEP == 32 for update in handlers.size_steps())
-    handlers = _Handlers(SimpleNamespace(pipeline=SimpleNamespace(pixel_multiple=64)))
+    handlers = PageHandlers(SimpleNamespace(pipeline=SimpleNamespace(pixel_multiple=64)))
     width, height = handlers.size_steps()
     assert (width["step"], width["minimum"], height["step"], height["minimum"]) == (64, 64, 64, 64)
     assert "value" not in width and "value" not in height
@@ -331,3 +331,16 @@ def test_cancelling_a_request_over_the_api_frees_the_queue_for_the_next(served, 
 
 def denoising(status) -> bool:
     return bool(status.progress_data) and status.progress_data[0].desc == "denoising"
+
+
+def test_a_setting_the_model_cannot_take_is_said_beside_the_controls(ui_models, tmp_path):
+    from easyanimate.ui.page import PageHandlers
+
+    controller = EasyAnimateController(ui_models, tmp_path, device="cpu")
+    page = PageHandlers(controller)
+    note = page.memory(MODEL, 80, 64, 8, 6.0)
+    assert note.startswith("**Check:**") and "multiples of 32" in note
+    assert "**Check:**" in page.memory(MODEL, 64, 64, 300, 6.0) and "position table" in page.memory(MODEL, 64, 64,
+                                                                                                   300, 6.0)
+    assert "**Check:**" not in page.memory(MODEL, 64, 64, 8, 6.0)
+    assert controller.pipeline is None  # nothing was loaded to say so

@@ -43,6 +43,7 @@ from ..generation import (
     MemoryAdvice,
     MissingWeightsError,
     ModelDefaults,
+    ModelLimits,
     ModelSelection,
     apply_lora,
     build_transformer,
@@ -349,6 +350,19 @@ class EasyAnimateController:
         except (ValueError, OSError) as error:
             raise UIError(f"could not merge the LoRA {lora.name}: {error}") from error
         loaded.lora = wanted
+
+    def setting_problem(self, model: str | None, request: GenerationRequest) -> str | None:
+        """What is wrong with ``request``'s size, frames and window for ``model`` (from its config files, nothing
+        loaded), in the words a generation would refuse it with; None when it is fine or no model is chosen."""
+        folder = self.resolve("models", model)
+        if folder is None:
+            return None
+        selection = select_model(self.models_dir, model=folder, use_motion_module=False)
+        try:
+            request.validate(ModelLimits.of_selection(selection))
+        except ValueError as error:
+            return str(error)
+        return None
 
     def memory_advice(self, model: str | None, request: GenerationRequest) -> MemoryAdvice | None:
         """What ``request`` needs with ``model`` on this device in this memory mode, from the model's config files

@@ -69,8 +69,8 @@ def _status(controller: EasyAnimateController, warnings: list[str]) -> str:
     return "\n\n".join(lines)
 
 
-class _Handlers:
-    """The page's event handlers around one controller."""
+class PageHandlers:
+    """The page's event handlers around one controller (public so that each rule can be tested without a browser)."""
 
     def __init__(self, controller: EasyAnimateController) -> None:
         self.c = controller
@@ -143,7 +143,19 @@ class _Handlers:
                 _status(self.c, []))
 
     def memory(self, model, width, height, frames, cfg_scale, context_frames=0, context_overlap=0) -> str:
-        """What the current setting needs on this device, with a warning when the device has less (markdown)."""
+        """Beside the controls: what is wrong with the setting for this model, else what it needs on this device,
+        with a warning when the device has less (markdown)."""
+        try:
+            request = GenerationRequest(
+                height=_whole(height, "Height"), width=_whole(width, "Width"),
+                frames=_whole(frames, "Animation length"), guidance_scale=float(cfg_scale),
+                context_frames=_whole(context_frames, "Temporal window") or None,
+                context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None)
+            problem = self.c.setting_problem(model, request)
+        except Exception as error:  # noqa: BLE001 (a note beside the controls; Generate reports it in full)
+            problem = str(error)
+        if problem:
+            return f"**Check:** {problem}"
         summary, warning = self._memory_advice(model, width, height, frames, cfg_scale, context_frames, context_overlap)
         return summary + (f"\n\n**Warning:** {warning}" if warning else "")
 
@@ -225,7 +237,7 @@ class _Handlers:
 
 def build_ui(controller: EasyAnimateController) -> gr.Blocks:
     """The page, wired to ``controller``; launch it with ``.queue().launch(...)``."""
-    h = _Handlers(controller)
+    h = PageHandlers(controller)
     choices = controller.choices
     start = controller.initial_choice()  # the released model if present, else the shipped demo model
     defaults = controller.model_defaults(start.model)
