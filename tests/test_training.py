@@ -325,26 +325,51 @@ def test_unusable_items_are_skipped_and_reported(tiny_models, dataset, tmp_path,
     assert "skipped" in capsys.readouterr().out
 
 
+def launch_two_processes(launcher_flags: list[str], options: dict, env: dict | None = None):
+    """`accelerate launch` train.py in 2 CPU processes with the given launcher flags; returns the finished run."""
+    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_flags, "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(free_port()), str(ROOT / "train.py"), *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 @pytest.mark.slow
 def test_two_process_accelerate_launch_trains_and_saves(tiny_models, dataset, tmp_path):
     out = tmp_path / "ddp"
     options = settings(tiny_models, dataset, out, max_train_steps=2, checkpointing_steps=2, train_batch_size=1)
-    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
     # --multi_gpu selects accelerate's torchrun launcher; without GPUs the trainer uses CPU + gloo.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               str(free_port()),
-               str(ROOT / "train.py"), *flags]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = launch_two_processes(["--multi_gpu"], options)
     assert (out / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     assert (out / "checkpoint-2" / "noise_generator_1.safetensors").is_file()  # one state per process
     assert (out / "motion_module.safetensors").is_file()
     # --precompute: each process encoded its half of the 4 clips; messages not meant per process appear once
     shares = re.findall(r"\[RANK (\d)\] precompute: this process encoded (\d) of 4 items", done.stderr)
     assert sorted(shares) == [("0", "2"), ("1", "2")], done.stderr[-3000:]
-    assert done.stderr.count("mixed precision:") == 1 and done.stderr.count("exported motion_module") == 1
+    assert done.stderr.count("mixed precision:") == 1 and done.stderr.count("exported motion_module:") == 1
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_in_two_cpu_processes_trains_saves_and_resumes(tiny_models, dataset, tmp_path):
+    out = tmp_path / "zero2"
+    zero2 = ["--use_deepspeed", "--zero_stage", "2"]
+    cpu = {"DS_ACCELERATOR": "cpu"}  # DeepSpeed's CPU accelerator (it would look for CUDA first)
+    options = settings(tiny_models, dataset, out, max_train_steps=2, checkpointing_steps=2, train_batch_size=1)
+    done = launch_two_processes(zero2, options, cpu)
+    # the two processes train together (one optimizer sharded over both), not two runs of one process each
+    assert "1 per device x 2 process(es)" in done.stderr, done.stderr[-3000:]
+    shards = {p.name for p in (out / "checkpoint-2" / "pytorch_model").iterdir()}
+    assert {f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)} <= shards  # ZeRO: one per rank
+    first = load_file(out / "motion_module.safetensors")
+
+    done = launch_two_processes(zero2, {**options, "max_train_steps": 4, "resume_from_checkpoint": "latest"}, cpu)
+    assert re.search(r"resumed from \S+checkpoint-2 at step 2", done.stdout), done.stdout[-3000:]
+    assert (out / "checkpoint-4" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    again = load_file(out / "motion_module.safetensors")
+    assert again.keys() == first.keys() and any(not torch.equal(again[k], first[k]) for k in first)  # it trained on
 
 
 def wait_for(condition, timeout: float = 120.0, what: str = "") -> None:

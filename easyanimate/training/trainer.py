@@ -23,7 +23,13 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import (
+    InitProcessGroupKwargs,
+    ProjectConfiguration,
+    broadcast_object_list,
+    parse_flag_from_env,
+    set_seed,
+)
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -135,13 +141,27 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     or its config file), as accelerate's own examples do.
     """
     output_dir = Path(config.output_dir)
-    cpu_only = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # Several processes on a machine without GPUs: data parallel on the CPU over gloo, unless DeepSpeed (which
+    # brings its own CPU accelerator) is asked for.
+    several_on_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    # accelerate only starts DeepSpeed's process group for a known backend; on a machine without GPUs it knows
+    # none unless told gloo, and each process would then train alone.
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if several_on_cpu and deepspeed else []
     accelerator = Accelerator(
-        cpu=cpu_only, gradient_accumulation_steps=config.gradient_accumulation_steps,
+        kwargs_handlers=handlers, cpu=several_on_cpu and not deepspeed,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with=None if config.report_to == "none" else config.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir),
                                             logging_dir=str(output_dir / config.logging_dir)))
+    if accelerator.state.deepspeed_plugin is not None:
+        # The loader batches through a batch sampler (buckets, resumable order), so DeepSpeed cannot read the
+        # batch size off it: say it.
+        settings = accelerator.state.deepspeed_plugin.deepspeed_config
+        settings["train_micro_batch_size_per_gpu"] = config.train_batch_size
+        settings["train_batch_size"] = (config.train_batch_size * config.gradient_accumulation_steps
+                                        * accelerator.num_processes)
     if config.seed is not None:
         set_seed(config.seed)
     if config.allow_tf32:
