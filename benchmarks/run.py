@@ -35,7 +35,7 @@ from .scenarios import SCENARIOS, Scenario, quick
 
 SDPA = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
 TOKENS = ("plain", "forward", "backward", "train-motion_module", "train-full", "train-lora", "checkpointing",
-          "autocast", "compiled", "retain", "bf16", "fp16", "v1-layout", *(f"sdpa-{name}" for name in SDPA))
+          "autocast", "foreach", "compiled", "retain", "bf16", "fp16", "v1-layout", *(f"sdpa-{name}" for name in SDPA))
 EXACT = {"plain", "forward", "retain"}  # the tokens that leave the output bit for bit as it is
 
 
@@ -62,7 +62,7 @@ def transformer_variant(name: str, s: Scenario, base, malloc: str, slow: dict[st
     train = next((t.removeprefix("train-") for t in tokens if t.startswith("train-")), None)
     model = base if dtype == s.dtype and not train and "compiled" not in tokens else copy.deepcopy(base).to(
         DTYPES[dtype])
-    optimizer = trainable(model, train, "checkpointing" in tokens) if train else None
+    optimizer = trainable(model, train, "checkpointing" in tokens, "foreach" not in tokens) if train else None
     diffusion = ImprovedDDPM()
     if "compiled" in tokens:
         model.compile_blocks(backend=s.compile_backend)
@@ -75,7 +75,7 @@ def transformer_variant(name: str, s: Scenario, base, malloc: str, slow: dict[st
         t = diffusion.sample_timesteps(x0.shape[0], device=x0.device)
         noise = torch.randn_like(x0)
         noisy = diffusion.q_sample(x0, t, noise)
-        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled="autocast" in tokens):
+        with context(), torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled="autocast" in tokens):
             output = model.train()(noisy, text, mask, t, return_dict=False)[0]
         diffusion.training_losses(output.float(), x0, noisy, t, noise)["loss"].mean().backward()
         optimizer.step()
@@ -89,8 +89,9 @@ def transformer_variant(name: str, s: Scenario, base, malloc: str, slow: dict[st
     return model, dtype, variant
 
 
-def trainable(model, mode: str, checkpointing: bool) -> torch.optim.Optimizer:
-    """Make the motion modules, the whole model or a rank-16 LoRA trainable (as the trainer does); AdamW over it."""
+def trainable(model, mode: str, checkpointing: bool, fused: bool = True) -> torch.optim.Optimizer:
+    """Make the motion modules, the whole model or a rank-16 LoRA trainable (as the trainer does); AdamW over it,
+    fused as the trainer makes it, or the default foreach implementation (``foreach`` token)."""
     from easyanimate.lora import TRANSFORMER, lora_target_modules
     from easyanimate.training.trainer import select_trainable
 
@@ -105,7 +106,7 @@ def trainable(model, mode: str, checkpointing: bool) -> torch.optim.Optimizer:
         groups = select_trainable(model, ["attn_temporal"] if mode == "motion_module" else ["."], [], 1e-4)
     if checkpointing:
         model.enable_gradient_checkpointing()
-    return torch.optim.AdamW(groups, lr=1e-4)
+    return torch.optim.AdamW(groups, lr=1e-4, fused=fused, foreach=not fused)
 
 
 def measure_transformer(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, malloc: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from easyanimate.generation import apply_lora, load_pipeline, select_model
 from easyanimate.models import read_state_dict
 from easyanimate.training import checkpoints
 from easyanimate.training.config import config_from_sources, parse_config
-from easyanimate.training.trainer import train
+from easyanimate.training.trainer import make_optimizer, train
 from easyanimate.video_io import save_image, save_video
 
 from .helpers import free_port
@@ -79,6 +79,26 @@ def test_motion_module_training_lowers_the_loss_and_keeps_the_rest_frozen(tiny_m
         assert torch.equal(after[key], value), f"frozen {key} changed"
     motion = load_file(str(tmp_path / "motion_module.safetensors"))
     assert motion and all(".attn_temporal." in k for k in motion)
+
+
+def test_the_fused_optimizer_steps_as_the_default_adamw_does():
+    config = config_from_sources(None, {"pretrained_model_name_or_path": "m", "adam_weight_decay": 0.05,
+                                          "adam_beta1": 0.8})
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(32)]
+    params = {name: [p.clone().requires_grad_() for p in start] for name in ("ours", "default")}
+    optimizers = {"ours": make_optimizer(config, [{"params": params["ours"], "lr": 1e-3}]),
+                  "default": torch.optim.AdamW([{"params": params["default"], "lr": 1e-3}], betas=(0.8, 0.999),
+                                               weight_decay=0.05, eps=config.adam_epsilon, foreach=True)}
+    for step in range(5):
+        for name, optimizer in optimizers.items():
+            for p in params[name]:
+                p.grad = torch.sin(p.detach() * (step + 1))  # the same gradients on both sides
+            optimizer.step()
+    assert optimizers["ours"].defaults["fused"]
+    for ours, default, first in zip(params["ours"], params["default"], start, strict=True):
+        assert not torch.equal(ours, first)
+        torch.testing.assert_close(ours, default, rtol=1e-6, atol=1e-7)
 
 
 def test_image_training_trains_the_whole_pixart_model(tiny_models, dataset, tmp_path):

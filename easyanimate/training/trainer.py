@@ -271,7 +271,10 @@ def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optim
         except ImportError as error:
             raise ImportError("use_8bit_adam needs bitsandbytes (pip install -r requirements-gpu.txt)") from error
         return bitsandbytes.optim.AdamW8bit(groups, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
+    # The fused kernel updates each parameter in one pass where the default (foreach) makes about ten over the
+    # optimizer state: the step of a full-width motion module (29M parameters) takes a quarter of the time on a CPU,
+    # with the same parameters to float rounding (benchmarks: the `train-target` scenario).
+    return torch.optim.AdamW(groups, fused=True, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
