@@ -272,8 +272,10 @@ def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optim
             raise ImportError("use_8bit_adam needs bitsandbytes (pip install -r requirements-gpu.txt)") from error
         return bitsandbytes.optim.AdamW8bit(groups, **kwargs)
     # The fused kernel updates each parameter in one pass where the default (foreach) makes about ten over the
-    # optimizer state: the step of a full-width motion module (29M parameters) takes a quarter of the time on a CPU,
-    # with the same parameters to float rounding (benchmarks: the `train-target` scenario).
+    # optimizer state: for a full-width motion module (29M parameters) the optimizer step alone took a quarter of
+    # the time on a busy 2-core CPU, with the same parameters to float rounding. In a whole training step the gain
+    # is within run-to-run noise on a quiet CPU (benchmarks: the `train-target` scenario); it is larger where memory
+    # bandwidth is shared.
     return torch.optim.AdamW(groups, fused=True, **kwargs)
 
 
