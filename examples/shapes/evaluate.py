@@ -13,8 +13,8 @@ Modes:
 * ``video``: the model as shipped (image model + motion module);
 * ``no_motion_module``: the same without the motion module (every frame generated independently), so
   the direction accuracy shows whether the motion comes from the motion module (chance: 25%);
-* ``lora``: prompts with " on a dark background" and the style LoRA at weights 0 and 1; "dark" is the
-  fraction of clips with a dark background;
+* ``lora``: prompts with " on a dark background" and the style LoRA merged at each ``--lora-weights``
+  (default 0 and 1); "dark" is the fraction of clips with a dark background;
 * in every mode but ``long``, "facing" is the fraction of clips whose darker front half (in worlds that
   draw one) is on the prompted side: the direction as the image model draws it in single frames, even
   where nothing moves;
@@ -164,6 +164,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--json", help="write the per-mode accuracies here")
     add("--long-frames", type=int, default=64, help="long mode: frames per clip")
     add("--lora", help="style LoRA (default: the one in the model's defaults, else the shipped file)")
+    add("--lora-weights", type=float, nargs="+", default=[0.0, 1.0], metavar="W",
+        help="lora mode: the weights the LoRA is merged at, one row each (default: 0 1)")
     add("--model", help="model folder (default: the released weights, else the shipped demo model)")
     add("--models-dir", default="models", help="root of the model layout")
     add("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES,
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             lora = Path(args.lora) if args.lora else (
                 selection.lora or shipped_lora(Path(args.models_dir), selection.model))
             merger = None
-            for weight in (0.0, 1.0):
+            for weight in args.lora_weights:
                 merger = apply_lora(pipeline, merger, lora, weight)
                 run(f"lora {weight:g}", pipeline, style=True)
     if "no_motion_module" in args.modes:
