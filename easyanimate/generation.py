@@ -330,7 +330,8 @@ class ModelSelection:
 
 def select_model(models_dir: Path = MODELS_DIR, model: str | Path | None = None, config: str | Path | None = None,
                  motion_module: str | Path | None = None, transformer_path: str | Path | None = None,
-                 lora: str | Path | None = None, use_motion_module: bool = True, inpaint: bool = False) -> ModelSelection:
+                 lora: str | Path | None = None, use_motion_module: bool = True,
+                 inpaint: bool = False) -> ModelSelection:
     """Resolve what to load, falling back to the shipped demo model when the released weights are absent.
 
     With ``inpaint`` the default is the shipped inpaint demo model (v1 released no inpaint weights).
@@ -616,7 +617,8 @@ def run_record(request: GenerationRequest, seed: int, selection: ModelSelection,
 
 
 __all__ = [
-    "DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "MEMORY_MODES", "GenerationRequest", "KnownContent", "MissingWeightsError",
+    "DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "MEMORY_MODES", "GenerationRequest", "KnownContent",
+    "MissingWeightsError",
     "ModelDefaults", "ModelSelection", "WeightLoadError", "apply_lora", "build_transformer", "generate",
     "load_pipeline", "read_model_defaults", "run_record", "save_result", "select_model", "set_sampler",
 ]

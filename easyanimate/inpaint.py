@@ -50,7 +50,8 @@ class MaskSettings:
     def __post_init__(self) -> None:
         weights = self.weights()
         if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
-            raise ValueError(f"mask type weights must be >= 0 with a positive sum, got {dict(zip(MASK_TYPES, weights))}")
+            raise ValueError(f"mask type weights must be >= 0 with a positive sum, got "
+                             f"{dict(zip(MASK_TYPES, weights))}")
         if self.max_start_frames < 1:
             raise ValueError(f"max_start_frames must be >= 1, got {self.max_start_frames}")
 

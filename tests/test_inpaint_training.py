@@ -144,13 +144,15 @@ def test_an_inpaint_run_resumes_exactly(tiny_models, dataset, tmp_path):  # noqa
     common = dict(precompute=False, checkpointing_steps=2)
     inpaint_run(tiny_models, dataset, tmp_path / "straight", max_train_steps=4, **common)
     inpaint_run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=2, **common)
-    inpaint_run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=4, resume_from_checkpoint="latest", **common)
+    inpaint_run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=4, resume_from_checkpoint="latest",
+                **common)
     straight = load_file(str(tmp_path / "straight" / "transformer" / "diffusion_pytorch_model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "transformer" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
 
 
-def test_full_training_from_the_latent_cache_and_a_lora_on_the_inpaint_model(tiny_models, dataset, tmp_path):  # noqa: F811
+def test_full_training_from_the_latent_cache_and_a_lora_on_the_inpaint_model(
+        tiny_models, dataset, tmp_path):  # noqa: F811
     full = inpaint_run(tiny_models, dataset, tmp_path / "full", max_train_steps=3, trainable_modules=["."])
     assert set(full.exports) == {"transformer", "motion_module", "pixart_transformer"}
     checkpoint = full.exports["transformer"] / "diffusion_pytorch_model.safetensors"
@@ -179,15 +181,16 @@ def test_inpaint_validation_renders_image_to_video_samples(tiny_models, dataset,
     ({"validation_prompts": ["a red square"]}, "one validation_images entry per validation prompt"),
     ({"validation_images": ["missing.png"]}, "validation_images not found: missing.png"),
 ])
-def test_bad_inpaint_settings_are_refused_naming_the_option(tiny_models, dataset, tmp_path, overrides, match):  # noqa: F811
+def test_bad_inpaint_settings_are_refused_naming_the_option(
+        tiny_models, dataset, tmp_path, overrides, match):  # noqa: F811
     with pytest.raises(ConfigError, match=match):
         config_from_sources(None, settings(tiny_models, dataset, tmp_path, **{**INPAINT, **overrides}))
 
 
 def test_an_image_model_yaml_is_refused_in_inpaint_mode(tiny_models, dataset, tmp_path):  # noqa: F811
     with pytest.raises(ConfigError, match="inpaint trains a video model"):
-        inpaint_run(tiny_models, dataset, tmp_path, config_path=str(ROOT / "config" / "easyanimate_image_normal_v1.yaml"),
-                    trainable_modules=["."], max_train_steps=1)
+        inpaint_run(tiny_models, dataset, tmp_path, trainable_modules=["."], max_train_steps=1,
+                    config_path=str(ROOT / "config" / "easyanimate_image_normal_v1.yaml"))
 
 
 @pytest.mark.slow
@@ -197,8 +200,8 @@ def test_two_process_inpaint_training(tiny_models, dataset, tmp_path):  # noqa: 
                        precompute=False, **{**INPAINT, "train_data_meta": str(dataset / "videos_only.json")})
     flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items() if v is not False]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
-               str(ROOT / "train.py"), *flags]
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", "29533", str(ROOT / "train.py"), *flags]
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,4 +1,5 @@
-"""The image-to-video tab in a real browser: Debian's chromium driven by Playwright (both installed by scripts/setup.sh).
+"""The image-to-video tab in a real browser: Debian's chromium driven by Playwright (both installed by
+scripts/setup.sh).
 
 Set ``SCREENSHOT_DIR`` to keep a screenshot of the page after a generation.
 """

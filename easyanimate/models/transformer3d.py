@@ -379,8 +379,8 @@ def _check_options(options: dict[str, Any]) -> None:
     latent = _latent_channels(options["in_channels"], options["out_channels"])
     if options["in_channels"] not in (latent, inpaint_in_channels(latent)):
         raise ConfigError(f"in_channels={options['in_channels']} with out_channels={options['out_channels']}: a model "
-                          f"for {latent} latent channels takes {latent} (text-to-video) or {inpaint_in_channels(latent)} "
-                          "(inpaint: latents, mask, masked-video latents) input channels")
+                          f"for {latent} latent channels takes {latent} (text-to-video) or "
+                          f"{inpaint_in_channels(latent)} (inpaint: latents, mask, masked-video latents) input channels")
     if options["num_embeds_ada_norm"] is None:
         raise ConfigError("num_embeds_ada_norm must be set for ada_norm_single PixArt models")
     mm_kwargs = options["motion_module_kwargs"]

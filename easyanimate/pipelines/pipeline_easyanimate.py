@@ -468,7 +468,8 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
 
     @staticmethod
     def resolve_video_length(video_length: int | None, num_frames: int | None, default: int = 16) -> int:
-        """``video_length`` or its diffusers name ``num_frames`` (they must agree when both are given), else ``default``."""
+        """``video_length`` or its diffusers name ``num_frames`` (they must agree when both are given), else
+        ``default``."""
         if num_frames is not None and video_length is not None and num_frames != video_length:
             raise ValueError(f"num_frames={num_frames} and video_length={video_length} disagree: give one of them")
         return next((n for n in (video_length, num_frames) if n is not None), default)

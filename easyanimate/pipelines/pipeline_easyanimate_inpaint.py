@@ -125,7 +125,8 @@ class EasyAnimateV1InpaintPipeline(EasyAnimateV1Pipeline):
         """
         height = self.default_size() if height is None else height
         width = self.default_size() if width is None else width
-        prompts = len(prompt) if isinstance(prompt, list) else prompt_embeds.shape[0] if prompt_embeds is not None else 1
+        prompts = (len(prompt) if isinstance(prompt, list) else
+                   prompt_embeds.shape[0] if prompt_embeds is not None else 1)
         known, mask = self.prepare_known_video(image, end_image, video, mask_video, box, video_length, num_frames,
                                                height, width, prompts)
         if long_video not in LONG_VIDEO_MODES:
@@ -266,7 +267,8 @@ class EasyAnimateV1InpaintPipeline(EasyAnimateV1Pipeline):
             if made is not None:
                 shared = made[:, :, start:].transpose(1, 2) * 2 - 1  # (B, overlap, 3, H, W)
                 if part_known.shape[0] != shared.shape[0]:
-                    part_known, part_mask = (t.expand(shared.shape[0], *t.shape[1:]).clone() for t in (part_known, part_mask))
+                    part_known, part_mask = (t.expand(shared.shape[0], *t.shape[1:]).clone()
+                                             for t in (part_known, part_mask))
                 part_known[:, :shared.shape[1]], part_mask[:, :shared.shape[1]] = shared, 0
             chunk = self._generate(**arguments, video_length=stop - start, latents=None, output_type="pt",
                                    return_dict=True, context_frames=None, context_overlap=None,
@@ -309,8 +311,8 @@ def _as_image(image: ImageInput) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"an image array must be (H, W, 3), got shape {image.shape}")
-        image = torch.from_numpy(image.astype(np.float32) / 255 if image.dtype == np.uint8 else image.astype(np.float32))
-        image = image.permute(2, 0, 1)
+        scale = 255 if image.dtype == np.uint8 else 1
+        image = torch.from_numpy(image.astype(np.float32) / scale).permute(2, 0, 1)
     if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"an image must be a PIL image, an (H, W, 3) array or a (3, H, W) tensor in [0, 1], got "
                          f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}")
@@ -332,8 +334,9 @@ def _as_video(video: VideoInput) -> torch.Tensor:
 
 
 def _as_mask(mask: VideoInput | ImageInput) -> torch.Tensor:
-    """``(F, 1, H, W)`` float in [0, 1] from PIL images (any mode), arrays ``(H, W)``, ``(F, H, W)``, ``(F, H, W, 3)`` or
-    tensors ``(H, W)``, ``(F, H, W)``, ``(1, F, H, W)``; colour masks count by their brightest channel."""
+    """``(F, 1, H, W)`` float in [0, 1] from PIL images (any mode), arrays ``(H, W)``, ``(F, H, W)``,
+    ``(F, H, W, 3)`` or tensors ``(H, W)``, ``(F, H, W)``, ``(1, F, H, W)``; colour masks count by their brightest
+    channel."""
     if isinstance(mask, Image.Image):
         mask = [mask]
     if isinstance(mask, (list, tuple)) and mask and all(isinstance(m, Image.Image) for m in mask):

@@ -307,10 +307,10 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                                                 label="Inpaint model", elem_id="i2v-model")
                         i2v_refresh = gr.Button("Refresh", scale=0, min_width=100)
                     with gr.Row():
-                        start_image = gr.Image(label="Start image", type="filepath", sources=["upload"], height=240,
-                                               elem_id="start-image")
-                        end_image = gr.Image(label="End image (optional)", type="filepath", sources=["upload"], height=240,
-                                             elem_id="end-image")
+                        start_image = gr.Image(label="Start image", type="filepath", sources=["upload"],
+                                               height=240, elem_id="start-image")
+                        end_image = gr.Image(label="End image (optional)", type="filepath", sources=["upload"],
+                                             height=240, elem_id="end-image")
                     long_video = gr.Radio(list(LONG_VIDEO_MODES), value=d.long_video, label="Longer videos",
                                           info="beyond the temporal window: all frames in overlapping windows, or by "
                                                "repeated extension, each chunk starting from the last frames made")
@@ -375,8 +375,8 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
         generating.then(h.show_result, [video, image], [video, image], **private)
 
         # The image-to-video tab: its own model and Generate button, the shared settings.
-        i2v_selecting = i2v_model.input(h.select_inpaint_model, [i2v_model, prompt], [*settings, long_video, i2v_status],
-                                        api_name="select_inpaint_model")
+        i2v_selecting = i2v_model.input(h.select_inpaint_model, [i2v_model, prompt],
+                                        [*settings, long_video, i2v_status], api_name="select_inpaint_model")
         i2v_selecting.then(h.size_steps, None, [width, height], **private)
         i2v_refresh.click(h.refresh_inpaint, i2v_model, i2v_model, **private)
         page.load(h.refresh_inpaint, i2v_model, i2v_model, **private)
