@@ -135,6 +135,9 @@ class GenerationRequest:
     long_video: str = "windows"
     """inpaint models: videos longer than context_frames in temporal windows, or by repeated "extension" (chunks of
     context_frames, each starting from the last context_overlap frames made)"""
+    keep_known: bool = True
+    """inpaint models: put the known latents back after every step (the known content comes out as the VAE's
+    reconstruction of it); False leaves it to the model"""
 
     def overridden(self, **values: Any) -> GenerationRequest:
         """A copy with the given fields replaced; a value of None keeps this request's value."""
@@ -463,7 +466,7 @@ def generate(pipeline: EasyAnimatePipeline, request: GenerationRequest, seed: in
     device = pipeline._execution_device
     generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
     inputs = known.pipeline_inputs() if known is not None else {}
-    extra = {"long_video": request.long_video} if known is not None else {}
+    extra = {"long_video": request.long_video, "keep_known": request.keep_known} if known is not None else {}
     output = pipeline(prompt=request.prompt, negative_prompt=request.negative_prompt,
                       num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
                       height=request.height, width=request.width, video_length=request.frames,

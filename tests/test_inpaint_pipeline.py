@@ -18,7 +18,7 @@ from easyanimate.models import Transformer3DModel
 from easyanimate.pipelines import EasyAnimateInpaintPipeline, EasyAnimateV1InpaintPipeline, EasyAnimateV1Pipeline
 
 SIZE = 64
-STEPS = dict(num_inference_steps=3, height=SIZE, width=SIZE)
+STEPS = dict(num_inference_steps=3, height=SIZE, width=SIZE, keep_known=False)  # the model alone keeps the content
 
 
 class TrueNoise(Transformer3DModel):
@@ -214,3 +214,25 @@ def test_a_real_inpaint_model_saves_and_loads_as_the_inpaint_pipeline(t2v, tiny_
     assert torch.equal(first, loaded("a red circle", **options).videos)
     with pytest.raises(ValueError, match="inpaint model"):
         EasyAnimateV1Pipeline.from_pretrained(tmp_path / "saved")
+
+
+@pytest.mark.parametrize("sampler", ["DPM++", "Euler", "DDIM"])
+def test_keep_known_puts_the_known_latents_back_whatever_the_model_predicts(t2v, tiny_models, sampler):
+    """With keep_known (the default) the known frames' latents are the given content's, also for a model with
+    random weights; the frames to generate are the model's."""
+    from easyanimate.generation import set_sampler
+
+    pipeline = EasyAnimateInpaintPipeline(t2v.tokenizer, t2v.text_encoder, t2v.vae, inpaint_transformer(tiny_models),
+                                          t2v.scheduler)
+    pipeline.set_progress_bar_config(disable=True)
+    set_sampler(pipeline, sampler)
+    image = clip(1, seed=10)[:, 0]
+    options = dict(image=image, video_length=3, output_type="latent", num_inference_steps=3, height=SIZE, width=SIZE,
+                   generator=torch.Generator().manual_seed(0))
+    latents = pipeline("a red circle", **options).videos[0]
+    with torch.no_grad():
+        known = pipeline.vae.encode(image[None] * 2 - 1).latent_dist.mode()[0] * pipeline.vae.config.scaling_factor
+    torch.testing.assert_close(latents[:, 0], known, atol=1e-5, rtol=0)
+    options["generator"] = torch.Generator().manual_seed(0)
+    alone = pipeline("a red circle", **options, keep_known=False).videos[0]
+    assert (alone[:, 0] - known).abs().max() > 1e-2  # the random model alone does not reproduce it

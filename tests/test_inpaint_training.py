@@ -207,3 +207,21 @@ def test_two_process_inpaint_training(tiny_models, dataset, tmp_path):  # noqa: 
     assert done.returncode == 0, done.stderr[-3000:]
     assert Transformer3DModel.from_pretrained(out / "transformer").is_inpaint
     assert len(list((out / "sanity_check").glob("*.mp4"))) == 4  # written once, by the main process
+
+
+def test_names_matching_both_lists_train_at_the_full_rate():
+    """``trainable_modules: [attn_temporal, pos_embed]`` with ``low_learning_rate: ["."]`` (the shapes inpaint stage):
+    the new input channels and the motion modules at lr, the rest of the model at lr / 10."""
+    from easyanimate.training.components import select_trainable
+
+    from .test_loading import EXTRAS
+    from .test_transformer import TINY
+
+    model = Transformer3DModel(**{**TINY, "in_channels": 9}, **EXTRAS)
+    fast, slow = select_trainable(model, ["attn_temporal", "pos_embed"], ["."], lr=1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert fast["lr"] == 1e-3 and slow["lr"] == 1e-4
+    assert all("attn_temporal" in names[id(p)] or names[id(p)].startswith("pos_embed") for p in fast["params"])
+    trained = {names[id(p)] for p in fast["params"] + slow["params"]}
+    assert trained == {n for n in names.values() if "." in n}  # every name with a dot (v1's "." pattern)
+    assert any(names[id(p)] == "pos_embed.proj.weight" for p in fast["params"])

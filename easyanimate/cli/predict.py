@@ -62,6 +62,9 @@ def build_parser(description: str = __doc__, inpaint: bool = False) -> argparse.
         add("--extend", type=int, metavar="K", help="with --video: continue it; its last K frames start the --frames "
             "generated frames, and the whole video is written")
         add("--image", help="the first frame: image-to-video (resized and centre-cropped to the size)")
+        add("--keep-known", action=argparse.BooleanOptionalAction, default=None, help="put the known latents back "
+            "after every step, so the given frames come out as the VAE's reconstruction of them (default: the "
+            f"model's, else {d.keep_known}); --no-keep-known leaves them to the model")
         add("--long-video", choices=["windows", "extension"], help="videos longer than --context-frames: all frames "
             "in temporal windows, or by repeated extension, chunk by chunk from the last --context-overlap frames "
             f"(default: the model's, else {d.long_video})")
@@ -144,7 +147,8 @@ def requests_for(args: argparse.Namespace, defaults: GenerationRequest,
         negative_prompt=args.negative_prompt, sampler=args.sampler, steps=args.steps,
         guidance_scale=args.guidance_scale, seed=args.seed, height=args.height, width=args.width,
         frames=frames, fps=args.fps, lora_weight=args.lora_weight, context_overlap=args.context_overlap,
-        v1_sampler_quirks=args.v1_sampler_quirks, long_video=getattr(args, "long_video", None))
+        v1_sampler_quirks=args.v1_sampler_quirks, long_video=getattr(args, "long_video", None),
+        keep_known=getattr(args, "keep_known", None))
     base.context_frames = window or None  # 0: the whole video
     if base.context_frames is None:
         base.context_overlap = None

@@ -481,11 +481,12 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
                   callback_on_step_end, callback_on_step_end_tensor_inputs, clean_caption: bool,
                   max_sequence_length: int | None, context_frames: int | None, context_overlap: int | None,
                   decode_chunk_size: int,
-                  conditioning: Callable[[int, torch.device], torch.Tensor] | None = None,
+                  conditioning: Callable[[int, torch.device], torch.Tensor] | None = None, keep_known: bool = False,
                   ) -> EasyAnimatePipelineOutput | tuple:
         """The steps of a call, shared by the text-to-video and the inpaint pipeline: check, encode the text,
         prepare the noise, denoise, decode. ``conditioning(batch, device)`` gives an inpaint model's
-        ``inpaint_latents`` ``(batch, 5, F, h, w)`` once the batch (prompts x videos per prompt) is known."""
+        ``inpaint_latents`` ``(batch, 5, F, h, w)`` once the batch (prompts x videos per prompt) is known;
+        ``keep_known`` puts their known part back after every step."""
         height = self.default_size() if height is None else height
         width = self.default_size() if width is None else width
         if negative_prompt_embeds is not None and negative_prompt == "":
@@ -533,7 +534,8 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
         tensors = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
         latents = self._denoise(tensors, timesteps, prompt_attention_mask, negative_prompt_attention_mask,
                                 extra_step_kwargs, callback, callback_steps, callback_on_step_end,
-                                callback_on_step_end_tensor_inputs or ["latents"], temporal_context, inpaint_latents)
+                                callback_on_step_end_tensor_inputs or ["latents"], temporal_context, inpaint_latents,
+                                keep_known)
 
         # 4. Decode.
         videos = self._postprocess(latents, output_type, decode_chunk_size)
@@ -543,8 +545,15 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
     def _denoise(self, tensors: dict[str, torch.Tensor | None], timesteps, prompt_attention_mask,
                  negative_prompt_attention_mask, extra_step_kwargs, callback, callback_steps, callback_on_step_end,
                  tensor_names: list[str], temporal_context: TemporalContext | None,
-                 inpaint_latents: torch.Tensor | None = None) -> torch.Tensor:
-        """The denoising loop over ``tensors`` (latents and the text states a step callback may replace)."""
+                 inpaint_latents: torch.Tensor | None = None, keep_known: bool = False) -> torch.Tensor:
+        """The denoising loop over ``tensors`` (latents and the text states a step callback may replace); with
+        ``keep_known``, the known part of an inpaint model's latents is put back after every step
+        (:meth:`keep_known_latents`)."""
+        keep_known = keep_known and inpaint_latents is not None
+        initial_noise = tensors["latents"] / self.scheduler.init_noise_sigma if keep_known else None
+        if keep_known:
+            tensors["latents"] = self.keep_known_latents(tensors["latents"], inpaint_latents, initial_noise,
+                                                         timesteps[:1])
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
@@ -554,6 +563,10 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
                                            self.guidance_scale, tensors["negative_prompt_embeds"],
                                            negative_prompt_attention_mask, temporal_context, inpaint_latents)
                 tensors["latents"] = self.scheduler.step(noise, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if keep_known:
+                    following = timesteps[i + 1:i + 2]
+                    tensors["latents"] = self.keep_known_latents(tensors["latents"], inpaint_latents, initial_noise,
+                                                                 following if len(following) else None)
                 if callback_on_step_end is not None:
                     updated = callback_on_step_end(self, i, t, {name: tensors[name] for name in tensor_names}) or {}
                     tensors.update({name: value for name, value in updated.items() if name in tensors})
@@ -561,6 +574,17 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
                     callback(i, t, tensors["latents"])
                 progress.update()
         return tensors["latents"]
+
+    def keep_known_latents(self, latents: torch.Tensor, inpaint_latents: torch.Tensor, noise: torch.Tensor,
+                           timestep: torch.Tensor | None) -> torch.Tensor:
+        """``latents`` ``(B, C, F, h, w)`` with the known part (``inpaint_latents``' mask 0) replaced by the known
+        latents noised to ``timestep`` with the call's initial ``noise`` (clean after the last step, ``timestep``
+        None), as diffusers' inpainting pipelines blend for models without mask channels. The known frames then
+        come out as the VAE's reconstruction of the given content, whatever the model predicts there."""
+        mask, known = inpaint_latents[:, :1].to(latents.dtype), inpaint_latents[:, 1:].to(latents.dtype)
+        if timestep is not None:
+            known = self.scheduler.add_noise(known, noise.to(latents.dtype), timestep.reshape(1))
+        return latents * mask + known * (1 - mask)
 
     # diffusers' pipeline properties, valid during and after a call.
     @property

@@ -99,6 +99,7 @@ class EasyAnimateV1InpaintPipeline(EasyAnimateV1Pipeline):
         context_frames: int | None = None,
         context_overlap: int | None = None,
         long_video: str = "windows",
+        keep_known: bool = True,
         decode_chunk_size: int = 8,
         num_frames: int | None = None,
     ) -> EasyAnimatePipelineOutput | tuple:
@@ -117,6 +118,10 @@ class EasyAnimateV1InpaintPipeline(EasyAnimateV1Pipeline):
             context_frames, context_overlap: for videos longer than ``context_frames``: temporal windows of that
                 many frames sharing ``context_overlap`` (``long_video="windows"``), or chunks of that many frames
                 each starting from the last ``context_overlap`` frames made so far (``"extension"``).
+            keep_known: after every step put the known latents back (noised to the next step; clean at the end),
+                so the known frames and pixels come out as the VAE's reconstruction of what was given, as
+                diffusers' inpainting pipelines do for models without mask channels; False leaves them to the
+                model (which sees them in its mask and masked-video channels either way).
             The other arguments are :meth:`EasyAnimateV1Pipeline.__call__`'s; ``latents`` are not taken with
             ``"extension"``, whose chunks each draw their noise.
 
@@ -139,7 +144,7 @@ class EasyAnimateV1InpaintPipeline(EasyAnimateV1Pipeline):
             negative_prompt_attention_mask=negative_prompt_attention_mask, callback=callback,
             callback_steps=callback_steps, callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, clean_caption=clean_caption,
-            max_sequence_length=max_sequence_length, decode_chunk_size=decode_chunk_size)
+            max_sequence_length=max_sequence_length, decode_chunk_size=decode_chunk_size, keep_known=keep_known)
         frames = known.shape[1]
         if long_video == "extension" and context_frames is not None and frames > context_frames:
             if latents is not None:

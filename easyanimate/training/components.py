@@ -170,13 +170,18 @@ def load_components(config: TrainConfig, model_config: EasyAnimateConfig, weight
 
 
 def select_trainable(model: torch.nn.Module, patterns: list[str], low_lr_patterns: list[str], lr: float) -> list[dict]:
-    """Freeze everything but parameters whose name contains a pattern; return optimizer groups."""
+    """Freeze everything but parameters whose name contains a pattern; return optimizer groups.
+
+    A name that contains a pattern of both lists trains at the full rate, as in the original trainers (which
+    looked at ``trainable_modules`` first): ``patterns: [attn_temporal, pos_embed]`` with ``low_lr_patterns:
+    ["."]`` trains those at ``lr`` and the rest of the model at ``lr / 10``.
+    """
     normal, low = [], []
     for name, param in model.named_parameters():
-        if any(p in name for p in low_lr_patterns):
-            low.append(param)
-        elif any(p in name for p in patterns):
+        if any(p in name for p in patterns):
             normal.append(param)
+        elif any(p in name for p in low_lr_patterns):
+            low.append(param)
         param.requires_grad_(False)
     for param in normal + low:
         param.requires_grad_(True)

@@ -165,7 +165,8 @@ class TrainConfig:
         "more: also extension from the last frames of a clip).")
     trainable_modules: list[str] = option(["attn_temporal"],
         'parameter-name substrings to train ("." = everything).')
-    trainable_modules_low_learning_rate: list[str] = option([], "substrings trained at lr/10.")
+    trainable_modules_low_learning_rate: list[str] = option([],
+        "substrings trained at lr/10 (a name that also contains one of trainable_modules trains at lr).")
     lora: LoraSettings | None = option(None, "LoRA training instead of full weights.")
 
     def to_yaml(self) -> str:

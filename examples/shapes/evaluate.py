@@ -199,9 +199,11 @@ def vae_reconstruction(pipeline, image: np.ndarray) -> np.ndarray:
 def generate_from_frames(pipeline, combinations: list[Combination], seeds: list[int], held_out: set[Combination],
                          world: ShapesWorld, mode: str = "i2v", steps: int = 20, guidance_scale: float = 2.0,
                          negative_prompt: str = "", batch_size: int = 16, long_frames: int = 64,
-                         context_frames: int = 16, context_overlap: int = 4, on_clip=None) -> list[InpaintResult]:
+                         context_frames: int = 16, context_overlap: int = 4, keep_known: bool = True,
+                         on_clip=None) -> list[InpaintResult]:
     """Generate one clip per (combination, seed) with an inpaint ``pipeline`` from frames of :func:`given_clip`, and
-    read it (see the module docstring for the modes). ``on_clip(result, video)`` sees every clip."""
+    read it (see the module docstring for the modes). ``keep_known`` False leaves the given frames to the model
+    (the pipeline's option). ``on_clip(result, video)`` sees every clip."""
     if mode not in INPAINT_MODES:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(INPAINT_MODES)}")
     long = mode in ("extension", "windows")
@@ -223,7 +225,7 @@ def generate_from_frames(pipeline, combinations: list[Combination], seeds: list[
                           negative_prompt=[negative_prompt] * len(batch), video_length=frames, height=world.size,
                           width=world.size, num_inference_steps=steps, guidance_scale=guidance_scale,
                           generator=[torch.Generator().manual_seed(s) for _, s in batch], output_type="pt",
-                          **options).videos
+                          keep_known=keep_known, **options).videos
         seconds = (time.time() - began) / len(batch)
         for (combination, seed), clip, video in zip(batch, given, videos):
             windows = read_long_clip(video, chunks, world.front_shade, world.wrap, seams) if long else None
@@ -307,6 +309,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "windows (chunks)")
     add("--guidance-scale", type=float, help="classifier-free guidance (default: the model's)")
     add("--inpaint-model", help="inpaint model folder for the inpaint modes (default: the shipped inpaint demo model)")
+    add("--no-keep-known", action="store_true", help="inpaint modes: leave the given frames to the model (the "
+        "pipeline's keep_known=False), to measure what the model alone keeps")
     add("--json", help="write the per-mode accuracies here")
     add("--long-frames", type=int, default=64, help="long, extension, windows: frames per clip")
     add("--lora", help="style LoRA (default: the one in the model's defaults, else the shipped file)")
@@ -429,7 +433,7 @@ def evaluate_inpaint_model(args: argparse.Namespace, tables: dict[str, dict[str,
     settings = dict(steps=pick(args.steps, defaults.steps), guidance_scale=pick(args.guidance_scale,
                     defaults.guidance_scale), negative_prompt=pick(args.negative_prompt, defaults.negative_prompt),
                     batch_size=args.batch_size, long_frames=args.long_frames, context_frames=args.context_frames,
-                    context_overlap=args.context_overlap)
+                    context_overlap=args.context_overlap, keep_known=not args.no_keep_known)
     for mode in (m for m in INPAINT_MODES if m in args.modes):
         start = time.time()
 
