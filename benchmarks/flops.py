@@ -5,8 +5,9 @@ and the two products of every attention; norms, activations, biases, residual ad
 ``FlopCounterMode`` leaves them out (``tests/test_benchmarks.py`` checks that both counts agree exactly). The MACs of
 each part are written out below (``tokens`` = batch x frames x token grid); all are linear in the frame count but
 the temporal (and whole-clip) attention scores, quadratic: a "VanillaGrid" sequence is an n x n token
-neighbourhood (n = block_size, 2 in the release) across all frames. The count is for one temporal window. Forward + backward is counted as 3x the forward (two
-products per forward product; a little less in truth, as the first layers' inputs need no gradient).
+neighbourhood (n = block_size, 2 in the release) across all frames. The count is for one temporal window.
+Forward + backward is counted as 3x the forward (two products per forward product; a little less in truth, as
+the first layers' inputs need no gradient).
 """
 
 from __future__ import annotations

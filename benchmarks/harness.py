@@ -36,17 +36,23 @@ from einops import rearrange
 
 from easyanimate.config import load_config, transformer_kwargs_for_model
 from easyanimate.devices import DTYPES
-from easyanimate.memory import MEMORY_MODES
+from easyanimate.memory import MEMORY_MODES, TIERS_GB, largest_fitting
 from easyanimate.models import Transformer3DModel
 from easyanimate.models.motion_module import GRID, TemporalTransformer3DModel
 
 MIB, GIB = 2**20, 2**30
 WIDTHS = {"tiny": (2, 32), "small": (8, 64), "full": (16, 72)}  # heads x head dim; full = PixArt-XL (1152)
 V1_CONFIG = Path(__file__).resolve().parents[1] / "config" / "easyanimate_video_motion_module_v1.yaml"
-PIPELINE_SIZES = {"tiny": 64, "small": 128}  # native pixel size of each pipeline of build_pipeline
+PIPELINE_SIZES = {"tiny": 64, "toy": 64, "small": 128, "full": 512}  # native pixel size of build_pipeline's
+BUILT = {  # build_pipeline from configs: T5-XXL and SD VAE config overrides, transformer width (WIDTHS) and depth
+    "toy": (dict(d_model=64, d_ff=128, num_layers=2, num_heads=2, d_kv=32), dict(block_out_channels=(32,) * 4,
+                                                                              layers_per_block=1), "tiny", 2),
+    "small": (dict(d_model=512, d_ff=1024, num_layers=4, num_heads=8), dict(block_out_channels=(64, 128, 256, 256)),
+              "small", 4),
+    "full": (dict(vocab_size=32128), {}, "full", 28),  # the released sizes
+}
 PROMPT = "a red circle moving left"
 TEMPLATE = Path(__file__).with_name("docs_template.md")
-TIERS_GB = (12, 16, 24, 40, 80)
 
 
 def synchronize(device: torch.device) -> None:
@@ -81,6 +87,7 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, Any]]:
         yield reading
         synchronize(device)
         peak, method = torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+        reading["peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
     else:
         process, done = psutil.Process(), threading.Event()
         samples = [process.memory_info().rss]
@@ -313,9 +320,10 @@ def transformer_step(model: Transformer3DModel, inputs: tuple[torch.Tensor, ...]
 
 def build_pipeline(name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                    memory_mode: str = "none"):
-    """``tiny``: the test model (``easyanimate.tiny``) loaded the way users load models, in any memory mode;
-    ``small``: 4 transformer blocks of width 512, a 4-layer T5 of width 512 and an SD-layout VAE at half the SD
-    channel widths. Random weights; native sizes in :data:`PIPELINE_SIZES`."""
+    """``tiny``: the test model (``easyanimate.tiny``) loaded the way users load models, in any memory mode; the
+    others (:data:`BUILT`) are built from the released T5-XXL and SD VAE configs and the v1 transformer at reduced
+    sizes, with random weights drawn in float32 on the CPU and cast, except ``full``, drawn on ``device`` in
+    ``dtype`` (T5-XXL alone is 19 GB in float32). Native sizes in :data:`PIPELINE_SIZES`."""
     from easyanimate.generation import load_pipeline, select_model
     from easyanimate.tiny import build_tiny_tokenizer, write_tiny_model
 
@@ -323,7 +331,7 @@ def build_pipeline(name: str, device: torch.device | str = "cpu", dtype: torch.d
         with tempfile.TemporaryDirectory() as root:
             pipeline = load_pipeline(select_model(Path(root), model=write_tiny_model(root)["model"]), device=device,
                                      dtype=dtype, memory_mode=memory_mode)
-    elif name == "small" and memory_mode == "none":
+    elif name in BUILT and memory_mode == "none":
         from diffusers import AutoencoderKL
         from transformers import T5Config, T5EncoderModel
 
@@ -331,18 +339,33 @@ def build_pipeline(name: str, device: torch.device | str = "cpu", dtype: torch.d
         from easyanimate.pipelines import EasyAnimatePipeline
         from easyanimate.schedulers import V1_NOISE_SCHEDULER_KWARGS, build_scheduler
 
-        tokenizer = build_tiny_tokenizer()
+        text, vae, width, layers = BUILT[name]
+        tokenizer, size, where = build_tiny_tokenizer(), PIPELINE_SIZES[name], device if name == "full" else "cpu"
         torch.manual_seed(0)
-        text_encoder = T5EncoderModel(T5Config(**{**T5_XXL_CONFIG, "vocab_size": len(tokenizer), "d_model": 512, "d_ff":
-                                                  1024, "num_layers": 4, "num_heads": 8, "decoder_start_token_id": 0}))
-        vae = AutoencoderKL(**{**SD_VAE_CONFIG, "block_out_channels": (64, 128, 256, 256), "sample_size": 128})
-        transformer = build_transformer("small", 4, seed=1, caption_channels=512, sample_size=16)
+        with torch.device(where), default_dtype(dtype if name == "full" else torch.float32):
+            text_encoder = T5EncoderModel(T5Config(**{**T5_XXL_CONFIG, "vocab_size": len(tokenizer), **text,
+                                                      "decoder_start_token_id": 0}))
+            vae = AutoencoderKL(**{**SD_VAE_CONFIG, **vae, "sample_size": size})
+            transformer = build_transformer(width, layers, where, seed=1, caption_channels=text_encoder.config.d_model,
+                                            sample_size=size // 8)
         pipeline = EasyAnimatePipeline(tokenizer, text_encoder.eval(), vae.eval(), transformer,
                                        build_scheduler("DPM++", V1_NOISE_SCHEDULER_KWARGS)).to(device, dtype)
     else:
-        raise ValueError(f"no pipeline {name!r} in memory mode {memory_mode!r} (tiny: any mode; small: none)")
+        raise ValueError(f"no pipeline {name!r} in memory mode {memory_mode!r} (tiny: any mode; "
+                         f"{', '.join(BUILT)}: none)")
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """New tensors (parameters included) are made in ``dtype`` inside the block."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def _original_forward_clip(self: TemporalTransformer3DModel, x: torch.Tensor, num_frames: int, height: int,
@@ -404,6 +427,14 @@ COLUMNS: dict[str, Callable[[dict, dict], Any]] = {  # header: the cell of row r
     "trainable params": lambda r, f: f"{r['trainable_params']:,}",
     "text s": lambda r, f: f"{r['text_encoding_s']:.3f}", "denoising s": lambda r, f: f"{r['denoising_s']:.2f}",
     "s/step": lambda r, f: f"{r['denoising_s'] / r['steps']:.3f}", "decoding s": lambda r, f: f"{r['decoding_s']:.2f}",
+    # the device check (benchmarks.gpu_check)
+    "finite": lambda r, f: r["finite"], "PSNR at least": lambda r, f: f"{r['tolerance_psnr_db']} dB",
+    "passed": lambda r, f: r["passed"], "reserved MiB": lambda r, f: mib(r["peak_reserved_bytes"]),
+    "computed MiB": lambda r, f: mib(r["computed_peak_bytes"]),
+    "measured / computed": lambda r, f: f"{r['measured_bytes'] / r['computed_peak_bytes']:.2f}",
+    "steps run": lambda r, f: r["steps_run"], "median s/step": lambda r, f: f"{r['step_s']:.3f}",
+    "end to end s": lambda r, f: f"{r['end_to_end_s']:.1f}", "30 steps s": lambda r, f: f"{r['projected_s']:.1f}",
+    "% of matmul peak": lambda r, f: pct(r["fraction_of_matmul_peak"]),
 }
 VIEWS = {  # the columns of each view's main table
     "sweep": ("path", "frames", "size", "tokens", "GFLOP", "median s", "best s", "s/frame", "s/frame vs first row",
@@ -416,6 +447,11 @@ VIEWS = {  # the columns of each view's main table
               "peak memory delta MiB", "peak memory MiB"),
     "generation": ("pipeline", "frames", "size", "steps", "median s", "best s", "text s", "denoising s", "s/step",
                    "decoding s", "s/frame", "peak memory delta MiB"),
+    "checks": ("path", "size", "frames", "finite", "max abs diff", "PSNR", "PSNR at least", "passed"),
+    "device-memory": ("path", "size", "frames", "window", "peak memory MiB", "reserved MiB", "computed MiB",
+                      "measured / computed", "s/step"),
+    "speed": ("path", "size", "frames", "steps run", "median s/step", "text s", "decoding s", "end to end s",
+              "30 steps s", "GFLOP", "% of matmul peak"),
 }
 
 
@@ -454,10 +490,8 @@ def tiers_sections(p: dict[str, Any]) -> dict[str, str]:
     """The largest setting per memory tier and mode in each dtype, and the FLOPs of a generation."""
     f, rows = p["generation_flops"], p["rows"]
 
-    def largest(tier: int, dtype: str, mode: str) -> str:  # the largest video; then no window, then batched guidance
-        fitting = [r for r in rows if (r["dtype"], r["memory_mode"]) == (dtype, mode) and tier in r["fits_gb"]]
-        r = max(fitting, default=None, key=lambda r: (r["frames"] * r["height"] * r["width"], r["window"] is None,
-                                                      r["guidance"] == "batched"))
+    def largest(tier: int, dtype: str, mode: str) -> str:
+        r = largest_fitting(rows, tier, dtype, mode)
         window = f", window {r['window']}" if r and r["window"] else ""
         return "nothing" if r is None else (f"{r['height']}x{r['width']}x{r['frames']}, {r['guidance']} guidance"
                                             f"{window} ({r['with_overhead_bytes'] / 1e9:.1f} GB)")

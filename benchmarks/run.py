@@ -24,19 +24,18 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from easyanimate.devices import DTYPES
-from easyanimate.memory import MEMORY_MODES
+from easyanimate.memory import component_sizes, memory_tiers, transformer_activation_bytes
 from easyanimate.models import TemporalContext
-from easyanimate.memory import component_sizes, estimate_generation_memory, transformer_activation_bytes
 from easyanimate.training.diffusion import ImprovedDDPM
 
 from . import harness as h
 from .flops import generation_flops, transformer_flops
-from .harness import TIERS_GB, render, write_docs
+from .harness import render, write_docs
 from .scenarios import SCENARIOS, Scenario, quick
 
 SDPA = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
 TOKENS = ("plain", "forward", "backward", "train-motion_module", "train-full", "train-lora", "checkpointing",
-          "autocast", "compiled", "retain", "bf16", "fp16", "v1-layout", *(f"sdpa-{name}" for name in SDPA))
+          "autocast", "foreach", "compiled", "retain", "bf16", "fp16", "v1-layout", *(f"sdpa-{name}" for name in SDPA))
 EXACT = {"plain", "forward", "retain"}  # the tokens that leave the output bit for bit as it is
 
 
@@ -63,7 +62,7 @@ def transformer_variant(name: str, s: Scenario, base, malloc: str, slow: dict[st
     train = next((t.removeprefix("train-") for t in tokens if t.startswith("train-")), None)
     model = base if dtype == s.dtype and not train and "compiled" not in tokens else copy.deepcopy(base).to(
         DTYPES[dtype])
-    optimizer = trainable(model, train, "checkpointing" in tokens) if train else None
+    optimizer = trainable(model, train, "checkpointing" in tokens, "foreach" not in tokens) if train else None
     diffusion = ImprovedDDPM()
     if "compiled" in tokens:
         model.compile_blocks(backend=s.compile_backend)
@@ -76,7 +75,7 @@ def transformer_variant(name: str, s: Scenario, base, malloc: str, slow: dict[st
         t = diffusion.sample_timesteps(x0.shape[0], device=x0.device)
         noise = torch.randn_like(x0)
         noisy = diffusion.q_sample(x0, t, noise)
-        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled="autocast" in tokens):
+        with context(), torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled="autocast" in tokens):
             output = model.train()(noisy, text, mask, t, return_dict=False)[0]
         diffusion.training_losses(output.float(), x0, noisy, t, noise)["loss"].mean().backward()
         optimizer.step()
@@ -90,8 +89,9 @@ def transformer_variant(name: str, s: Scenario, base, malloc: str, slow: dict[st
     return model, dtype, variant
 
 
-def trainable(model, mode: str, checkpointing: bool) -> torch.optim.Optimizer:
-    """Make the motion modules, the whole model or a rank-16 LoRA trainable (as the trainer does); AdamW over it."""
+def trainable(model, mode: str, checkpointing: bool, fused: bool = True) -> torch.optim.Optimizer:
+    """Make the motion modules, the whole model or a rank-16 LoRA trainable (as the trainer does); AdamW over it,
+    fused as the trainer makes it, or the default foreach implementation (``foreach`` token)."""
     from easyanimate.lora import TRANSFORMER, lora_target_modules
     from easyanimate.training.trainer import select_trainable
 
@@ -106,7 +106,7 @@ def trainable(model, mode: str, checkpointing: bool) -> torch.optim.Optimizer:
         groups = select_trainable(model, ["attn_temporal"] if mode == "motion_module" else ["."], [], 1e-4)
     if checkpointing:
         model.enable_gradient_checkpointing()
-    return torch.optim.AdamW(groups, lr=1e-4)
+    return torch.optim.AdamW(groups, lr=1e-4, fused=fused, foreach=not fused)
 
 
 def measure_transformer(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, malloc: str) -> dict[str, Any]:
@@ -177,10 +177,12 @@ def measure_pipeline(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, ma
         group = h.compare_variants([h.Variant(n, lambda n=n: generate(n), malloc, n == generation[0], slow.get(n))
                                     for n in generation], device, s.repeats, peaks, s.warmup, data_range=1.0)[0]
         plain, latents = build("fp32", "none"), generate(generation[0], "latent")
-        text = statistics.median(h.time_calls(lambda: plain.encode_prompt(h.PROMPT, s.guidance > 1, device=device),
-                                              device, s.repeats, warmup=1))
+        text = statistics.median(h.time_calls(
+            lambda plain=plain: plain.encode_prompt(h.PROMPT, s.guidance > 1, device=device), device, s.repeats,
+            warmup=1))
         with torch.no_grad():
-            decode_s = statistics.median(h.time_calls(lambda: plain.decode_latents(latents), device, s.repeats))
+            decode_s = statistics.median(h.time_calls(
+                lambda plain=plain, latents=latents: plain.decode_latents(latents), device, s.repeats))
         group[0].update(text_encoding_s=text, decoding_s=decode_s, denoising_s=group[0]["median_s"] - text - decode_s)
         rows += [{**r, **common, "group": "generation"} for r in group]
         if decoding:
@@ -191,21 +193,13 @@ def measure_pipeline(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, ma
 
 
 def measure_tiers(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, malloc: str) -> dict[str, Any]:
-    """:func:`easyanimate.memory.estimate_generation_memory` of every setting (``variants``: dtypes) and the FLOPs of
-    one generation; computed, not measured: nothing is allocated."""
-    config, rows = h.transformer_config(s.width, s.layers), []
-    for px, frames, dtype, mode, guidance, window in itertools.product(
-            s.sizes, s.frames, s.variants, MEMORY_MODES, ("batched", "sequential"), s.windows):
-        if window is None or window < frames:
-            e = estimate_generation_memory(config, px, px, frames, DTYPES[dtype], mode, context_frames=window,
-                                           batched_guidance=guidance == "batched")
-            rows.append({"height": px, "width": px, "frames": frames, "dtype": dtype, "memory_mode": mode,
-                         "guidance": guidance, "window": window, "peak_bytes": e.peak_bytes,
-                         "with_overhead_bytes": e.total_bytes, "activations": e.activations, "stages": e.stages,
-                         "fits_gb": [tier for tier in TIERS_GB if e.total_bytes <= tier * 10**9]})
+    """:func:`easyanimate.memory.memory_tiers` of every setting (``variants``: dtypes) and the FLOPs of one
+    generation; computed, not measured: nothing is allocated."""
+    config = h.transformer_config(s.width, s.layers)
     components = {dtype: {name: dataclasses.asdict(size) for name, size in
                           component_sizes(config, DTYPES[dtype]).items()} for dtype in s.variants}
-    return {"components": components, "rows": rows, "generation_flops": generation_flops(config)}
+    return {"components": components, "rows": memory_tiers(config, s.sizes, s.frames, s.variants, s.windows),
+            "generation_flops": generation_flops(config)}
 
 
 KINDS = {"transformer": measure_transformer, "pipeline": measure_pipeline, "tiers": measure_tiers}

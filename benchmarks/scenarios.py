@@ -53,6 +53,11 @@ SCENARIOS = {
                            frames=(16, 32, 64), windows=(None, 16), batch=2, text_dim=256, repeats=1),
     "train": Scenario("transformer", "train", "Training step by trainable set, with and without gradient checkpointing",
                       TRAIN, layers=2, size=128, text_dim=256, warmup=1),
+    "train-target": Scenario("transformer", "train", "CPU target: motion-module training step, full-width block, "
+                             "16 frames of 256x256", ("train-motion_module", "train-motion_module+foreach",
+                                                      "train-motion_module+v1-layout",
+                                                      "train-motion_module+autocast"),
+                             width="full", text_dim=4096, repeats=3, warmup=1),
     "generation": Scenario("pipeline", "generation", "Whole generation by stage", ("plain",), frames=SWEEP["frames"],
                            warmup=1),
     "fast-paths": Scenario("transformer", "paths", "Transformer fast paths against the plain path", (

@@ -32,11 +32,18 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import MODEL_CONFIG_FILE, MODEL_DEFAULTS_FILE, V1_VIDEO_CONFIG, ConfigError, load_config
+from .config import (
+    MODEL_CONFIG_FILE,
+    MODEL_DEFAULTS_FILE,
+    V1_VIDEO_CONFIG,
+    ConfigError,
+    load_config,
+    transformer_kwargs_for_model,
+)
 from .devices import best_device
 from .files import NumberedOutput
 from .lora import LoraMerger
-from .memory import MEMORY_MODES
+from .memory import MEMORY_MODES, estimate_generation_memory
 from .models import Transformer3DModel, WeightLoadError
 from .pipelines import EasyAnimateInpaintPipeline, EasyAnimatePipeline
 from .pipelines.pipeline_easyanimate_inpaint import LONG_VIDEO_MODES, fit_frames
@@ -193,6 +200,23 @@ class GenerationRequest:
                              "a text-to-video model makes long videos in temporal windows")
         self._validate_window(limits)
 
+    def warnings(self, made_for: GenerationRequest) -> list[str]:
+        """What to expect when this request is far from what the model makes (``made_for``: its defaults).
+
+        These are not errors: the model runs, but far outside its training it repeats or smears content
+        and its motion stalls, which looks like a bug when nothing says so.
+        """
+        said = []
+        area, usual = self.height * self.width, made_for.height * made_for.width
+        if area > 4 * usual or 4 * area < usual:
+            said.append(f"{self.width}x{self.height} is far from the {made_for.width}x{made_for.height} this model "
+                        f"makes: expect {'repeated or striped' if area > usual else 'blurred'} content")
+        window = self.context_frames or made_for.context_frames
+        if window is None and self.frames > 2 * made_for.frames:
+            said.append(f"{self.frames} frames is more than twice the {made_for.frames} this model makes: its motion "
+                        f"may stall or drift; a temporal window (--context-frames {made_for.frames}) keeps it")
+        return said
+
     def _validate_window(self, limits: ModelLimits) -> None:
         table = limits.position_table
         if self.context_frames is None:
@@ -343,6 +367,12 @@ def select_model(models_dir: Path = MODELS_DIR, model: str | Path | None = None,
     """
     models_dir = Path(models_dir)
     explicit = model is not None
+    if not explicit and not models_dir.is_dir():
+        raise MissingWeightsError(
+            f"no models folder at {models_dir.resolve()} (it is looked up from the current folder, {Path.cwd()}): "
+            "run from the repository root, or pass --models-dir with the path of the repository's models/ folder, "
+            f"which holds the shipped demo model ({DEMO_MODEL}) and is where the released weights go (model zoo):\n"
+            + model_zoo_text())
     model_dir = Path(model) if explicit else models_dir / (DEMO_INPAINT_MODEL if inpaint else RELEASED_MODEL)
     if not explicit and not inpaint and not model_dir.is_dir():
         fallback = next((models_dir / m for m in (DEMO_MODEL, TINY_MODEL) if (models_dir / m).is_dir()), None)
@@ -364,16 +394,23 @@ def select_model(models_dir: Path = MODELS_DIR, model: str | Path | None = None,
 
 
 def _check_present(selection: ModelSelection) -> None:
+    """Raise naming every file the selection needs that is not there (nothing has been read yet)."""
+    if not selection.config.is_file():
+        raise ConfigError(f"config file not found: {selection.config} (expected a yaml such as "
+                          "config/easyanimate_video_motion_module_v1.yaml)")
     missing = []
     if not (selection.model / "transformer" / "config.json").is_file():
-        missing.append(f"{selection.model}/ (a PixArt diffusers folder with transformer/, vae/, text_encoder/, tokenizer/)")
-    for label, path in (("model config", selection.config), ("motion module", selection.motion_module),
+        missing.append(f"{selection.model}/ (a PixArt diffusers folder with transformer/, vae/, text_encoder/, "
+                       "tokenizer/)")
+    for label, path in (("motion module", selection.motion_module),
                         ("transformer checkpoint", selection.transformer_path), ("LoRA", selection.lora)):
+        if path is not None and path.is_dir():
+            raise WeightLoadError(f"{path} is a folder; the {label} is a file (e.g. a .safetensors file in it)")
         if path is not None and not path.is_file():
             missing.append(f"{path} ({label})")
     if missing:
-        raise MissingWeightsError("missing weights:\n  " + "\n  ".join(missing)
-                                  + "\nDownload them into place (model zoo):\n" + model_zoo_text())
+        raise MissingWeightsError(f"missing weights: {'; '.join(missing)}. Download them into place "
+                                  "(model zoo):\n" + model_zoo_text())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -449,6 +486,99 @@ def apply_lora(pipeline: EasyAnimatePipeline, merger: LoraMerger | None, lora: P
     else:
         merger.merge(lora, multiplier=weight)
     return merger
+
+
+# ------------------------------------------------------------------------------------------------
+# The memory a setting needs
+
+
+def read_model_configs(selection: ModelSelection) -> dict[str, dict[str, Any]]:
+    """The selection's ``transformer`` (its ``config.json`` plus the model yaml's kwargs), ``text_encoder`` and
+    ``vae`` configs, read from the folder without a weight."""
+    configs = {}
+    for name in ("transformer", "text_encoder", "vae"):
+        path = selection.model / name / "config.json"
+        try:
+            configs[name] = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read {path}: {error}") from error
+    extras = load_config(selection.config).transformer_additional_kwargs
+    configs["transformer"].update(transformer_kwargs_for_model(extras))
+    return configs
+
+
+def device_free_memory(device: torch.device) -> int | None:
+    """Bytes this process could use on ``device``: free memory plus what it holds already (CUDA: the caching
+    allocator's reserve; CPU: its resident set, which holds the loaded weights); None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+    if device.type == "cpu":
+        import psutil  # a dependency of accelerate
+
+        return psutil.virtual_memory().available + psutil.Process().memory_info().rss
+    return None
+
+
+@dataclass(frozen=True)
+class MemoryAdvice:
+    """What a setting needs on a device, computed before anything is loaded (:func:`estimate_memory`).
+
+    ``needed`` and ``by_mode`` (what each memory mode would need) are bytes: on an accelerator the computed peak plus
+    the CUDA context margin (:attr:`easyanimate.memory.MemoryEstimate.total_bytes`); on a CPU the computed peak
+    with every model in memory, whatever the mode. ``available``: :func:`device_free_memory`.
+    """
+
+    needed: int
+    available: int | None
+    device: str
+    memory_mode: str
+    by_mode: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def enough(self) -> bool:
+        """False only when the device is known to have less than the setting needs."""
+        return self.available is None or self.needed <= self.available
+
+    def summary(self) -> str:
+        """One line: what the setting needs, and what the device has."""
+        where = "of memory" if self.device == "cpu" else f"in memory mode {self.memory_mode}"
+        has = f" ({_size(self.available)} available)" if self.available is not None else ""
+        return f"This setting needs about {_size(self.needed)} {where} on {self.device}{has}."
+
+    def warning(self) -> str | None:
+        """What to do when the device has less than the setting needs (None when it has enough, or cannot say)."""
+        if self.enough:
+            return None
+        fitting = [f"{mode} ({_size(need)})" for mode, need in self.by_mode.items()
+                   if mode != self.memory_mode and need <= self.available]
+        modes = f"; the memory mode {' or '.join(fitting)} would fit" if fitting else ""
+        return (f"{self.device} has {_size(self.available)} available but this setting needs about "
+                f"{_size(self.needed)}: it may run out of memory{modes}; fewer frames, a smaller size or a temporal "
+                "window need less.")
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 10**9 else f"{count / 1e6:.0f} MB"
+
+
+def estimate_memory(selection: ModelSelection, request: GenerationRequest, device: torch.device, dtype: torch.dtype,
+                    memory_mode: str = "none") -> MemoryAdvice:
+    """The memory ``request`` needs with ``selection`` on ``device``: ``estimate_generation_memory`` from the
+    selection's own configs (no weight is read). About 1 s for the released model on one CPU core, then cached per
+    config and shape."""
+    configs = read_model_configs(selection)
+
+    def need(mode: str) -> int:
+        estimate = estimate_generation_memory(
+            configs["transformer"], request.height, request.width, request.frames, dtype, mode,
+            context_frames=request.context_frames, context_overlap=request.context_overlap,
+            guidance=request.guidance_scale > 1, text_encoder_config=configs["text_encoder"], vae_config=configs["vae"])
+        return estimate.peak_bytes if device.type == "cpu" else estimate.total_bytes
+
+    if device.type == "cpu":  # one memory holds every model: the mode moves nothing
+        return MemoryAdvice(need("none"), device_free_memory(device), "cpu", memory_mode)
+    by_mode = {mode: need(mode) for mode in MEMORY_MODES}
+    return MemoryAdvice(by_mode[memory_mode], device_free_memory(device), str(device), memory_mode, by_mode)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -620,8 +750,8 @@ def run_record(request: GenerationRequest, seed: int, selection: ModelSelection,
 
 
 __all__ = [
-    "DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "MEMORY_MODES", "GenerationRequest", "KnownContent",
-    "MissingWeightsError",
-    "ModelDefaults", "ModelSelection", "WeightLoadError", "apply_lora", "build_transformer", "generate",
-    "load_pipeline", "read_model_defaults", "run_record", "save_result", "select_model", "set_sampler",
+    "DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "MEMORY_MODES", "GenerationRequest", "KnownContent", "MemoryAdvice",
+    "MissingWeightsError", "ModelDefaults", "ModelSelection", "WeightLoadError", "apply_lora", "build_transformer",
+    "estimate_memory", "generate", "load_pipeline", "read_model_defaults", "run_record", "save_result", "select_model",
+    "set_sampler",
 ]

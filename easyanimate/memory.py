@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -305,3 +305,37 @@ def estimate_generation_memory(transformer_config: Mapping[str, Any], height: in
     else:  # one model on the device at a time
         stages = {"text_encoding": e + text, "denoising": t + denoise + loop, "decoding": v + decode}
     return MemoryEstimate(memory_mode, weights, activations, stages)
+
+
+TIERS_GB = (12, 16, 24, 40, 80)
+"""GPU memory sizes (GB, 10^9 bytes) that :func:`memory_tiers` sorts settings into."""
+
+
+def memory_tiers(transformer_config: Mapping[str, Any], sizes: Iterable[int], frames: Iterable[int],
+                 dtypes: Iterable[str], windows: Iterable[int | None] = (None,),
+                 tiers_gb: Iterable[int] = TIERS_GB) -> list[dict[str, Any]]:
+    """Every setting: square ``sizes`` x ``frames`` x ``dtypes`` (names: fp32, fp16, bf16) x memory mode x guidance
+    (one batch of 2, or two forwards) x temporal window (None, or shorter than the clip), with its computed memory
+    (:func:`estimate_generation_memory`) and the tiers it fits (its total, the CUDA margin included)."""
+    from .devices import DTYPES
+
+    rows = []
+    for px, count, dtype, mode, guidance, window in itertools.product(
+            sizes, frames, dtypes, MEMORY_MODES, ("batched", "sequential"), windows):
+        if window is None or window < count:
+            e = estimate_generation_memory(transformer_config, px, px, count, DTYPES[dtype], mode,
+                                           context_frames=window, batched_guidance=guidance == "batched")
+            rows.append({"height": px, "width": px, "frames": count, "dtype": dtype, "memory_mode": mode,
+                         "guidance": guidance, "window": window, "peak_bytes": e.peak_bytes,
+                         "with_overhead_bytes": e.total_bytes, "activations": e.activations, "stages": e.stages,
+                         "fits_gb": [tier for tier in tiers_gb if e.total_bytes <= tier * 10**9]})
+    return rows
+
+
+def largest_fitting(rows: Iterable[Mapping[str, Any]], tier_gb: int, dtype: str,
+                    memory_mode: str) -> Mapping[str, Any] | None:
+    """The largest video of :func:`memory_tiers` rows that fits ``tier_gb`` in ``dtype`` and ``memory_mode``; among
+    equals, the one without a window, then the one with batched guidance (None: nothing fits)."""
+    fitting = [r for r in rows if (r["dtype"], r["memory_mode"]) == (dtype, memory_mode) and tier_gb in r["fits_gb"]]
+    return max(fitting, default=None, key=lambda r: (r["frames"] * r["height"] * r["width"], r["window"] is None,
+                                                     r["guidance"] == "batched"))

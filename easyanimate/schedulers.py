@@ -52,7 +52,7 @@ SAMPLER_NAMES: list[str] = list(SAMPLERS)
 V1_NOISE_SCHEDULER_KWARGS: Mapping[str, Any] = MappingProxyType(
     {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "steps_offset": 1}
 )
-"""The ``noise_scheduler_kwargs`` of every v1 yaml config (spec §2.6)."""
+"""The ``noise_scheduler_kwargs`` of every v1 yaml config (all three yamls carry the same four values)."""
 
 _DPM_SOLVER_OPTIONS: Mapping[str, Any] = MappingProxyType(
     {

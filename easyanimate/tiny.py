@@ -143,7 +143,7 @@ def build_tiny_vae(seed: int = 0) -> AutoencoderKL:
 def build_pixart_scheduler() -> SchedulerMixin:
     """Build the scheduler a PixArt folder ships in ``scheduler/``: DPM-Solver++ (order 2) on linear betas.
 
-    Training-time validation samples with this one (spec §4.4), not with the yaml's sampler.
+    The original trainers sampled their validation videos with this one, not with the yaml's sampler.
     """
     return build_scheduler(
         "DPM++", {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear", "steps_offset": 0}
@@ -155,7 +155,7 @@ def tiny_transformer_config(
     num_layers: int = 2,
     sample_size: int = 8,
 ) -> dict[str, Any]:
-    """Return a PixArt-alpha ``transformer/config.json`` dict (spec §2.1 keys) at tiny size.
+    """Return a PixArt-alpha ``transformer/config.json`` dict (the released folder's keys) at tiny size.
 
     Inner dim = 2 heads x 16 = 32, so the cross-attention dim (PixArt projects captions to the inner
     dim) is 32 too, and the motion module's ``GroupNorm(32, inner dim)`` is valid. ``sample_size`` 8 is
@@ -206,7 +206,7 @@ V1_MOTION_MODULE_KWARGS: Mapping[str, Any] = MappingProxyType(
         "block_size": 2,
     }
 )
-"""``motion_module_kwargs`` of ``config/easyanimate_video_motion_module_v1.yaml`` (spec §2.6)."""
+"""``motion_module_kwargs`` of ``config/easyanimate_video_motion_module_v1.yaml``."""
 
 
 def tiny_motion_module_kwargs(num_attention_heads: int = 2) -> dict[str, Any]:

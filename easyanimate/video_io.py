@@ -7,7 +7,8 @@ Layouts at this boundary:
 * what ``read_video_frames`` returns: ``(F, H, W, 3)`` ``uint8`` RGB.
 
 Writing is atomic (:func:`easyanimate.files.atomic_write`): an interrupted or failed write never leaves
-a half-written sample behind. Decoding uses PyAV.
+a half-written sample behind. Decoding uses PyAV, imported when a video is first written or read (the rest of
+the package, the device check included, runs without it).
 """
 
 from __future__ import annotations
@@ -17,13 +18,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 import torch
 from PIL import Image
 
 from .files import atomic_write
+
+if TYPE_CHECKING:
+    import av
+
+
+def __getattr__(name: str):
+    """``video_io.av``: PyAV, imported on first use."""
+    if name == "av":
+        import av
+
+        return av
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 PathLike = str | os.PathLike
 
@@ -110,6 +123,8 @@ def _pad_to_even(frames: np.ndarray) -> np.ndarray:
 
 def _write_mp4(frames: np.ndarray, path: Path, fps: float, crf: int) -> None:
     """Encode ``(F, H, W, 3)`` uint8 frames (even H and W) as H.264 yuv420p in an mp4 container."""
+    import av
+
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
@@ -205,6 +220,8 @@ def save_image(image: torch.Tensor | np.ndarray, path: PathLike, fmt: str | None
 
 def _open_container(path: PathLike) -> av.container.InputContainer:
     """Open ``path`` with PyAV, turning every failure into a ``VideoReadError`` that names the file."""
+    import av
+
     if not os.path.isfile(path):
         raise VideoReadError(f"video file not found: {os.fspath(path)}")
     try:
@@ -219,6 +236,8 @@ def _open_container(path: PathLike) -> av.container.InputContainer:
 
 def _probe_pyav(path: PathLike) -> VideoInfo:
     """``VideoInfo`` from the container header; frames are counted from packets when the header has no count."""
+    import av
+
     with _open_container(path) as container:
         stream = container.streams.video[0]
         try:
@@ -232,6 +251,8 @@ def _probe_pyav(path: PathLike) -> VideoInfo:
 
 def _read_pyav(path: PathLike, indices: np.ndarray | None) -> np.ndarray:
     """Decode frames in order, keeping those listed in ``indices`` (all when None)."""
+    import av
+
     wanted = None if indices is None else set(indices.tolist())
     last = None if indices is None else int(indices.max())
     decoded: dict[int, np.ndarray] = {}

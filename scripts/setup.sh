@@ -11,6 +11,8 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+# DeepSpeed for the 2-process ZeRO-2 training test on the CPU (its build imports torch, hence no isolation).
+.venv/bin/python -m pip install -q --no-build-isolation deepspeed==0.19.8
 
 if [ ! -x /usr/bin/chromium ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -14,3 +14,13 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """A ``models/`` root with a tiny PixArt folder, motion module and LoRA (random weights)."""
     root = tmp_path_factory.mktemp("models")
     return {"root": root, **write_tiny_model(root)}
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_models):
+    """The tiny model loaded as ``predict_t2v.py`` loads models, on the CPU, progress bar off (one per module)."""
+    from easyanimate.generation import load_pipeline, select_model
+
+    pipeline = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline

@@ -164,7 +164,11 @@ def test_contiguous_grid_sequences_equal_the_original_per_attention_layout():
 
 
 def run_quick(names: list[str], out: Path) -> None:
-    run.main(["--quick", "--threads", "1", "--scenarios", ",".join(names), "--out", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        run.main(["--quick", "--threads", "1", "--scenarios", ",".join(names), "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)  # the command sets it for the whole process; later tests need their own
 
 
 # The quickest scenario of each kind of measurement, at the tiny sizes of --quick.

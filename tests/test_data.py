@@ -218,7 +218,8 @@ def test_diffusers_imagefolder_with_configurable_caption_column(tmp_path):
     root = tmp_path / "diffusers_datasets"
     write_image(root / "train" / "00000001.jpg", level=0)
     write_image(root / "train" / "00000002.jpg", level=255)
-    lines = [{"file_name": "train/00000001.jpg", "caption": "dark"}, {"file_name": "train/00000002.jpg", "caption": "bright"}]
+    lines = [{"file_name": "train/00000001.jpg", "caption": "dark"},
+             {"file_name": "train/00000002.jpg", "caption": "bright"}]
     (root / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     dataset = VideoImageDataset.from_metadata("diffusers", data_dir=root, caption_column="caption", **SMALL)
     first, second = dataset[0], dataset[1]
@@ -248,7 +249,8 @@ def test_unknown_format_and_missing_columns_are_clear_errors(tmp_path):
 
 def test_clip_frames_follow_stride_and_seed(tmp_path):
     path = write_video(tmp_path / "ramp.mp4", num_frames=24)
-    dataset = VideoImageDataset(entries((path, "ramp", "video")), sample_size=32, sample_stride=3, sample_n_frames=4, seed=5)
+    dataset = VideoImageDataset(entries((path, "ramp", "video")), sample_size=32, sample_stride=3, sample_n_frames=4,
+                                seed=5)
     indices = frame_indices_of(dataset[0]["pixel_values"])
     assert np.diff(indices).tolist() == [3, 3, 3] and 0 <= indices[0] <= 24 - 10
     assert frame_indices_of(dataset[0]["pixel_values"]) == indices
@@ -274,7 +276,8 @@ def test_image_video_mixing_with_repeats_and_homogeneous_batches(tmp_path):
     dataset = VideoImageDataset(entries(*items), video_repeat=2, **SMALL)
     assert len(dataset) == 3 + 2 * 3
     assert sorted(dataset[i]["text"] for i in range(len(dataset))).count("video 0") == 3
-    sampler = AspectRatioBatchSampler(RandomSampler(dataset, generator=torch.Generator().manual_seed(0)), dataset, batch_size=2)
+    sampler = AspectRatioBatchSampler(RandomSampler(dataset, generator=torch.Generator().manual_seed(0)), dataset,
+                                      batch_size=2)
     batches = list(DataLoader(dataset, batch_sampler=sampler, num_workers=0))
     assert len(batches) == len(sampler) == 3 + 2
     for batch in batches:
@@ -288,7 +291,8 @@ def test_bucketing_groups_items_by_aspect_ratio(tmp_path):
     square = [write_video(tmp_path / f"square{i}.mp4", height=64, width=64) for i in range(3)]
     wide = [write_video(tmp_path / f"wide{i}.mp4", height=32, width=64) for i in range(3)]
     items = [(path, path.stem, "video") for pair in zip(square, wide) for path in pair]
-    dataset = VideoImageDataset(entries(*items), sample_size=256, sample_stride=1, sample_n_frames=2, enable_bucket=True, seed=0)
+    dataset = VideoImageDataset(entries(*items), sample_size=256, sample_stride=1, sample_n_frames=2,
+                                enable_bucket=True, seed=0)
     assert dataset.bucket_key(0) == ("video", (256, 256))
     assert dataset.bucket_key(1) == ("video", bucket_size(32, 64, 256)) == ("video", (176, 352))
     sampler = AspectRatioBatchSampler(SequentialSampler(dataset), dataset, batch_size=3)
@@ -347,7 +351,8 @@ def test_bad_items_are_skipped_counted_and_logged_once(tmp_path, caplog):
 
 
 def test_validate_all_finds_every_bad_item_up_front(tmp_path):
-    dataset = VideoImageDataset(make_mixed_quality_set(tmp_path), min_frames=clip_span(4, 2), validate_all=True, **SMALL)
+    dataset = VideoImageDataset(make_mixed_quality_set(tmp_path), min_frames=clip_span(4, 2), validate_all=True,
+                                **SMALL)
     assert len(dataset) == 2
     assert dataset.summary() == {"listed": 5, "usable": 2, "missing": 1, "corrupt": 1, "too_short": 1}
 
@@ -365,7 +370,9 @@ def test_all_bad_dataset_says_why(tmp_path):
     items = entries((tmp_path / "a.mp4", "a", "video"), (tmp_path / "b.mp4", "b", "video"), (corrupt, "c", "video"))
     with pytest.raises(ValueError, match=r"0 of 3 items usable: 3 missing files \(first: .*a\.mp4\)"):
         VideoImageDataset(items[:2] + [DataEntry(tmp_path / "c.mp4", "c", "video")], **SMALL)
-    with pytest.raises(ValueError, match=r"0 of 3 items usable: 2 missing files \(first: .*a\.mp4\), 1 corrupt or unreadable \(first: .*corrupt\.mp4\)"):
+    expected = (r"0 of 3 items usable: 2 missing files \(first: .*a\.mp4\), "
+                r"1 corrupt or unreadable \(first: .*corrupt\.mp4\)")
+    with pytest.raises(ValueError, match=expected):
         VideoImageDataset(items, validate_all=True, **SMALL)
     with pytest.raises(ValueError, match="0 of 0 items usable"):
         VideoImageDataset([], **SMALL)

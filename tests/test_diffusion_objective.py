@@ -1,4 +1,4 @@
-"""The improved-DDPM training objective (spec §6.5), checked against formulas written out independently."""
+"""The improved-DDPM training objective, checked against formulas written out independently."""
 
 import math
 

@@ -5,12 +5,7 @@ from __future__ import annotations
 import pytest
 
 from easyanimate.config import ConfigError
-from easyanimate.generation import GenerationRequest, ModelDefaults, load_pipeline, read_model_defaults, select_model
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_models):
-    return load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
+from easyanimate.generation import GenerationRequest, ModelDefaults, read_model_defaults, select_model
 
 
 def test_the_defaults_are_the_original_scripts_and_a_model_folder_overrides_them(tmp_path):
@@ -64,3 +59,22 @@ def test_the_limits_read_from_config_files_equal_the_loaded_pipelines(pipe, tiny
     from_files = ModelLimits.of_selection(select_model(tiny_models["root"], model=tiny_models["model"]))
     assert from_files == ModelLimits.of_pipeline(pipe)
     assert (from_files.pixel_multiple, from_files.position_table) == (32, 256)
+
+
+def test_settings_far_from_what_the_model_makes_are_said_not_refused():
+    made_for = GenerationRequest(height=64, width=64, frames=16)
+    assert GenerationRequest(height=64, width=96, frames=24).warnings(made_for) == []
+    big, long = GenerationRequest(height=256, width=256, frames=16), GenerationRequest(height=64, width=64, frames=64)
+    assert "far from the 64x64 this model makes: expect repeated or striped content" in big.warnings(made_for)[0]
+    assert "--context-frames 16" in long.warnings(made_for)[0]
+    assert long.overridden(context_frames=16).warnings(made_for) == []  # a window is what keeps long motion
+
+
+def test_a_missing_models_folder_says_where_it_looked_and_what_to_pass(tmp_path, monkeypatch):
+    from easyanimate.generation import MissingWeightsError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingWeightsError) as caught:
+        select_model()
+    message = str(caught.value)
+    assert str(tmp_path / "models") in message and "--models-dir" in message and "EasyAnimate-Shapes-Demo" in message

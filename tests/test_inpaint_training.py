@@ -154,7 +154,7 @@ def test_an_inpaint_run_resumes_exactly(tiny_models, dataset, tmp_path):  # noqa
 def test_full_training_from_the_latent_cache_and_a_lora_on_the_inpaint_model(
         tiny_models, dataset, tmp_path):  # noqa: F811
     full = inpaint_run(tiny_models, dataset, tmp_path / "full", max_train_steps=3, trainable_modules=["."])
-    assert set(full.exports) == {"transformer", "motion_module", "pixart_transformer"}
+    assert set(full.exports) == {"transformer", "motion_module", "motion_module_folder", "pixart_transformer"}
     checkpoint = full.exports["transformer"] / "diffusion_pytorch_model.safetensors"
     lora = inpaint_run(tiny_models, dataset, tmp_path / "lora", max_train_steps=2, transformer_path=str(checkpoint),
                        lora={"rank": 2, "network_alpha": 2.0})

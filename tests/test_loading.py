@@ -21,7 +21,7 @@ from easyanimate.models import (
 )
 from easyanimate.models.loading import motion_module_state_dict
 
-from .test_transformer import TINY, TINY_MM, randomize
+from .helpers import TINY, TINY_MM, randomize
 
 EXTRAS = dict(basic_block_type="motionmodule", motion_module_type="VanillaGrid", motion_module_kwargs=TINY_MM)
 
@@ -69,7 +69,8 @@ def test_from_pretrained_2d_names_unexpected_and_missing_keys(pixart_folder):
     state["transformer_blocks.0.attn1.extra.weight"] = torch.zeros(1)
     del state["proj_out.bias"]
     save_file(state, str(weights))
-    with pytest.raises(WeightLoadError, match=r"missing keys, e.g. proj_out.bias.*unexpected keys, e.g. transformer_blocks.0.attn1.extra.weight"):
+    expected = r"missing keys, e.g. proj_out.bias.*unexpected keys, e.g. transformer_blocks.0.attn1.extra.weight"
+    with pytest.raises(WeightLoadError, match=expected):
         Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS)
 
 
@@ -121,7 +122,8 @@ def test_lora_given_as_motion_module_says_what_it_is(tmp_path):
 def test_motion_module_of_another_width_or_depth_is_refused(tmp_path):
     wide = Transformer3DModel(**{**TINY, "attention_head_dim": 32}, **EXTRAS)
     save_motion_module(wide, tmp_path / "wide.safetensors")
-    with pytest.raises(WeightLoadError, match=r"motion-module file \(56 tensors, 2 blocks, width 64\).*shape mismatches"):
+    with pytest.raises(WeightLoadError,
+                       match=r"motion-module file \(56 tensors, 2 blocks, width 64\).*shape mismatches"):
         load_motion_module(trained_video_model(), tmp_path / "wide.safetensors")
     shallow = Transformer3DModel(**{**TINY, "num_layers": 1}, **EXTRAS)
     save_motion_module(shallow, tmp_path / "shallow.safetensors")
@@ -192,7 +194,8 @@ def test_full_checkpoint_with_a_partial_motion_module_is_refused(tmp_path):
     state = trained_video_model().state_dict()
     del state["transformer_blocks.1.attn_temporal.temporal_transformer.proj_out.weight"]
     save_file(state, str(tmp_path / "partial.safetensors"))
-    with pytest.raises(WeightLoadError, match="transformer_blocks.1.attn_temporal.temporal_transformer.proj_out.weight"):
+    with pytest.raises(WeightLoadError,
+                       match="transformer_blocks.1.attn_temporal.temporal_transformer.proj_out.weight"):
         load_transformer_checkpoint(trained_video_model(), tmp_path / "partial.safetensors")
 
 
@@ -245,6 +248,20 @@ def test_extract_motion_module_script_writes_original_keys_and_never_overwrites(
     assert set(extracted) == {k for k in model.state_dict() if ".attn_temporal." in k}
     again = subprocess.run([sys.executable, str(script), str(weights), str(out)], capture_output=True, text=True)
     assert again.returncode != 0 and "exists" in again.stderr
+    # A training checkpoint folder (checkpoint-<step>/transformer/...) is found, and what the module was built
+    # with goes into the file; an empty folder is one line that says what it lacks.
+    (tmp_path / "run" / "checkpoint-2").mkdir(parents=True)
+    model.save_pretrained(tmp_path / "run" / "checkpoint-2" / "transformer")
+    from_folder = tmp_path / "from_folder.safetensors"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run" / "checkpoint-2"), str(from_folder)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert MotionModuleSpec.of_file(from_folder) == MotionModuleSpec.of_model(model)
+    (tmp_path / "empty").mkdir()
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "empty"), str(tmp_path / "x.safetensors")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "without transformer weights" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "x.safetensors").exists()
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -259,3 +276,55 @@ def test_weight_files_must_hold_finite_floating_point_tensors(tmp_path, bad, mat
     with pytest.raises(WeightLoadError, match=match) as caught:
         read_state_dict(path)
     assert "weights.safetensors" in str(caught.value) and "transformer_blocks.0.attn1.to_q.weight" in str(caught.value)
+
+
+def loaded_the_plain_way(folder, motion_module=None) -> Transformer3DModel:
+    """The reference: a fully initialised model, the files copied into it (``load_state_dict``), as loading was
+    before the model was built empty."""
+    config = {k: v for k, v in json.loads((folder / "transformer" / "config.json").read_text()).items()
+              if not k.startswith("_")}
+    model = Transformer3DModel.from_config({**config, **EXTRAS})
+    model.load_state_dict(read_state_dict(folder / "transformer" / "diffusion_pytorch_model.safetensors"), strict=False)
+    if motion_module is not None:
+        model.load_state_dict(read_state_dict(motion_module), strict=False)
+    return model.eval()
+
+
+@pytest.mark.parametrize("with_tables", [True, False])
+def test_loading_into_an_empty_model_gives_the_plain_loads_values_bit_for_bit(tmp_path, pixart_folder, with_tables):
+    path = tmp_path / "mm.safetensors"
+    save_motion_module(trained_video_model(), path, include_position_tables=with_tables)
+    model = Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS,
+                                                  motion_module=path).eval()
+    reference = loaded_the_plain_way(pixart_folder, path)
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value) and model.state_dict()[key].dtype == value.dtype, key
+    assert torch.equal(output(model, frames=4), output(reference, frames=4))
+
+
+def test_fresh_motion_modules_of_an_empty_model_are_identities_as_before(pixart_folder):
+    model = Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS).eval()
+    reference = loaded_the_plain_way(pixart_folder)  # its fresh motion modules: other random draws, also identities
+    for key, value in model.state_dict().items():
+        assert not value.is_meta and value.dtype == torch.float32, key
+        if ".attn_temporal." not in key or key.endswith(".pe") or ".proj_out." in key:
+            assert torch.equal(value, reference.state_dict()[key]), key
+    assert torch.equal(output(model, frames=4), output(reference, frames=4))
+
+
+def test_a_half_precision_file_loads_into_float32(pixart_folder):
+    weights = pixart_folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    half = {k: v.half() for k, v in read_state_dict(weights).items()}
+    save_file(half, str(weights))
+    model = Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.equal(model.proj_out.weight, half["proj_out.weight"].float())
+
+
+def test_a_loaded_model_owns_its_memory(pixart_folder):
+    model = Transformer3DModel.from_pretrained_2d(pixart_folder, transformer_additional_kwargs=EXTRAS).eval()
+    before = output(model)
+    weights = pixart_folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(bytes(weights.stat().st_size))  # a model still mapping its file would see the zeros
+    assert torch.equal(output(model), before)

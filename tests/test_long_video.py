@@ -6,18 +6,10 @@ import pytest
 import torch
 
 from easyanimate import EasyAnimatePipeline
-from easyanimate.generation import load_pipeline, select_model
 from easyanimate.models import get_motion_module
 from easyanimate.models.motion_module import TemporalContext, window_weights
 
-from .test_transformer import TINY_MM, randomize, tiny_pair
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_models):
-    pipeline = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+from .helpers import TINY_MM, randomize, tiny_pair
 
 
 def generate(pipe, frames, seed=0, **kwargs):

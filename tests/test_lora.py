@@ -8,7 +8,6 @@ and compare with the reference key list of the original v1 LoRA network.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 
@@ -32,7 +31,8 @@ from easyanimate.lora import (
     save_kohya_lora,
 )
 
-REFERENCE_KEYS = Path(__file__).resolve().parents[2] / "shared/reference/v1_lora_keys.json"
+from .helpers import key_list
+
 TRANSFORMER_BLOCK_TARGETS = 10  # attn1 q/k/v/out.0, attn2 q/k/v/out.0, ff.net.0.proj, ff.net.2
 TRANSFORMER_TOP_LEVEL_TARGETS = 6  # 2 timestep-embedder linears, adaln_single.linear, 2 caption linears, proj_out
 
@@ -98,11 +98,8 @@ def expected_merge(weight: torch.Tensor, lora: dict[str, torch.Tensor], name: st
 
 
 def reference_entries(prefix: str) -> dict[str, list[int]]:
-    """``{key: shape}`` of the v1 reference LoRA keys starting with ``prefix`` (skip if the file is absent)."""
-    if not REFERENCE_KEYS.is_file():
-        pytest.skip(f"reference key list not found at {REFERENCE_KEYS}")
-    entries = json.loads(REFERENCE_KEYS.read_text())["entries"]
-    return {entry["key"]: entry["shape"] for entry in entries if entry["key"].startswith(prefix)}
+    """``{key: shape}`` of the v1 reference LoRA keys (``tests/data/v1_lora_keys.tsv``) starting with ``prefix``."""
+    return {key: shape for key, shape in key_list("v1_lora_keys").items() if key.startswith(prefix)}
 
 
 def generated_entries(model: nn.Module, component: str, rank: int) -> dict[str, list[int]]:

@@ -19,8 +19,10 @@ from easyanimate.generation import apply_lora, load_pipeline, select_model
 from easyanimate.models import read_state_dict
 from easyanimate.training import checkpoints
 from easyanimate.training.config import config_from_sources, parse_config
-from easyanimate.training.trainer import train
+from easyanimate.training.trainer import make_optimizer, train
 from easyanimate.video_io import save_image, save_video
+
+from .helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 40, 40), "blue": (40, 40, 220)}
@@ -79,6 +81,26 @@ def test_motion_module_training_lowers_the_loss_and_keeps_the_rest_frozen(tiny_m
     assert motion and all(".attn_temporal." in k for k in motion)
 
 
+def test_the_fused_optimizer_steps_as_the_default_adamw_does():
+    config = config_from_sources(None, {"pretrained_model_name_or_path": "m", "adam_weight_decay": 0.05,
+                                          "adam_beta1": 0.8})
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(32)]
+    params = {name: [p.clone().requires_grad_() for p in start] for name in ("ours", "default")}
+    optimizers = {"ours": make_optimizer(config, [{"params": params["ours"], "lr": 1e-3}]),
+                  "default": torch.optim.AdamW([{"params": params["default"], "lr": 1e-3}], betas=(0.8, 0.999),
+                                               weight_decay=0.05, eps=config.adam_epsilon, foreach=True)}
+    for step in range(5):
+        for name, optimizer in optimizers.items():
+            for p in params[name]:
+                p.grad = torch.sin(p.detach() * (step + 1))  # the same gradients on both sides
+            optimizer.step()
+    assert optimizers["ours"].defaults["fused"]
+    for ours, default, first in zip(params["ours"], params["default"], start, strict=True):
+        assert not torch.equal(ours, first)
+        torch.testing.assert_close(ours, default, rtol=1e-6, atol=1e-7)
+
+
 def test_image_training_trains_the_whole_pixart_model(tiny_models, dataset, tmp_path):
     image_config = ROOT / "config" / "easyanimate_image_normal_v1.yaml"
     result = run(tiny_models, dataset, tmp_path, config_path=str(image_config), trainable_modules=["."],
@@ -126,6 +148,70 @@ def test_lora_training_exports_a_kohya_file_that_changes_the_pipeline(tiny_model
     styled = pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).videos
     assert (styled - plain).abs().max() > 1e-4
     assert base  # loaded for the assertion above to be meaningful
+
+
+def test_each_dataset_format_trains_with_its_own_caption_column(tiny_models, dataset, tmp_path):
+    """A standard WebVid csv (videoid, name, page_dir: captions in 'name') needs no --caption_column."""
+    import csv
+
+    videos = tmp_path / "webvid"
+    videos.mkdir()
+    records = json.loads((dataset / "videos_only.json").read_text())
+    with open(tmp_path / "results.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["videoid", "name", "page_dir"])
+        for number, record in enumerate(records):
+            (videos / f"{number}.mp4").write_bytes((dataset / record["file_path"]).read_bytes())
+            writer.writerow([number, record["text"], "000"])
+    result = run(tiny_models, dataset, tmp_path / "out", train_data_format="webvid", train_data_dir=str(videos),
+                 train_data_meta=str(tmp_path / "results.csv"), max_train_steps=1)
+    assert result.global_step == 1 and result.data_summary["usable"] == len(records)
+
+
+def test_a_trained_lora_loads_through_peft_through_the_pipeline_and_merged_alike(tiny_models, dataset, tmp_path):
+    """The run writes the kohya file and peft adapter folders; peft itself, the pipeline's adapters and the
+    exact merge all give the same video."""
+    from peft import PeftModel
+
+    from easyanimate.lora import LoraMerger
+
+    overrides = dict(lora={"rank": 4, "network_alpha": 2.0, "train_text_encoder": True}, precompute=False,
+                     max_train_steps=3, learning_rate=5e-2)
+    result = run(tiny_models, dataset, tmp_path, **overrides)
+    folders = result.exports["lora_peft"]
+    assert (folders / "transformer" / "adapter_config.json").is_file()
+    assert (folders / "text_encoder" / "adapter_model.safetensors").is_file()
+    kwargs = dict(height=64, width=64, video_length=2, num_inference_steps=2, output_type="latent")
+
+    def generate(pipe):
+        pipe.set_progress_bar_config(disable=True)
+        return pipe("a red square", generator=torch.Generator().manual_seed(0), **kwargs).videos
+
+    merged_pipe = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
+    plain = generate(merged_pipe)
+    LoraMerger(merged_pipe.transformer, merged_pipe.text_encoder).merge(result.exports["lora"])
+    merged = generate(merged_pipe)
+    adapters = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
+    adapters.load_lora_weights(folders)
+    through_pipeline = generate(adapters)
+    with_peft = load_pipeline(select_model(tiny_models["root"], model=tiny_models["model"]), device="cpu")
+    with_peft.transformer = PeftModel.from_pretrained(with_peft.transformer, folders / "transformer").base_model.model
+    with_peft.text_encoder = PeftModel.from_pretrained(with_peft.text_encoder,
+                                                       folders / "text_encoder").base_model.model
+    through_peft = generate(with_peft)
+    assert (merged - plain).abs().max() > 1e-3
+    torch.testing.assert_close(through_pipeline, merged, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(through_peft, merged, atol=1e-3, rtol=1e-4)
+
+
+def test_a_trained_motion_module_is_also_a_configured_model_folder(tiny_models, dataset, tmp_path):
+    from easyanimate.models import EasyAnimateMotionModule
+
+    result = run(tiny_models, dataset, tmp_path, max_train_steps=2)
+    folder = EasyAnimateMotionModule.from_pretrained(result.exports["motion_module_folder"])
+    single = read_state_dict(result.exports["motion_module"])
+    assert folder.config.num_attention_heads == 2 and folder.config.num_layers == 2
+    assert all(torch.equal(folder.state_dict()[key], value) for key, value in single.items())
 
 
 def test_a_lora_with_motion_module_targets_exports_and_merges_back(tiny_models, dataset, tmp_path):
@@ -259,25 +345,51 @@ def test_unusable_items_are_skipped_and_reported(tiny_models, dataset, tmp_path,
     assert "skipped" in capsys.readouterr().out
 
 
+def launch_two_processes(launcher_flags: list[str], options: dict, env: dict | None = None):
+    """`accelerate launch` train.py in 2 CPU processes with the given launcher flags; returns the finished run."""
+    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_flags, "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(free_port()), str(ROOT / "train.py"), *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 @pytest.mark.slow
 def test_two_process_accelerate_launch_trains_and_saves(tiny_models, dataset, tmp_path):
     out = tmp_path / "ddp"
     options = settings(tiny_models, dataset, out, max_train_steps=2, checkpointing_steps=2, train_batch_size=1)
-    flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
     # --multi_gpu selects accelerate's torchrun launcher; without GPUs the trainer uses CPU + gloo.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
-               str(ROOT / "train.py"), *flags]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = launch_two_processes(["--multi_gpu"], options)
     assert (out / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
     assert (out / "checkpoint-2" / "noise_generator_1.safetensors").is_file()  # one state per process
     assert (out / "motion_module.safetensors").is_file()
     # --precompute: each process encoded its half of the 4 clips; messages not meant per process appear once
     shares = re.findall(r"\[RANK (\d)\] precompute: this process encoded (\d) of 4 items", done.stderr)
     assert sorted(shares) == [("0", "2"), ("1", "2")], done.stderr[-3000:]
-    assert done.stderr.count("mixed precision:") == 1 and done.stderr.count("exported motion_module") == 1
+    assert done.stderr.count("mixed precision:") == 1 and done.stderr.count("exported motion_module:") == 1
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_in_two_cpu_processes_trains_saves_and_resumes(tiny_models, dataset, tmp_path):
+    out = tmp_path / "zero2"
+    zero2 = ["--use_deepspeed", "--zero_stage", "2"]
+    cpu = {"DS_ACCELERATOR": "cpu"}  # DeepSpeed's CPU accelerator (it would look for CUDA first)
+    options = settings(tiny_models, dataset, out, max_train_steps=2, checkpointing_steps=2, train_batch_size=1)
+    done = launch_two_processes(zero2, options, cpu)
+    # the two processes train together (one optimizer sharded over both), not two runs of one process each
+    assert "1 per device x 2 process(es)" in done.stderr, done.stderr[-3000:]
+    shards = {p.name for p in (out / "checkpoint-2" / "pytorch_model").iterdir()}
+    assert {f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt" for rank in (0, 1)} <= shards  # ZeRO: one per rank
+    first = load_file(out / "motion_module.safetensors")
+
+    done = launch_two_processes(zero2, {**options, "max_train_steps": 4, "resume_from_checkpoint": "latest"}, cpu)
+    assert re.search(r"resumed from \S+checkpoint-2 at step 2", done.stdout), done.stdout[-3000:]
+    assert (out / "checkpoint-4" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    again = load_file(out / "motion_module.safetensors")
+    assert again.keys() == first.keys() and any(not torch.equal(again[k], first[k]) for k in first)  # it trained on
 
 
 def wait_for(condition, timeout: float = 120.0, what: str = "") -> None:
@@ -309,10 +421,13 @@ def test_killing_or_interrupting_the_process_at_any_moment_then_resuming_equals_
         marker = out / (f"checkpoint-{step}" if moment == "published" else f".incomplete-checkpoint-{step}")
         options = settings(tiny_models, dataset, out, max_train_steps=10_000, checkpointing_steps=1)
         flags = [f"--{k}" if v is True else f"--{k}={v}" for k, v in options.items()]
-        process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *flags], cwd=ROOT,
+        # The same number of threads as this process, whose in-process runs it is compared with bit for bit.
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *flags], cwd=ROOT, env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for(lambda: marker.exists() or process.poll() is not None, what=str(marker))
+            wait_for(lambda marker=marker, process=process: marker.exists() or process.poll() is not None,
+                     what=str(marker))
         finally:
             process.send_signal(kind)
             _, errors = process.communicate(timeout=120)
@@ -486,7 +601,8 @@ def test_cli_errors_are_one_line_and_tracebacks_are_opt_in(tiny_models, dataset,
 
     flags = [f"--{k}={v}" for k, v in settings(tiny_models, dataset, tmp_path / "out").items() if v is not True]
     assert main([*flags, "--max_train_steps", "0"]) == 2
-    assert capsys.readouterr().err.splitlines() == ["error: max_train_steps must be a whole number >= 1 or unset, got 0"]
+    expected = "error: max_train_steps must be a whole number >= 1 or unset, got 0"
+    assert capsys.readouterr().err.splitlines() == [expected]
     with pytest.raises(ConfigError):
         main([*flags, "--max_train_steps", "0", "--debug"])
     monkeypatch.setenv("EASYANIMATE_DEBUG", "1")
@@ -498,7 +614,8 @@ def test_resume_latest_without_a_checkpoint_starts_fresh_with_a_notice(tiny_mode
     caplog.set_level("INFO")
     result = run(tiny_models, dataset, tmp_path, max_train_steps=2, resume_from_checkpoint="latest")
     assert result.global_step == 2
-    assert any("no checkpoint in" in r.getMessage() and "starting from step 0" in r.getMessage() for r in caplog.records)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("no checkpoint in" in message and "starting from step 0" in message for message in messages)
     with pytest.raises(FileNotFoundError, match="checkpoint-7"):
         run(tiny_models, dataset, tmp_path, resume_from_checkpoint="checkpoint-7")
 
@@ -586,7 +703,8 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_like_an_uninterrupted_run(tiny_m
         run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=6, **common)
     monkeypatch.undo()
     assert [step for step, _ in checkpoints.list_checkpoints(tmp_path / "resumed")] == [saved]
-    result = run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=6, resume_from_checkpoint="latest", **common)
+    result = run(tiny_models, dataset, tmp_path / "resumed", max_train_steps=6, resume_from_checkpoint="latest",
+                 **common)
     assert result.global_step == 6
     straight = load_file(str(tmp_path / "straight" / "transformer" / "diffusion_pytorch_model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "transformer" / "diffusion_pytorch_model.safetensors"))
@@ -659,7 +777,8 @@ def test_a_motion_module_built_with_other_settings_is_an_error_at_start(tiny_mod
 
     four_heads = tmp_path / "four_heads.yaml"
     four_heads.write_text(tiny_models["config"].read_text().replace("num_attention_heads: 2", "num_attention_heads: 4"))
-    with pytest.raises(WeightLoadError, match="was built with 2 heads.*four_heads.yaml has motion modules with 4 heads"):
+    with pytest.raises(WeightLoadError,
+                       match="was built with 2 heads.*four_heads.yaml has motion modules with 4 heads"):
         run(tiny_models, dataset, tmp_path / "out", config_path=str(four_heads),
             motion_module_path=str(tiny_models["motion_module"]))
     bare = tmp_path / "bare_mm.safetensors"  # no metadata, 256-frame tables (as a file saved elsewhere)

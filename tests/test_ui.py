@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
-import av
 import pytest
 import torch
 from gradio_client import Client
@@ -21,35 +19,9 @@ from easyanimate.tiny import write_tiny_model
 from easyanimate.ui import EasyAnimateController, UIError, WeightChoice, scan_models
 from easyanimate.ui.controller import NO_MOTION_MODULE_WARNING, BusyError
 
-MODEL = "tiny-easyanimate"
-MOTION_MODULE = "tiny-easyanimate_mm.safetensors"
-LORA = "tiny-easyanimate_lora.safetensors"
+from .helpers import LORA, MODEL, MOTION_MODULE, decode, start_app, write_ui_models
+
 SMALL = {"width": 64, "height": 64, "frames": 4, "steps": 2, "sampler": "DPM++", "cfg_scale": 6.0}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_app(models_dir: Path, samples_dir: Path):
-    """Launch ``app.py`` with its default host in this process; returns the running page."""
-    return app.launch(["--models-dir", str(models_dir), "--samples-dir", str(samples_dir), "--device", "cpu",
-                     "--port", str(free_port())], block=False)
-
-
-def write_ui_models(root: Path) -> Path:
-    """The tiny model plus entries that point outside the models folder (which the UI must not list)."""
-    models = root / "models"
-    paths = write_tiny_model(models)
-    outside = root / "outside"
-    outside.mkdir()
-    shutil.copy(paths["motion_module"], outside / "secret.safetensors")
-    (models / "Motion_Module" / "linked_outside.safetensors").symlink_to(outside / "secret.safetensors")
-    (models / "Personalized_Model" / "escape.safetensors").symlink_to(Path("../../outside/secret.safetensors"))
-    (models / "Diffusion_Transformer" / "outside-model").symlink_to(outside, target_is_directory=True)
-    return models
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +62,6 @@ def call(client: Client, model=MODEL, motion_module=MOTION_MODULE, base_model="n
     return client.predict(model=model, motion_module=motion_module, base_model=base_model, lora=lora, lora_alpha=0.55,
                           prompt=prompt, negative_prompt="", seed=seed, **{**SMALL, **overrides},
                           api_name="/generate")
-
-
-def decode(path: str | Path) -> tuple[str, list[torch.Tensor]]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = [torch.from_numpy(frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)]
-        return stream.codec_context.name, frames
 
 
 def logs(samples: Path) -> list[dict]:
@@ -279,11 +244,11 @@ def test_size_sliders_follow_the_loaded_models_pixel_multiple():
     """A grid with block_size 4 needs multiples of 64 px: once such a model is loaded the sliders step by 64."""
     from types import SimpleNamespace
 
-    from easyanimate.ui.page import SIZE_STEP, _Handlers
+    from easyanimate.ui.page import SIZE_STEP, PageHandlers
 
-    handlers = _Handlers(SimpleNamespace(pipeline=None))
+    handlers = PageHandlers(SimpleNamespace(pipeline=None))
     assert all(update["step"] == update["minimum"] == SIZE_STEP == 32 for update in handlers.size_steps())
-    handlers = _Handlers(SimpleNamespace(pipeline=SimpleNamespace(pixel_multiple=64)))
+    handlers = PageHandlers(SimpleNamespace(pipeline=SimpleNamespace(pixel_multiple=64)))
     width, height = handlers.size_steps()
     assert (width["step"], width["minimum"], height["step"], height["minimum"]) == (64, 64, 64, 64)
     assert "value" not in width and "value" not in height
@@ -366,3 +331,16 @@ def test_cancelling_a_request_over_the_api_frees_the_queue_for_the_next(served, 
 
 def denoising(status) -> bool:
     return bool(status.progress_data) and status.progress_data[0].desc == "denoising"
+
+
+def test_a_setting_the_model_cannot_take_is_said_beside_the_controls(ui_models, tmp_path):
+    from easyanimate.ui.page import PageHandlers
+
+    controller = EasyAnimateController(ui_models, tmp_path, device="cpu")
+    page = PageHandlers(controller)
+    note = page.memory(MODEL, 80, 64, 8, 6.0)
+    assert note.startswith("**Check:**") and "multiples of 32" in note
+    assert "**Check:**" in page.memory(MODEL, 64, 64, 300, 6.0) and "position table" in page.memory(MODEL, 64, 64,
+                                                                                                   300, 6.0)
+    assert "**Check:**" not in page.memory(MODEL, 64, 64, 8, 6.0)
+    assert controller.pipeline is None  # nothing was loaded to say so

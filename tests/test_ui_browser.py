@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.test_ui import MODEL, decode, start_app, write_ui_models
+from .helpers import MODEL, decode, start_app, write_ui_models
 
 pytestmark = pytest.mark.browser
 

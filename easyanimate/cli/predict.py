@@ -33,7 +33,9 @@ from ..generation import (
     GenerationRequest,
     KnownContent,
     ModelLimits,
+    ModelSelection,
     apply_lora,
+    estimate_memory,
     generate,
     load_pipeline,
     model_zoo_text,
@@ -43,6 +45,8 @@ from ..generation import (
 )
 from ..lora import load_lora_state_dict
 from ..schedulers import SAMPLER_NAMES
+
+logger = logging.getLogger(__name__)
 
 FORMATS = {"mp4": ("mp4",), "gif": ("gif",), "both": ("mp4", "gif")}
 
@@ -82,7 +86,8 @@ def build_parser(description: str = __doc__, inpaint: bool = False) -> argparse.
     add("--config", help="model yaml (default: the model's own, else config/easyanimate_video_motion_module_v1.yaml)")
     add("--debug", action="store_true", help="show the full traceback of an error (also: EASYANIMATE_DEBUG=1)")
     add("--device", help="cuda, cuda:1, mps or cpu (default: best available)")
-    add("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="weights dtype (auto: fp16 on GPU, fp32 on CPU)")
+    add("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+        help="weights dtype (auto: fp16 on GPU, fp32 on CPU)")
     add("--format", default="mp4", choices=list(FORMATS), help="output file format")
     add("--fps", type=int, help=f"frames per second of the file (default {d.fps})")
     add("--frames", type=int, help=f"number of frames; 1 writes an image (default {d.frames})")
@@ -90,7 +95,8 @@ def build_parser(description: str = __doc__, inpaint: bool = False) -> argparse.
     add("--height", type=int, help=f"pixels, multiple of 32 (16 x the grid's block_size) (default {d.height})")
     add("--lora", help="LoRA file (kohya format) merged into the transformer and T5")
     add("--lora-weight", type=float, help=f"LoRA multiplier (default {d.lora_weight})")
-    add("--memory-mode", default="none", choices=list(MEMORY_MODES), help="; ".join(f"{k}: {v}" for k, v in MEMORY_MODES.items()))
+    add("--memory-mode", default="none", choices=list(MEMORY_MODES),
+        help="; ".join(f"{k}: {v}" for k, v in MEMORY_MODES.items()))
     add("--model", help="model folder (default models/Diffusion_Transformer/" + (
         "EasyAnimate-Shapes-Inpaint, the shipped inpaint demo: v1 released no inpaint weights)" if inpaint else
         "PixArt-XL-2-512x512)"))
@@ -231,12 +237,16 @@ def run(args: argparse.Namespace) -> int:
         request.validate(limits)
         if known is not None:
             known.check_box(request.width, request.height)
+    for warning in dict.fromkeys(w for request in requests for w in request.warnings(selection.defaults.request)):
+        logger.warning("warning: %s", warning)
     # Under `accelerate launch` with several processes: each generates its share on its own device.
     state = PartialState(cpu=not torch.cuda.is_available()) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
     device = state.device if state is not None else choose_device(args.device, args.memory_mode)
     dtype = resolve_dtype(args.dtype, device)
     output_dir = Path(args.output_dir)
     check_writable(output_dir)
+    if state is None or state.is_main_process:
+        report_memory(selection, requests[0], device, dtype, args.memory_mode)  # the requests differ in prompt only
     if selection.lora is not None:
         load_lora_state_dict(selection.lora)  # a LoRA that cannot be merged is refused before the model loads
     pipeline = load_pipeline(selection, requests[0].sampler, device, dtype, args.memory_mode)
@@ -260,6 +270,22 @@ def run(args: argparse.Namespace) -> int:
         processes = f" by {state.num_processes} processes" if state is not None else ""
         print(f"done: {len(requests)} video(s) in {output_dir}{processes}")
     return 0
+
+
+def report_memory(selection: ModelSelection, request: GenerationRequest, device: torch.device, dtype: torch.dtype,
+                  memory_mode: str) -> None:
+    """Print what the setting needs (computed from the model's configs), and warn when the device has less.
+
+    Advice only: the run goes on whatever it says, and a setting it cannot compute is reported and passed.
+    """
+    try:
+        advice = estimate_memory(selection, request, device, dtype, memory_mode)
+    except Exception as error:  # noqa: BLE001 (advice only: nothing here may stop a generation)
+        print(f"memory: not estimated ({type(error).__name__}: {error})")
+        return
+    print(advice.summary())
+    if (warning := advice.warning()) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Train EasyAnimate: ``easyanimate-train`` (``train.py`` in a checkout) and ``easyanimate-train-lora`` (``train_lora.py``).
+"""Train EasyAnimate: ``easyanimate-train`` (``train.py`` in a checkout) and ``easyanimate-train-lora``.
 
 ``easyanimate-train`` trains the motion module on videos, the image model on images, or both mixed: what
 trains is configuration (``--trainable_modules``, the model yaml in ``--config_path``, a ``--train_config``

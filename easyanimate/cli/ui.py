@@ -50,7 +50,9 @@ def launch(argv: list[str] | None = None, block: bool = True) -> gr.Blocks:
     controller = EasyAnimateController(Path(args.models_dir), Path(args.samples_dir), args.device, args.dtype,
                                        args.memory_mode)
     page = build_ui(controller)
+    # show_error: a value gradio itself cannot read (text for a number) comes back as its message, not as a blank
     page.queue().launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=not block,
+                        show_error=True,
                         allowed_paths=[str(controller.output_dir)])
     return page
 

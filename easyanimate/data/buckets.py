@@ -107,7 +107,8 @@ class AspectRatioBatchSampler(Sampler[list[ClipRequest]]):
     ``dataset.summary()``.
     """
 
-    def __init__(self, sampler: Iterable[int], dataset: BucketedDataset, batch_size: int, drop_last: bool = False) -> None:
+    def __init__(self, sampler: Iterable[int], dataset: BucketedDataset, batch_size: int,
+                 drop_last: bool = False) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         self.sampler = sampler

@@ -45,7 +45,14 @@ from torch.utils.data import Dataset
 from easyanimate.data.buckets import DEFAULT_SIZE_MULTIPLE, BucketKey, ClipRequest, bucket_size
 from easyanimate.data.sampling import TooShortError, sample_frame_indices
 from easyanimate.data.transforms import prepare_clip
-from easyanimate.video_io import IMAGE_EXTENSIONS, VideoReadError, probe_image, probe_video, read_image, read_video_frames
+from easyanimate.video_io import (
+    IMAGE_EXTENSIONS,
+    VideoReadError,
+    probe_image,
+    probe_video,
+    read_image,
+    read_video_frames,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +152,8 @@ def read_normal(meta_path: Path | None, data_dir: Path | None, caption_column: s
         where = f"{meta_path} item {number}"
         _require_columns(list(record), ["file_path", column], Path(where))
         file_path = record["file_path"]
-        entries.append(DataEntry(folder / file_path, _caption(record, column, where), _infer_type(record, file_path, where)))
+        entries.append(DataEntry(folder / file_path, _caption(record, column, where),
+                                 _infer_type(record, file_path, where)))
     return entries
 
 
@@ -159,7 +167,8 @@ def read_imagefolder(meta_path: Path | None, data_dir: Path | None, caption_colu
     else:
         raise ValueError("the diffusers format needs data_dir (an image folder) or meta_path (a metadata.jsonl)")
     if not metadata_files:
-        raise ValueError(f"no metadata.jsonl under {data_dir}; the diffusers format needs one with file_name/{column} lines")
+        raise ValueError(f"no metadata.jsonl under {data_dir}; the diffusers format needs one with "
+                         f"file_name/{column} lines")
     entries = []
     for metadata in metadata_files:
         for number, line in enumerate(_read_text(metadata).split("\n"), start=1):
@@ -257,7 +266,8 @@ class VideoImageDataset(Dataset):
     ) -> None:
         if enable_bucket and not isinstance(sample_size, int):
             raise ValueError(f"enable_bucket needs an int sample_size (the bucket base size); got {sample_size!r}")
-        if not 0.0 <= caption_dropout <= 1.0 or video_repeat < 0 or min(max_read_attempts, sample_stride, sample_n_frames) < 1:
+        if not 0.0 <= caption_dropout <= 1.0 or video_repeat < 0 or min(max_read_attempts, sample_stride,
+                                                                        sample_n_frames) < 1:
             raise ValueError(
                 "need 0 <= caption_dropout <= 1, video_repeat >= 0 and max_read_attempts, sample_stride, "
                 f"sample_n_frames >= 1; got {caption_dropout}, {video_repeat}, {max_read_attempts}, "
@@ -312,7 +322,8 @@ class VideoImageDataset(Dataset):
             return
         if len(self.failures) == len(self.entries):
             raise ValueError(f"0 of {len(self.entries)} items usable: {self._describe_failures()}")
-        logger.warning("dropped %d of %d items up front: %s", len(self.failures), len(self.entries), self._describe_failures())
+        logger.warning("dropped %d of %d items up front: %s", len(self.failures), len(self.entries),
+                       self._describe_failures())
 
     def _build_index(self, video_repeat: int) -> list[int]:
         """Entry ids in index order: every usable entry, then ``video_repeat`` more passes over the videos."""
@@ -346,7 +357,8 @@ class VideoImageDataset(Dataset):
         counts = Counter(self.failures.values())
         labels = {"missing": "missing files", "corrupt": "corrupt or unreadable", "too_short": "too short"}
         return ", ".join(
-            f"{counts[reason]} {labels[reason]} (first: {self._first_failure[reason]})" for reason in SKIP_REASONS if counts[reason]
+            f"{counts[reason]} {labels[reason]} (first: {self._first_failure[reason]})"
+            for reason in SKIP_REASONS if counts[reason]
         )
 
     @property
@@ -403,7 +415,8 @@ class VideoImageDataset(Dataset):
         if not self.enable_bucket:
             return (self.entries[entry_id].data_type, self._fixed_size(entry_id))
         source_size = self._probe(entry_id)
-        return None if source_size is None else (self.entries[entry_id].data_type, self._target_size(entry_id, source_size))
+        return None if source_size is None else (self.entries[entry_id].data_type,
+                                                 self._target_size(entry_id, source_size))
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -439,7 +452,8 @@ class VideoImageDataset(Dataset):
         order = (self._index[(index + step) % len(self._index)] for step in range(len(self._index)))
         candidates = []
         for entry_id in order:
-            if entry_id not in self.failures and self.entries[entry_id].data_type == data_type and entry_id not in candidates:
+            usable = entry_id not in self.failures and entry_id not in candidates
+            if usable and self.entries[entry_id].data_type == data_type:
                 candidates.append(entry_id)
                 if len(candidates) == self.max_read_attempts:
                     break

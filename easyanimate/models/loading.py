@@ -11,7 +11,7 @@
 * :func:`load_transformer_checkpoint` — a personalized / full transformer state dict such as
   ``easyanimate_portrait.safetensors`` (the 603 PixArt keys, optionally motion-module keys too).
 * :func:`build_video_transformer` — the load order of the original: 2D base, personalized
-  checkpoint, motion module.
+  checkpoint, motion module; then fresh motion modules where no file provided them.
 * :func:`widen_patch_embedding` — an inpaint model (``2 * C + 1`` input channels) from a ``C``-channel
   checkpoint: the checkpoint's patch-embedding weights go to the first ``C`` input channels and the
   mask and masked-video channels start at zero, so the new model computes what the checkpoint did.
@@ -20,10 +20,18 @@
 
 Nothing is loaded with ``strict=False`` silently: keys are compared first, the expected gaps are
 stated in code, and anything else raises a :class:`WeightLoadError` naming the keys.
+
+Memory. The model is built with its parameters and position tables on ``meta`` (no memory, no random
+initialisation), files are read into memory of their own (``pread``, not a mapping of the file), and each
+file's tensors become what they fill (``load_state_dict(assign=True)``, cast to its dtype): a load holds
+one copy of the weights, not a randomly initialised model plus the file. Motion modules that no file
+provides are then built as the constructor builds them (zero output projection: the identity), and
+position tables that no file provides are computed.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -33,11 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ..config import ConfigError, TransformerAdditionalKwargs, transformer_kwargs_for_model
 from ..files import write_safetensors
+from .motion_module import get_motion_module, sinusoid_table
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +93,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightLoadError(f"weight file not found: {path}")
     if path.suffix == ".safetensors":
-        try:
-            state = load_file(str(path))
+        try:  # pread: tensors that own their memory; mmap-backed ones would tie the model to the file
+            state = load_file(str(path), backend="pread")
         except (SafetensorError, OSError, ValueError) as error:
             raise WeightLoadError(f"{path} is not a readable safetensors file (truncated or corrupt?): {error}") from error
     elif path.suffix in PICKLE_SUFFIXES:
@@ -114,9 +124,18 @@ def check_weights(state: Mapping[str, torch.Tensor], source: str) -> None:
         if not tensor.is_floating_point():
             raise WeightLoadError(f"{source}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}; "
                                   "weights must be floating point (a file of weights, not of indices or masks)")
-        if not bool(torch.isfinite(tensor).all()):
+        if not _all_finite(tensor):
             raise WeightLoadError(f"{source}: tensor {key!r} holds NaN or infinite values; the file is damaged "
                                   "or came from a diverged training run")
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value is finite, without a tensor-sized temporary (a whole model's worth while loading): a NaN
+    makes the minimum and maximum NaN, and an infinity is one of them."""
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
@@ -194,6 +213,50 @@ def is_motion_key(key: str) -> bool:
     return MOTION_MODULE_MARKER in key
 
 
+def load_checked_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Put an already checked ``state`` (a subset of the model's keys) into ``model``.
+
+    Entries that hold memory are copied into (device and dtype kept, as ``load_state_dict`` does); entries
+    still on ``meta`` (the model was built empty) take the file's tensor itself, cast to their dtype.
+    """
+    targets = model.state_dict()
+    empty = {k: v.to(targets[k].dtype) for k, v in state.items() if targets[k].is_meta}
+    model.load_state_dict({k: v for k, v in state.items() if k not in empty}, strict=False)
+    if empty:
+        model.load_state_dict(empty, strict=False, assign=True)
+
+
+def empty_model(cls: type, config: Mapping[str, Any]) -> torch.nn.Module:
+    """``cls`` built from ``config`` with its parameters and computed position tables on ``meta``: no memory and no
+    random initialisation for what the files will replace. :func:`fill_missing` completes it."""
+    with init_empty_weights(include_buffers=False):
+        model = cls.from_config(dict(config))
+    for name, buffer in list(model.named_buffers()):
+        if COMPUTED_BUFFERS.search(name):
+            owner, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(owner), attribute, buffer.to("meta"))
+    return model
+
+
+def fill_missing(model: torch.nn.Module, source: str) -> None:
+    """Complete a model that the files did not fill: every motion module still on ``meta`` is built as the
+    constructor builds it (random weights, zero output projection: the identity), every position table still on
+    ``meta`` is computed; anything else still empty raises a :class:`WeightLoadError`."""
+    config = model.config
+    for block in getattr(model, "transformer_blocks", ()):
+        motion = getattr(block, "attn_temporal", None)
+        if motion is not None and any(p.is_meta for p in motion.parameters()):
+            width = config.num_attention_heads * config.attention_head_dim
+            block.attn_temporal = get_motion_module(width, config.motion_module_type, dict(config.motion_module_kwargs))
+    for name, buffer in list(model.named_buffers()):
+        if buffer.is_meta and COMPUTED_BUFFERS.search(name):
+            owner, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(owner), attribute, sinusoid_table(*buffer.shape[1:]).to(buffer.dtype))
+    empty = [k for k, v in itertools.chain(model.named_parameters(), model.named_buffers()) if v.is_meta]
+    if empty:
+        raise WeightLoadError(f"{source} left {len(empty)} tensors without values, e.g. {', '.join(empty[:5])}")
+
+
 # --------------------------------------------------------------------------------------------
 # Loaders
 
@@ -201,7 +264,11 @@ def is_motion_key(key: str) -> bool:
 def load_transformer_from_2d(cls: type, pretrained_model_path: str | Path, subfolder: str | None = "transformer",
                              transformer_additional_kwargs: Mapping[str, Any] | TransformerAdditionalKwargs | None = None,
                              inpaint: bool | None = None):
-    """Build a video transformer from a 2D PixArt folder; see ``Transformer3DModel.from_pretrained_2d``."""
+    """Build a video transformer from a 2D PixArt folder; see ``Transformer3DModel.from_pretrained_2d``.
+
+    Its motion modules and position tables are left on ``meta``: a motion-module file or checkpoint fills them,
+    else :func:`fill_missing` builds them (:func:`build_video_transformer` does both).
+    """
     folder = Path(pretrained_model_path) / (subfolder or "")
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -210,7 +277,7 @@ def load_transformer_from_2d(cls: type, pretrained_model_path: str | Path, subfo
     config = _pixart_config(config_path, cls)
     config["in_channels"] = _input_channels(config, inpaint, str(config_path))
     extras = _extras_dict(transformer_additional_kwargs)
-    model = cls.from_config({**config, **extras})
+    model = empty_model(cls, {**config, **extras})
     weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
         raise WeightLoadError(f"no transformer weights in {folder}: expected {' or '.join(WEIGHT_FILES)}")
@@ -221,7 +288,7 @@ def load_transformer_from_2d(cls: type, pretrained_model_path: str | Path, subfo
     # Stated gap: a 2D checkpoint has no motion modules, and t_pos.pe is computed.
     _raise_if_bad(comparison, str(weights), state, "the PixArt keys of the configured video transformer",
                   allowed_missing=COMPUTED_BUFFERS)
-    model.load_state_dict(state, strict=False)
+    load_checked_state(model, state)
     if model.has_motion_module:
         notes.append("motion modules start fresh (zero output projection)")
     report = LoadReport(str(weights), "PixArt transformer", len(state), notes=notes)
@@ -312,8 +379,10 @@ class MotionModuleSpec:
     position_table_length: int  # 0: no position encoding
     motion_module_type: str
     width: int
+    block_size: int = 2  # grid neighbourhood of "VanillaGrid" (n x n tokens); files before it was recorded: 2
 
     KEYS = ("num_attention_heads", "num_transformer_block", "position_table_length", "motion_module_type", "width")
+    OPTIONAL_KEYS = ("block_size",)
 
     @classmethod
     def of_settings(cls, motion_module_type: str, motion_module_kwargs: Mapping[str, Any] | Any,
@@ -323,7 +392,7 @@ class MotionModuleSpec:
         kwargs = motion_module_kwargs if isinstance(motion_module_kwargs, Mapping) else vars(motion_module_kwargs)
         table = kwargs.get("temporal_position_encoding_max_len", 4096) if kwargs.get("temporal_position_encoding") else 0
         return cls(kwargs.get("num_attention_heads", 8), kwargs.get("num_transformer_block", 2), table,
-                   motion_module_type, width)
+                   motion_module_type, width, kwargs.get("block_size", 2))
 
     @classmethod
     def of_model(cls, model: torch.nn.Module) -> MotionModuleSpec | None:
@@ -348,21 +417,23 @@ class MotionModuleSpec:
             return None
         try:
             return cls(int(metadata["num_attention_heads"]), int(metadata["num_transformer_block"]),
-                       int(metadata["position_table_length"]), metadata["motion_module_type"], int(metadata["width"]))
+                       int(metadata["position_table_length"]), metadata["motion_module_type"], int(metadata["width"]),
+                       int(metadata.get("block_size", 2)))
         except ValueError as error:
             raise WeightLoadError(f"{path}: unreadable motion-module metadata {metadata}: {error}") from error
 
     def to_metadata(self) -> dict[str, str]:
-        return {key: str(getattr(self, key)) for key in self.KEYS}
+        return {key: str(getattr(self, key)) for key in (*self.KEYS, *self.OPTIONAL_KEYS)}
 
     def describe(self) -> str:
         table = f"a {self.position_table_length}-frame position table" if self.position_table_length else "no position table"
+        grid = f" ({self.block_size}x{self.block_size})" if self.motion_module_type == "VanillaGrid" else ""
         return (f"{self.num_attention_heads} heads, {self.num_transformer_block} block(s), {table}, "
-                f"{self.motion_module_type}, width {self.width}")
+                f"{self.motion_module_type}{grid}, width {self.width}")
 
     def mismatch(self, other: MotionModuleSpec) -> list[str]:
         """What ``other`` differs in that weight shapes would not show: heads, grid, position-table length."""
-        return [key for key in ("num_attention_heads", "motion_module_type", "position_table_length")
+        return [key for key in ("num_attention_heads", "motion_module_type", "block_size", "position_table_length")
                 if getattr(self, key) != getattr(other, key)]
 
 
@@ -396,7 +467,7 @@ def load_motion_module(model: torch.nn.Module, path: str | Path) -> LoadReport:
     comparison = compare_keys(model, state, expected)
     kept = _raise_if_bad(comparison, str(path), state,
                          f"the {len(expected)} motion-module keys of this model", allowed_missing=COMPUTED_BUFFERS)
-    model.load_state_dict(state, strict=False)
+    load_checked_state(model, state)
     report = LoadReport(str(path), "motion module", len(state), computed_buffers_kept=len(kept))
     logger.info("%s", report)
     return report
@@ -416,7 +487,7 @@ def load_transformer_checkpoint(model: torch.nn.Module, path: str | Path) -> Loa
     comparison = compare_keys(model, state, expected)
     _raise_if_bad(comparison, str(path), state,
                   "a transformer checkpoint with the PixArt keys of this model", allowed_missing=COMPUTED_BUFFERS)
-    model.load_state_dict(state, strict=False)
+    load_checked_state(model, state)
     kind = "full video transformer" if has_motion else "PixArt transformer (motion modules kept)"
     report = LoadReport(str(path), kind, len(state), notes=notes)
     logger.info("%s", report)
@@ -439,9 +510,11 @@ def build_video_transformer(cls: type, model_dir: str | Path,
     if transformer_path is not None:
         load_transformer_checkpoint(model, transformer_path)
     if hasattr(motion_module, "apply_to"):
+        fill_missing(model, str(model_dir))  # apply_to copies into the model's own tensors
         motion_module.apply_to(model)
     elif motion_module is not None:
         load_motion_module(model, motion_module)
+    fill_missing(model, str(model_dir))
     return model
 
 

@@ -199,7 +199,8 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
             raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not tensors of this pipeline; "
                              f"valid: {self._callback_tensor_inputs}")
         m = self.pixel_multiple
-        if not (isinstance(height, int) and isinstance(width, int)) or height <= 0 or width <= 0 or height % m or width % m:
+        if not (isinstance(height, int) and isinstance(width,
+                                                       int)) or height <= 0 or width <= 0 or height % m or width % m:
             raise ValueError(f"height and width must be positive multiples of {m} pixels for this model, "
                              f"got {height}x{width} (e.g. {max(m, height // m * m)}x{max(m, width // m * m)})")
         if not isinstance(video_length, int) or not 1 <= video_length <= MAX_FRAMES:
@@ -296,10 +297,15 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
     def prepare_latents(self, batch_size: int, num_channels: int, video_length: int, height: int, width: int,
                         dtype: torch.dtype, device: torch.device, generator: torch.Generator | list | None,
                         latents: torch.Tensor | None = None) -> torch.Tensor:
-        """Initial noise ``(B, C, F, H/8, W/8)`` times the scheduler's ``init_noise_sigma``."""
-        shape = (batch_size, num_channels, video_length, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        """Initial noise ``(B, C, F, H/8, W/8)`` times the scheduler's ``init_noise_sigma``.
+
+        The noise is drawn in float32 and then cast, so that a seed gives the same noise in every dtype: torch 2.11
+        draws another sequence for fp16 and bf16 than for float32 (torch 2.13 on a CPU draws float32 and rounds).
+        """
+        shape = (batch_size, num_channels, video_length, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
         else:
             latents = latents.to(device=device, dtype=dtype)
         return latents * self.scheduler.init_noise_sigma
@@ -321,11 +327,12 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
         for start in range(context_frames, frames, stride):
             length = min(stride, frames - start)
             order = torch.randperm(length, generator=generator, device=device).to(latents.device)
-            out[:, :, start:start + length] = out[:, :, start - context_frames:start - context_frames + length][:, :, order]
+            out[:, :, start:start + length] = out[:, :, start - context_frames:start - context_frames + length][:, :,
+                                                                                                                order]
         return out
 
     def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
-        """Latents ``(B, 4, F, h, w)`` -> video ``(B, 3, F, H, W)`` float32 in [0, 1], ``chunk_size`` frames at a time."""
+        """Latents ``(B, 4, F, h, w)`` -> video ``(B, 3, F, H, W)`` float32 in [0, 1], ``chunk_size`` frames a call."""
         batch = latents.shape[0]
         frames = rearrange(latents, "b c f h w -> (b f) c h w") / self.vae.config.scaling_factor
         frames = frames.to(self.vae.dtype)
@@ -374,7 +381,8 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
             output = forward(latents, prompt_embeds, prompt_attention_mask)
         else:
             if self.batched_guidance:
-                uncond, cond = forward(torch.cat([latents, latents]), torch.cat([negative_prompt_embeds, prompt_embeds]),
+                uncond, cond = forward(torch.cat([latents, latents]),
+                                       torch.cat([negative_prompt_embeds, prompt_embeds]),
                                        torch.cat([negative_prompt_attention_mask, prompt_attention_mask]), 2).chunk(2)
             else:
                 uncond = forward(latents, negative_prompt_embeds, negative_prompt_attention_mask)
@@ -515,7 +523,8 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
         guided = self.do_classifier_free_guidance
 
         # 1. Text.
-        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = self.encode_prompt(
+        (prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+         negative_prompt_attention_mask) = self.encode_prompt(
             prompt, guided, negative_prompt, num_images_per_prompt, device, prompt_embeds, negative_prompt_embeds,
             prompt_attention_mask, negative_prompt_attention_mask, clean_caption, max_sequence_length)
 
@@ -631,7 +640,8 @@ def _load_video_transformer(folder: Path, motion_module, transformer_path: str |
     if motion_module is None:
         motion_module = _default_motion_module(folder)
     if class_name in IMAGE_TRANSFORMERS:
-        config = model_config or (folder / MODEL_CONFIG_FILE if (folder / MODEL_CONFIG_FILE).is_file() else V1_VIDEO_CONFIG)
+        own = folder / MODEL_CONFIG_FILE
+        config = model_config or (own if own.is_file() else V1_VIDEO_CONFIG)
         return Transformer3DModel.from_pretrained_2d(
             folder, transformer_additional_kwargs=load_config(config).transformer_additional_kwargs,
             transformer_path=transformer_path, motion_module=motion_module, torch_dtype=dtype)

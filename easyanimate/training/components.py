@@ -65,7 +65,8 @@ def model_yaml(config: TrainConfig) -> ModelYaml:
 
 
 def own_model_yaml(model_dir: Path) -> Path | None:
-    """The yaml a model folder carries: the one its ``easyanimate_defaults.yaml`` names, else ``easyanimate_config.yaml``."""
+    """The yaml a model folder carries: the one its ``easyanimate_defaults.yaml`` names, else
+    ``easyanimate_config.yaml``."""
     if not model_dir.is_dir():
         return None
     named = read_model_defaults(model_dir).config
@@ -127,7 +128,8 @@ def check_position_table(path: Path, spec: MotionModuleSpec, yaml_path: Path) ->
         return  # not a readable safetensors file: the loader says what it is
     if lengths and lengths != {spec.position_table_length}:
         raise ConfigError(f"{path} has {max(lengths)}-frame position tables; {yaml_path} builds "
-                          f"{spec.position_table_length}-frame ones: use the model yaml it was trained with (--config_path)")
+                          f"{spec.position_table_length}-frame ones: use the model yaml it was trained with "
+                          "(--config_path)")
 
 
 @dataclass
@@ -218,7 +220,8 @@ def add_lora(components: Components, config: TrainConfig) -> list[dict]:
     return groups
 
 
-def choose_trainable(components: Components, config: TrainConfig) -> tuple[list[dict], list[tuple[str, torch.nn.Parameter]]]:
+def choose_trainable(components: Components, config: TrainConfig) -> tuple[list[dict],
+                                                                           list[tuple[str, torch.nn.Parameter]]]:
     """Optimizer groups and the named trainable parameters (T5's prefixed ``text_encoder.``)."""
     if config.lora is not None:
         groups = add_lora(components, config)
@@ -228,5 +231,6 @@ def choose_trainable(components: Components, config: TrainConfig) -> tuple[list[
                                   config.learning_rate)
     trainable = [(n, p) for n, p in components.transformer.named_parameters() if p.requires_grad]
     if config.lora is not None and config.lora.train_text_encoder:
-        trainable += [(f"text_encoder.{n}", p) for n, p in components.text_encoder.named_parameters() if p.requires_grad]
+        trainable += [(f"text_encoder.{n}", p) for n,
+                      p in components.text_encoder.named_parameters() if p.requires_grad]
     return groups, trainable

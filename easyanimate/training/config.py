@@ -78,7 +78,8 @@ class TrainConfig:
         "webvid (csv), normal (json list) or diffusers (imagefolder with metadata.jsonl).")
     train_data_dir: str | None = option(None, "folder the metadata's file paths are relative to.")
     train_data_meta: str | None = option(None, "metadata file (csv / json); for the diffusers format, optional.")
-    caption_column: str = option("text", "caption column of the metadata.")
+    caption_column: str | None = option(None, "caption column of the metadata (default: the format's own: name for "
+                                        "webvid, text for normal and diffusers).")
     sample_size: int = option(256, "square clip size in pixels (multiple of 32), or the bucket base size.")
     image_sample_size: int | None = option(None, "size of image items (default: sample_size).")
     sample_stride: int = option(4, "frame step when sampling a clip.")
@@ -139,9 +140,9 @@ class TrainConfig:
     snr_loss: bool = option(False, "x0 target for t <= 249 (the original's option).")
     normal_cdf: str = option("tanh", "normal CDF in the t = 0 loss term: tanh (v1's approximation, as the released "
                              "weights) or exact.")
-    train_sampling_steps: int = option(1000, "diffusion steps of the training process, 2..1000; fewer than 1000 "
-                                       "respace the 1000-step process as v1 (evenly spaced kept steps, betas from their "
-                                       "cumulative alphas, the model fed the original steps).")
+    train_sampling_steps: int = option(
+        1000, "diffusion steps of the training process, 2..1000; fewer than 1000 respace the 1000-step process "
+        "as v1 (evenly spaced kept steps, betas from their cumulative alphas, the model fed the original steps).")
     min_train_timestep: int = option(0,
         "train on timesteps drawn uniformly from [min_train_timestep, train_sampling_steps) only (0: all). For a "
         "motion module on a frozen image model: at low noise each frame is denoised from itself, and only the "
@@ -207,7 +208,8 @@ REAL_RANGES = {
     "inpaint_mask_box": (0.0, math.inf, True, False), "inpaint_mask_box_over_frames": (0.0, math.inf, True, False),
 }
 TRAIN_MODES = ("normal", "inpaint")
-LORA_REAL_RANGES = {"network_alpha": (0.0, math.inf, False, False), "text_encoder_lr_ratio": (0.0, math.inf, False, False)}
+LORA_REAL_RANGES = {"network_alpha": (0.0, math.inf, False, False),
+                    "text_encoder_lr_ratio": (0.0, math.inf, False, False)}
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MAX_SEED = 2**32 - 1  # numpy's seed range (accelerate's set_seed seeds numpy too)
 
@@ -223,14 +225,16 @@ def validate(config: TrainConfig) -> None:
     if config.normal_cdf not in NORMAL_LOG_CDFS:
         raise ConfigError(f"normal_cdf must be one of {', '.join(NORMAL_LOG_CDFS)}, got {config.normal_cdf!r}")
     if config.sample_size % 32:
-        raise ConfigError(f"sample_size must be a multiple of 32 (the motion module's 2x2 grid), got {config.sample_size}")
+        raise ConfigError(f"sample_size must be a multiple of 32 (the motion module's 2x2 grid), "
+                          f"got {config.sample_size}")
     if not 0 <= config.min_train_timestep < config.train_sampling_steps:
         raise ConfigError(f"min_train_timestep must be in [0, train_sampling_steps = {config.train_sampling_steps}), "
                           f"got {config.min_train_timestep}")
     if config.max_train_timestep is not None and not (
             config.min_train_timestep < config.max_train_timestep <= config.train_sampling_steps):
         raise ConfigError(f"max_train_timestep must be in (min_train_timestep = {config.min_train_timestep}, "
-                          f"train_sampling_steps = {config.train_sampling_steps}] or unset, got {config.max_train_timestep}")
+                          f"train_sampling_steps = {config.train_sampling_steps}] or unset, "
+                          f"got {config.max_train_timestep}")
     if config.lora is None and not config.trainable_modules:
         raise ConfigError("nothing to train: give trainable_modules (e.g. attn_temporal) or a lora section")
     if config.train_mode == "inpaint":

@@ -79,7 +79,8 @@ class CachedDataset(Dataset):
 
 def collate_cached(examples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack the tensors of cached items; other values become lists."""
-    return {key: torch.stack([e[key] for e in examples]) if torch.is_tensor(examples[0][key]) else [e[key] for e in examples]
+    return {key: torch.stack([e[key] for e in examples]) if torch.is_tensor(examples[0][key])
+            else [e[key] for e in examples]
             for key in examples[0]}
 
 

@@ -1,4 +1,4 @@
-"""The training objective of every EasyAnimate trainer: improved DDPM with a learned variance (spec §6.5).
+"""The training objective of every EasyAnimate trainer: improved DDPM with a learned variance.
 
 The forward process has 1000 steps with linear betas 1e-4 -> 0.02 (float64 linspace). The model predicts
 the noise eps and, per element, a variance interpolation v in [-1, 1] (output channels ``2 * C``: eps first,
@@ -150,7 +150,7 @@ def _mean_over_non_batch_dims(x: torch.Tensor) -> torch.Tensor:
 
 
 class ImprovedDDPM:
-    """Improved-DDPM training objective: linear betas, eps prediction, learned-range variance (spec §6.5).
+    """Improved-DDPM training objective: linear betas, eps prediction, learned-range variance (the original's).
 
     Args:
         num_timesteps: steps N of the training process; below ``num_base_timesteps`` the base process is

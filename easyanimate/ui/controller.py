@@ -33,6 +33,8 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
+from ..devices import best_device, resolve_dtype
+from ..files import write_text
 from ..generation import (
     DEFAULTS_FILE,
     DEMO_INPAINT_MODEL,
@@ -42,12 +44,14 @@ from ..generation import (
     RELEASED_MOTION_MODULE,
     GenerationRequest,
     KnownContent,
+    MemoryAdvice,
     MissingWeightsError,
     ModelDefaults,
     ModelLimits,
     ModelSelection,
     apply_lora,
     build_transformer,
+    estimate_memory,
     generate,
     load_pipeline,
     read_model_defaults,
@@ -55,8 +59,6 @@ from ..generation import (
     save_result,
     select_model,
 )
-from ..devices import best_device, resolve_dtype
-from ..files import write_text
 from ..lora import LoraMerger
 from ..models import WeightLoadError
 from ..pipelines import EasyAnimatePipeline
@@ -227,7 +229,8 @@ class EasyAnimateController:
             if label == NONE:
                 continue
             defaults = self.model_defaults(label) or ModelDefaults()
-            motion = self.label_of("motion_modules", self.models_dir / (defaults.motion_module or RELEASED_MOTION_MODULE))
+            motion = self.label_of("motion_modules",
+                                   self.models_dir / (defaults.motion_module or RELEASED_MOTION_MODULE))
             return WeightChoice(label, motion, NONE, NONE, defaults.lora_weight)
         return WeightChoice()
 
@@ -364,6 +367,28 @@ class EasyAnimateController:
             raise UIError(f"could not merge the LoRA {lora.name}: {error}") from error
         loaded.lora = wanted
 
+    def setting_problem(self, model: str | None, request: GenerationRequest) -> str | None:
+        """What is wrong with ``request``'s size, frames and window for ``model`` (from its config files, nothing
+        loaded), in the words a generation would refuse it with; None when it is fine or no model is chosen."""
+        folder = self.resolve("models", model)
+        if folder is None:
+            return None
+        selection = select_model(self.models_dir, model=folder, use_motion_module=False)
+        try:
+            request.validate(ModelLimits.of_selection(selection))
+        except ValueError as error:
+            return str(error)
+        return None
+
+    def memory_advice(self, model: str | None, request: GenerationRequest) -> MemoryAdvice | None:
+        """What ``request`` needs with ``model`` on this device in this memory mode, from the model's config files
+        (nothing is loaded; :func:`~easyanimate.generation.estimate_memory`); None without a model."""
+        folder = self.resolve("models", model)
+        if folder is None:
+            return None
+        selection = select_model(self.models_dir, model=folder, use_motion_module=False)
+        return estimate_memory(selection, request, self.device, self.dtype, self.memory_mode)
+
     # ------------------------------------------------------------------------------------------
     # Generation
 
@@ -394,6 +419,7 @@ class EasyAnimateController:
                 request.validate(loaded.pipeline)
             except ValueError as error:
                 raise UIError(str(error)) from error
+            warnings += request.warnings(loaded.selection.defaults.request)
             seed = request.resolved_seed()
             with _out_of_memory_message(f"at {request.width}x{request.height}, {request.frames} frames",
                                         "use a smaller size or fewer frames, or "):

@@ -25,8 +25,8 @@ from pathlib import Path
 import gradio as gr
 
 from ..generation import GenerationRequest, KnownContent
-from ..pipelines.pipeline_easyanimate_inpaint import LONG_VIDEO_MODES
 from ..models.motion_module import default_context_overlap
+from ..pipelines.pipeline_easyanimate_inpaint import LONG_VIDEO_MODES
 from ..schedulers import SAMPLER_NAMES
 from .controller import NONE, BusyError, EasyAnimateController, UIError, WeightChoice
 
@@ -89,8 +89,8 @@ def _status(controller: EasyAnimateController, warnings: list[str]) -> str:
     return "\n\n".join(lines)
 
 
-class _Handlers:
-    """The page's event handlers around one controller."""
+class PageHandlers:
+    """The page's event handlers around one controller (public so that each rule can be tested without a browser)."""
 
     def __init__(self, controller: EasyAnimateController) -> None:
         self.c = controller
@@ -191,6 +191,37 @@ class _Handlers:
         return (loaded.model, loaded.motion_module, loaded.base_model, loaded.lora, loaded.lora_weight,
                 _status(self.c, []))
 
+    def memory(self, model, width, height, frames, cfg_scale, context_frames=0, context_overlap=0) -> str:
+        """Beside the controls: what is wrong with the setting for this model, else what it needs on this device,
+        with a warning when the device has less (markdown)."""
+        try:
+            request = GenerationRequest(
+                height=_whole(height, "Height"), width=_whole(width, "Width"),
+                frames=_whole(frames, "Animation length"), guidance_scale=float(cfg_scale),
+                context_frames=_whole(context_frames, "Temporal window") or None,
+                context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None)
+            problem = self.c.setting_problem(model, request)
+        except Exception as error:  # noqa: BLE001 (a note beside the controls; Generate reports it in full)
+            problem = str(error)
+        if problem:
+            return f"**Check:** {problem}"
+        summary, warning = self._memory_advice(model, width, height, frames, cfg_scale, context_frames, context_overlap)
+        return summary + (f"\n\n**Warning:** {warning}" if warning else "")
+
+    def _memory_advice(self, model, width, height, frames, cfg_scale, context_frames, context_overlap):
+        """(what the setting needs, a warning or None), computed from the model's configs with nothing loaded. Advice
+        only: it never stands in the way of a generation."""
+        try:
+            request = GenerationRequest(
+                height=_whole(height, "Height"), width=_whole(width, "Width"),
+                frames=_whole(frames, "Animation length"), guidance_scale=float(cfg_scale),
+                context_frames=_whole(context_frames, "Temporal window") or None,
+                context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None)
+            advice = self.c.memory_advice(model, request)
+        except Exception as error:  # noqa: BLE001 (advice only)
+            return f"Memory not estimated: {error}", None
+        return ("", None) if advice is None else (advice.summary(), advice.warning())
+
     def generate(self, model: str, motion_module: str, base_model: str, lora: str, lora_alpha: float, prompt: str,
                  negative_prompt: str, sampler: str, steps: float, width: float, height: float, frames: float,
                  cfg_scale: float, seed: float, context_frames: float = 0, context_overlap: float = 0,
@@ -206,7 +237,12 @@ class _Handlers:
                                context_frames, context_overlap, v1_sampler_quirks)
         except Exception as error:
             raise _message(error) from error
-        yield from self._run(WeightChoice(model, motion_module, base_model, lora, lora_alpha), request, None, progress)
+        _, memory_warning = self._memory_advice(model, width, height, frames, cfg_scale, context_frames,
+                                                context_overlap)
+        if memory_warning:
+            gr.Warning(memory_warning)  # before the generation starts; it still runs
+        yield from self._run(WeightChoice(model, motion_module, base_model, lora, lora_alpha), request, None, progress,
+                             memory_warning)
 
     def generate_i2v(self, model: str, start_image: str | None, end_image: str | None, long_video: str, prompt: str,
                      negative_prompt: str, sampler: str, steps: float, width: float, height: float, frames: float,
@@ -227,10 +263,16 @@ class _Handlers:
             choice = self.c.inpaint_choice(model)
         except Exception as error:
             raise _message(error) from error
-        yield from self._run(choice, request, known, progress)
+        _, memory_warning = self._memory_advice(model, width, height, frames, cfg_scale, context_frames,
+                                                context_overlap)
+        if memory_warning:
+            gr.Warning(memory_warning)  # before the generation starts; it still runs
+        yield from self._run(choice, request, known, progress, memory_warning)
 
-    def _run(self, choice: WeightChoice, request: GenerationRequest, known: KnownContent | None, progress):
-        """Generate in a worker thread while waiting for it (see :meth:`generate`)."""
+    def _run(self, choice: WeightChoice, request: GenerationRequest, known: KnownContent | None, progress,
+             memory_warning: str | None):
+        """Generate in a worker thread while waiting for it (see :meth:`generate`); the memory warning, if any, is
+        repeated in the status."""
         progress(0, desc="loading weights")
         cancel, outcome = threading.Event(), {}
 
@@ -258,7 +300,8 @@ class _Handlers:
         for warning in result.warnings:
             gr.Warning(warning)
         is_image = result.path.suffix == ".png"
-        status = _status(self.c, result.warnings) + f"\n\nSaved {result.path} (seed {result.seed})."
+        status = (_status(self.c, result.warnings + ([memory_warning] if memory_warning else []))
+                  + f"\n\nSaved {result.path} (seed {result.seed}).")
         yield None if is_image else str(result.path), str(result.path) if is_image else None, result.seed, status
 
     @staticmethod
@@ -269,7 +312,7 @@ class _Handlers:
 
 def build_ui(controller: EasyAnimateController) -> gr.Blocks:
     """The page, wired to ``controller``; launch it with ``.queue().launch(...)``."""
-    h = _Handlers(controller)
+    h = PageHandlers(controller)
     choices = controller.choices
     start = controller.initial_choice()  # the released model if present, else the shipped demo model
     inpaint_start = controller.inpaint_choice()  # the shipped inpaint demo model, if present
@@ -336,7 +379,8 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                                                    label="Temporal window",
                                                    info="frames the motion module sees at once; 0: the whole video")
                         context_overlap = gr.Slider(0, MAX_FRAMES - 1, value=d.context_overlap or 4, step=1,
-                                                    label="Window overlap", info="frames shared by consecutive windows")
+                                                    label="Window overlap",
+                                                    info="frames shared by consecutive windows")
                     v1_quirks = gr.Checkbox(value=d.v1_sampler_quirks, label="Samplers as in the original v1",
                                             info="PNDM's warm-up and DDIM's clipping of latents; off: every sampler "
                                                  "draws the prompted video")
@@ -348,6 +392,7 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                         generate_i2v = gr.Button("Generate from the image", variant="primary", elem_id="generate-i2v",
                                                  visible=False)
                         stop = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="stop")
+                    memory = gr.Markdown("", elem_id="memory")
                 with gr.Column():
                     video = gr.Video(label="Generated Animation", interactive=False, format="mp4", elem_id="result")
                     image = gr.Image(label="Generated Image", interactive=False, visible=False, type="filepath")
@@ -360,6 +405,10 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
         selecting = model.input(h.select_model, [*weights[:5], prompt],
                                 [motion_module, lora, lora_alpha, *settings, status], api_name="select_model")
         selecting.then(h.size_steps, None, [width, height], **private)
+        setting = [model, width, height, frames, cfg_scale, context_frames, context_overlap]
+        selecting.then(h.memory, setting, memory, **private)
+        for control in setting[1:]:
+            control.release(h.memory, setting, memory, **private)
         selecting.failure(h.restore_weights, None, [*weights, status], **private)
         for control in (motion_module, base_model, lora):
             control.input(h.switch, weights, status, **private).failure(h.restore_weights, None, [*weights, status],
@@ -368,6 +417,7 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
         for button in (model_refresh, motion_refresh, personalized_refresh):
             button.click(h.refresh, weights[:4], weights[:4], **private)
         page.load(h.refresh, weights[:4], weights[:4], **private)  # a new visitor sees the current files
+        page.load(h.memory, setting, memory, **private)
         dice.click(lambda: random.randint(1, MAX_SEED), None, seed, **private)
         generating = generate.click(h.generate, [*weights, prompt, negative_prompt, sampler, steps, width, height,
                                                  frames, cfg_scale, seed, context_frames, context_overlap, v1_quirks],

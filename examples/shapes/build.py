@@ -117,7 +117,8 @@ def pixart_initialise(transformer: PixArtTransformer2DModel) -> None:
     torch.nn.init.xavier_uniform_(patch.view(patch.shape[0], -1))
     timestep = transformer.adaln_single.emb.timestep_embedder
     caption = transformer.caption_projection
-    for layer in (timestep.linear_1, timestep.linear_2, transformer.adaln_single.linear, caption.linear_1, caption.linear_2):
+    for layer in (timestep.linear_1, timestep.linear_2, transformer.adaln_single.linear, caption.linear_1,
+                  caption.linear_2):
         torch.nn.init.normal_(layer.weight, std=0.02)
     for layer in [block.attn2.to_out[0] for block in transformer.transformer_blocks] + [transformer.proj_out]:
         torch.nn.init.zeros_(layer.weight)

@@ -158,7 +158,8 @@ def _centre_shapes(frames: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, n
         angle = np.angle(weights @ np.exp(2j * np.pi * np.arange(n) / n))  # the circular mean, as an angle
         shifts.append((n - 1) / 2 - angle * n / (2 * np.pi))  # from there to the centre
     shifts = np.round(np.stack(shifts, axis=1)).astype(int)
-    roll = lambda images: np.stack([np.roll(image, (dy, dx), axis=(0, 1)) for image, (dx, dy) in zip(images, shifts)])
+    def roll(images):
+        return np.stack([np.roll(image, (dy, dx), axis=(0, 1)) for image, (dx, dy) in zip(images, shifts)])
     return roll(frames), roll(alpha), shifts
 
 
@@ -311,7 +312,9 @@ def read_long_clip(video: np.ndarray | torch.Tensor, windows: list[tuple[int, in
     differences = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))  # [t - 1]: transition t-1 -> t
     at_seam = np.zeros(len(differences), bool)
     at_seam[[t - 1 for t in (seam_transitions(windows, len(frames)) if seams is None else seams)]] = True
-    mean = lambda values: float(values.mean()) if len(values) else float("nan")
+
+    def mean(values):
+        return float(values.mean()) if len(values) else float("nan")
     return LongClipReading(list(windows), readings, mean(differences[at_seam]), mean(differences[~at_seam]))
 
 

@@ -328,7 +328,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--world", help="world yaml with the held-out combinations (default: the model's shapes_world.yaml)")
     args = parser.parse_args(argv)
     if not 0 <= args.context_overlap < args.context_frames:
-        parser.error(f"need 0 <= --context-overlap < --context-frames, got {args.context_overlap} and {args.context_frames}")
+        parser.error(f"need 0 <= --context-overlap < --context-frames, got {args.context_overlap} and "
+                     f"{args.context_frames}")
     return args
 
 
@@ -344,9 +345,15 @@ def format_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = C
     """Markdown table, one row per (mode, split): percentages, seam ratios, dB, px and seconds as numbers, clip
     counts."""
     numbers = ("seam", "dB", " px", "s per")
-    cell = lambda c, v: (str(v) if c == "clips" else "-" if v is None else  # noqa: E731
-                         f"{v:.2f}" if any(n in c for n in numbers) and c != "within 2 dB" and c != "within 4 px"
-                         else f"{v:.0%}")
+
+    def cell(c, v):
+        if c == "clips":
+            return str(v)
+        if v is None:
+            return "-"
+        if any(n in c for n in numbers) and c not in ("within 2 dB", "within 4 px"):
+            return f"{v:.2f}"
+        return f"{v:.0%}"
     lines = ["| mode | combinations | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
     for name, scores in rows.items():
         mode, split = name.split("/")
@@ -370,13 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_inpaint_model(args, inpaint_rows)
     if not text_to_video:
         return report(args, rows, long_rows, inpaint_rows)
-    selection = select_model(Path(args.models_dir), motion_module=args.motion_module, use_motion_module=with_motion, **choice)
+    selection = select_model(Path(args.models_dir), motion_module=args.motion_module, use_motion_module=with_motion,
+                             **choice)
     defaults = selection.defaults
     world = load_world(args.world or selection.model / "shapes_world.yaml")
     held_out = set(world.held_out_combinations())
     combinations = all_combinations()
-    pick = lambda value, default: default if value is None else value
-    settings = dict(steps=pick(args.steps, defaults.steps), guidance_scale=pick(args.guidance_scale, defaults.guidance_scale),
+    def pick(value, default):
+        return default if value is None else value
+    settings = dict(steps=pick(args.steps, defaults.steps),
+                    guidance_scale=pick(args.guidance_scale, defaults.guidance_scale),
                     negative_prompt=pick(args.negative_prompt, defaults.negative_prompt), frames=world.frames,
                     size=world.size, front_shade=world.front_shade, wrap=world.wrap,
                     batch_size=args.batch_size)

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                         "configs/world_inpaint.yaml) into <output-dir>/inpaint, with the same overrides")
     parser.add_argument("--output-dir", default="datasets/shapes", help="where videos/ and the json files go")
     parser.add_argument("--seed", type=int, help="dataset seed (override)")
-    parser.add_argument("--style-clips-per-combination", type=int, help="dark-background clips per combination (override)")
+    parser.add_argument("--style-clips-per-combination", type=int,
+                        help="dark-background clips per combination (override)")
     parser.add_argument("--world", default=str(WORLDS["demo"]), help="world yaml (default: the demo model's)")
     args = parser.parse_args(argv)
     overrides = {"clips_per_combination": args.clips_per_combination, "seed": args.seed,

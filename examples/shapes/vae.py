@@ -75,7 +75,8 @@ def random_crops(frames: torch.Tensor, mask: torch.Tensor, batch: int, size: int
     height, width = frames.shape[-2:]
     top = torch.randint(height - size + 1, (batch,), generator=generator)
     left = torch.randint(width - size + 1, (batch,), generator=generator)
-    crops = [(frames[i, :, t:t + size, l:l + size], mask[i, :, t:t + size, l:l + size]) for i, t, l in zip(index, top, left)]
+    crops = [(frames[i, :, y:y + size, x:x + size], mask[i, :, y:y + size, x:x + size])
+             for i, y, x in zip(index, top, left)]
     return torch.stack([c for c, _ in crops]).float() / 127.5 - 1, torch.stack([m for _, m in crops])
 
 
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad(set_to_none=True)
         losses.append(mse.item())
         if step % 50 == 0 or step == args.max_train_steps:
-            print(f"step {step}: reconstruction mse {np.mean(losses[-50:]):.5f} ({time.time() - start:.0f}s)", flush=True)
+            print(f"step {step}: reconstruction mse {np.mean(losses[-50:]):.5f} ({time.time() - start:.0f}s)",
+                  flush=True)
     vae.eval()
     scaling_factor = 1.0 / latent_std(vae, frames)
     vae.register_to_config(scaling_factor=scaling_factor)

@@ -42,7 +42,8 @@ def long_clip(combination: Combination, index: int = 0, style: bool = False) -> 
 
 def test_windows_are_the_pipelines():
     starts = TemporalContext(CONTEXT, OVERLAP).window_starts(FRAMES)
-    assert WINDOWS == [(start, start + CONTEXT) for start in starts] == [(0, 16), (12, 28), (24, 40), (36, 52), (48, 64)]
+    assert WINDOWS == [(start, start + CONTEXT) for start in starts] == [(0, 16), (12, 28), (24, 40), (36, 52),
+                                                                         (48, 64)]
     assert seam_transitions(WINDOWS, FRAMES) == [12, 16, 24, 28, 36, 40, 48, 52]
     assert temporal_windows(16, CONTEXT, OVERLAP) == [(0, 16)] and seam_transitions([(0, 16)], 16) == []
 
@@ -82,7 +83,8 @@ def test_float_pipeline_output_reads_like_uint8_and_one_window_has_no_seam_ratio
     clip = long_clip(Combination("green", "triangle", "up"))
     video = torch.from_numpy(clip).permute(3, 0, 1, 2).float() / 255  # (3, F, H, W), the pipeline's layout
     as_float, as_uint8 = read_long_clip(video, WINDOWS), read_long_clip(clip, WINDOWS)  # equal up to float32 rounding
-    words = lambda reading: [(r.colour, r.shape, r.direction) for r in reading.readings]
+    def words(reading):
+        return [(r.colour, r.shape, r.direction) for r in reading.readings]
     assert words(as_float) == words(as_uint8) == [("green", "triangle", "up")] * len(WINDOWS)
     assert as_float.seam_ratio == pytest.approx(as_uint8.seam_ratio, rel=1e-5)
     assert math.isnan(read_long_clip(clip[:16], [(0, 16)]).seam_ratio)

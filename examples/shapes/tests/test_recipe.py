@@ -52,7 +52,8 @@ def fixed_batch(base: Path, metadata: Path, frames: int, clips: int = 8, low: in
         latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
         latents = latents.unflatten(0, (len(entries), frames)).transpose(1, 2)
         states, mask = encode_text(tokenizer, text_encoder, [e.text for e in entries], 120, torch.device("cpu"))
-    draws = [(diffusion.sample_timesteps(len(entries), generator, low=low), torch.randn(latents.shape, generator=generator))
+    draws = [(diffusion.sample_timesteps(len(entries), generator, low=low),
+              torch.randn(latents.shape, generator=generator))
              for _ in range(4)]
     return latents, states, mask, draws
 
@@ -90,13 +91,16 @@ def run_reduced_recipe(root: Path) -> tuple[Path, Path]:
     stages = {
         "t2i": (train, CONFIGS / "t2i.yaml", False, ["--train_data_meta", str(data / "train.json"), "--max_train_steps",
                                                       "200", "--train_batch_size", "8"]),
-        "t2v": (train, CONFIGS / "t2v.yaml", False, ["--train_data_meta", str(data / "train.json"), "--transformer_path",
+        "t2v": (train, CONFIGS / "t2v.yaml", False,
+                ["--train_data_meta", str(data / "train.json"), "--transformer_path",
                                                       str(out / "t2i" / "pixart_transformer.safetensors"),
                                                       "--max_train_steps", "150", "--train_batch_size", "2",
                                                       "--sample_n_frames", "8"]),
-        "lora": (train, CONFIGS / "lora.yaml", True, ["--train_data_meta", str(data / "style.json"), "--transformer_path",
+        "lora": (train, CONFIGS / "lora.yaml", True,
+                 ["--train_data_meta", str(data / "style.json"), "--transformer_path",
                                                        str(out / "t2i" / "pixart_transformer.safetensors"),
-                                                       "--motion_module_path", str(out / "t2v" / "motion_module.safetensors"),
+                                                       "--motion_module_path",
+                                                       str(out / "t2v" / "motion_module.safetensors"),
                                                        "--max_train_steps", "150", "--train_batch_size", "2",
                                                        "--sample_n_frames", "8"]),
     }
@@ -119,7 +123,8 @@ def safetensors_content(path: Path) -> tuple[dict, dict[str, bytes]]:
 
     with safe_open(str(path), "pt") as file:
         names = file.keys()  # a safe_open handle, not a dict
-        tensors = {key: file.get_tensor(key).contiguous().flatten().view(torch.uint8).numpy().tobytes() for key in names}
+        tensors = {key: file.get_tensor(key).contiguous().flatten().view(torch.uint8).numpy().tobytes()
+                   for key in names}
         return file.metadata(), tensors
 
 
@@ -202,17 +207,24 @@ def test_release_writes_a_model_predict_loads_and_a_mismatched_file_changes_noth
     defaults; a wrong checkpoint or LoRA is refused with the file named, and the previous release stays."""
     from safetensors.torch import load_file
 
-    from easyanimate.generation import (DEMO_LORA, DEMO_MODEL, DEMO_MOTION_MODULE, GenerationRequest, generate,
-                                        load_pipeline, select_model)
+    from easyanimate.generation import (
+        DEMO_LORA,
+        DEMO_MODEL,
+        DEMO_MOTION_MODULE,
+        GenerationRequest,
+        generate,
+        load_pipeline,
+        select_model,
+    )
     from easyanimate.models import WeightLoadError
 
     _, out = recipe
     models = tmp_path / "models"
     image, motion, lora = (out / "t2i" / "pixart_transformer.safetensors", out / "t2v" / "motion_module.safetensors",
                            out / "lora" / "lora.safetensors")
-    release = lambda transformer=image, lora=lora: build.main(
-        ["release", "--base", str(out / "base"), "--models_dir", str(models), "--transformer", str(transformer),
-         "--motion_module", str(motion), "--lora", str(lora)])
+    def release(transformer=image, lora=lora):
+        return build.main(["release", "--base", str(out / "base"), "--models_dir", str(models), "--transformer",
+                           str(transformer), "--motion_module", str(motion), "--lora", str(lora)])
     assert release() == 0
 
     selection = select_model(models)

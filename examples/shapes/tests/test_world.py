@@ -188,7 +188,8 @@ def test_classifiers_read_every_ground_truth_clip_correctly():
             reading = read_clip(render_clip(world, sample_clip(world, combination, seed=5, index=index, style=style)),
                                 world.front_shade)
             assert (reading.colour, reading.shape, reading.direction, reading.facing) == (
-                combination.colour, combination.shape, combination.direction, combination.direction), (combination, reading)
+                combination.colour, combination.shape, combination.direction, combination.direction), (combination,
+                                                                                                       reading)
             assert reading.dark_background == style
 
 
@@ -203,7 +204,8 @@ def test_classifiers_read_every_ground_truth_clip_of_a_wrapping_world(frames):
             clip = render_clip(world, spec)
             reading = read_clip(clip, world.front_shade, wrap=True)
             assert (reading.colour, reading.shape, reading.direction, reading.facing) == (
-                combination.colour, combination.shape, combination.direction, combination.direction), (combination, reading)
+                combination.colour, combination.shape, combination.direction, combination.direction), (combination,
+                                                                                                       reading)
             assert reading.dark_background == style
             dx, dy = DIRECTIONS[combination.direction]
             assert np.allclose(reading.velocity, (dx * spec.speed, dy * spec.speed), atol=0.02), (combination, reading)
