@@ -371,7 +371,8 @@ def select_model(models_dir: Path = MODELS_DIR, model: str | Path | None = None,
         raise MissingWeightsError(
             f"no models folder at {models_dir.resolve()} (it is looked up from the current folder, {Path.cwd()}): "
             "run from the repository root, or pass --models-dir with the path of the repository's models/ folder, "
-            f"which holds the shipped demo model ({DEMO_MODEL}) and is where the released weights go (model zoo):\n"
+            f"which holds the shipped demo model ({DEMO_INPAINT_MODEL if inpaint else DEMO_MODEL}) and is where the "
+            "released weights go (model zoo):\n"
             + model_zoo_text())
     model_dir = Path(model) if explicit else models_dir / (DEMO_INPAINT_MODEL if inpaint else RELEASED_MODEL)
     if not explicit and not inpaint and not model_dir.is_dir():

@@ -139,7 +139,10 @@ def test_each_script_refuses_the_other_kind_of_model(inpaint_models, files, tmp_
 
 
 def test_without_a_model_the_shipped_inpaint_demo_model_is_expected(files, tmp_path, capsys):
-    code = predict_i2v.main(["--models-dir", str(tmp_path / "models"), "--image", str(files["start"]),
-                             "--output-dir", str(tmp_path / "out")])
-    assert code == 2 and "EasyAnimate-Shapes-Inpaint" in capsys.readouterr().err
+    for models in (tmp_path / "no-folder", tmp_path / "empty"):  # no models folder; one without the demo model
+        if models.name == "empty":
+            models.mkdir()
+        code = predict_i2v.main(["--models-dir", str(models), "--image", str(files["start"]),
+                                 "--output-dir", str(tmp_path / "out")])
+        assert code == 2 and "EasyAnimate-Shapes-Inpaint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

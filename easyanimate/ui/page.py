@@ -11,7 +11,7 @@ defaults its folder carries.
 
 Every handler turns :class:`~easyanimate.ui.controller.UIError` (and any other failure) into a
 ``gr.Error`` message on the page, so the app keeps serving. The generate events are the API endpoints
-``/generate`` and ``/generate_i2v`` (see the README for calling them with ``gradio_client``).
+``/generate`` and ``/generate_i2v`` (docs/ui.md shows how to call them with ``gradio_client``).
 """
 
 from __future__ import annotations
