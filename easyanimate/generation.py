@@ -1,4 +1,4 @@
-"""Loading models and generating videos: the one module behind ``predict_t2v.py`` and ``app.py``.
+"""Loading models and generating videos: the one module behind ``predict_t2v.py``, ``predict_i2v.py`` and ``app.py``.
 
 A model is a PixArt diffusers folder under ``models/Diffusion_Transformer`` plus a motion-module file
 (``models/Motion_Module``), optionally a personalized base checkpoint and a LoRA
@@ -9,6 +9,10 @@ those become the defaults when that model is used.
 Generation defaults live in one place, :class:`GenerationRequest`: its field defaults are the original
 v1 scripts' settings, a model folder overrides them (:class:`ModelDefaults`), and the command line or
 the UI override those (:meth:`GenerationRequest.overridden`).
+
+An inpaint model (image-to-video, inpainting, extension) is selected and loaded the same way; what it keeps
+from the user's files is a :class:`KnownContent`. v1 released no inpaint weights, so without an explicit
+model the shipped shapes inpaint model is used.
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ from .files import NumberedOutput
 from .lora import LoraMerger
 from .memory import MEMORY_MODES, estimate_generation_memory
 from .models import Transformer3DModel, WeightLoadError
-from .pipelines import EasyAnimatePipeline
+from .pipelines import EasyAnimateInpaintPipeline, EasyAnimatePipeline
+from .pipelines.pipeline_easyanimate_inpaint import LONG_VIDEO_MODES, fit_frames
 from .schedulers import SAMPLER_NAMES, build_scheduler, switch_sampler
-from .video_io import save_image, save_video
+from .video_io import IMAGE_EXTENSIONS, probe_image, probe_video, read_image, read_video_frames, save_image, save_video
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ DEMO_MODEL = "Diffusion_Transformer/EasyAnimate-Shapes-Demo"
 DEMO_MOTION_MODULE = "Motion_Module/easyanimate_shapes_mm.safetensors"
 DEMO_LORA = "Personalized_Model/easyanimate_shapes_dark_lora.safetensors"  # its dark-background style
 TINY_MODEL = "Diffusion_Transformer/tiny-easyanimate"  # written by easyanimate.tiny.write_tiny_model (random weights)
+# The shipped inpaint demo model (image-to-video, inpainting, extension): v1 released no inpaint weights.
+DEMO_INPAINT_MODEL = "Diffusion_Transformer/EasyAnimate-Shapes-Inpaint"
 DEFAULTS_FILE = MODEL_DEFAULTS_FILE
 CONFIG_FILE = MODEL_CONFIG_FILE
 
@@ -132,6 +139,12 @@ class GenerationRequest:
     """multiplier of the LoRA merged into the weights, if one is"""
     v1_sampler_quirks: bool = False
     """PNDM's Runge-Kutta warm-up and DDIM's latent clipping, as the original had them (see schedulers.py)"""
+    long_video: str = "windows"
+    """inpaint models: videos longer than context_frames in temporal windows, or by repeated "extension" (chunks of
+    context_frames, each starting from the last context_overlap frames made)"""
+    keep_known: bool = True
+    """inpaint models: put the known latents back after every step (the known content comes out as the VAE's
+    reconstruction of it); False leaves it to the model"""
 
     def overridden(self, **values: Any) -> GenerationRequest:
         """A copy with the given fields replaced; a value of None keeps this request's value."""
@@ -180,6 +193,11 @@ class GenerationRequest:
                              f"{max(m, self.height // m * m)})")
         if self.frames < 1:
             raise ValueError(f"frames must be at least 1, got {self.frames}")
+        if self.long_video not in LONG_VIDEO_MODES:
+            raise ValueError(f"long_video must be one of {', '.join(LONG_VIDEO_MODES)}, got {self.long_video!r}")
+        if self.long_video == "extension" and not limits.inpaint:
+            raise ValueError("long videos by extension need an inpaint model (each chunk starts from known frames); "
+                             "a text-to-video model makes long videos in temporal windows")
         self._validate_window(limits)
 
     def warnings(self, made_for: GenerationRequest) -> list[str]:
@@ -210,12 +228,15 @@ class GenerationRequest:
         if not _is_whole(self.context_frames) or self.context_frames < 1:
             raise ValueError(f"the temporal window (context_frames) must be a whole number >= 1, "
                              f"got {self.context_frames!r}")
-        if not limits.has_motion_module:
+        if not limits.has_motion_module and self.long_video == "windows":
             raise ValueError("temporal windows need motion modules; this model attends over the whole clip")
         overlap = self.context_overlap if self.context_overlap is not None else self.context_frames // 4
         if not _is_whole(overlap) or not 0 <= overlap < self.context_frames:
             raise ValueError(f"the window overlap must be from 0 to one less than the window, got window "
                              f"{self.context_frames}, overlap {overlap!r}")
+        if self.long_video == "extension" and overlap < 1:
+            raise ValueError("long videos by extension start each chunk from the last context_overlap frames: "
+                             "give an overlap of at least 1")
         if table is not None and self.context_frames > table:
             raise ValueError(f"the temporal window of {self.context_frames} frames exceeds the {table} frames of "
                              "the motion module's position table")
@@ -238,17 +259,31 @@ class ModelLimits:
     position_table: int | None
     trained_size: int
     has_motion_module: bool
+    inpaint: bool = False
+    """an inpaint model (latents, mask and masked-video latents in): image-to-video, inpainting, extension"""
 
     @classmethod
     def of_configs(cls, transformer_config: Mapping[str, Any], vae_scale_factor: int) -> ModelLimits:
+        from .models.transformer3d import _latent_channels, inpaint_in_channels
+
         c = dict(transformer_config)
         motion = c.get("basic_block_type", "motionmodule") == "motionmodule"
         kwargs = c.get("motion_module_kwargs") or {}
         grid = kwargs.get("block_size", 1) if motion and c.get("motion_module_type") == "VanillaGrid" else 1
         table = kwargs.get("temporal_position_encoding_max_len") if motion and kwargs.get(
             "temporal_position_encoding") else None
+        channels = c.get("in_channels", 4)
+        inpaint = channels == inpaint_in_channels(_latent_channels(channels, c.get("out_channels", 8)))
         return cls(c.get("patch_size", 2) * grid * vae_scale_factor, table,
-                   c.get("sample_size", 64) * vae_scale_factor, motion)
+                   c.get("sample_size", 64) * vae_scale_factor, motion, inpaint)
+
+    def check_kind(self, model: Path, inpaint: bool) -> None:
+        """Raise a ValueError when the model is not the kind a script needs (text-to-video, or inpaint)."""
+        if inpaint and not self.inpaint:
+            raise ValueError(f"{model} is a text-to-video model; image-to-video, inpainting and extension need an "
+                             f"inpaint model (e.g. models/{DEMO_INPAINT_MODEL}); for text-to-video use predict_t2v.py")
+        if not inpaint and self.inpaint:
+            raise ValueError(f"{model} is an inpaint model (image-to-video, inpainting, extension): use predict_i2v.py")
 
     @classmethod
     def of_pipeline(cls, pipeline: EasyAnimatePipeline) -> ModelLimits:
@@ -322,9 +357,11 @@ class ModelSelection:
 
 def select_model(models_dir: Path = MODELS_DIR, model: str | Path | None = None, config: str | Path | None = None,
                  motion_module: str | Path | None = None, transformer_path: str | Path | None = None,
-                 lora: str | Path | None = None, use_motion_module: bool = True) -> ModelSelection:
+                 lora: str | Path | None = None, use_motion_module: bool = True,
+                 inpaint: bool = False) -> ModelSelection:
     """Resolve what to load, falling back to the shipped demo model when the released weights are absent.
 
+    With ``inpaint`` the default is the shipped inpaint demo model (v1 released no inpaint weights).
     Raises :class:`MissingWeightsError` listing every expected path (and the model zoo) when
     something is missing; nothing has been loaded or written at that point.
     """
@@ -334,10 +371,11 @@ def select_model(models_dir: Path = MODELS_DIR, model: str | Path | None = None,
         raise MissingWeightsError(
             f"no models folder at {models_dir.resolve()} (it is looked up from the current folder, {Path.cwd()}): "
             "run from the repository root, or pass --models-dir with the path of the repository's models/ folder, "
-            f"which holds the shipped demo model ({DEMO_MODEL}) and is where the released weights go (model zoo):\n"
+            f"which holds the shipped demo model ({DEMO_INPAINT_MODEL if inpaint else DEMO_MODEL}) and is where the "
+            "released weights go (model zoo):\n"
             + model_zoo_text())
-    model_dir = Path(model) if explicit else models_dir / RELEASED_MODEL
-    if not explicit and not model_dir.is_dir():
+    model_dir = Path(model) if explicit else models_dir / (DEMO_INPAINT_MODEL if inpaint else RELEASED_MODEL)
+    if not explicit and not inpaint and not model_dir.is_dir():
         fallback = next((models_dir / m for m in (DEMO_MODEL, TINY_MODEL) if (models_dir / m).is_dir()), None)
         if fallback is not None:
             logger.warning("released weights not found at %s; using %s and its own defaults", model_dir, fallback)
@@ -392,6 +430,9 @@ def load_pipeline(selection: ModelSelection, sampler: str = "DPM++", device: tor
                   dtype: torch.dtype = torch.float32, memory_mode: str = "none") -> EasyAnimatePipeline:
     """Load the pipeline in the original order: 2D base, personalized checkpoint, motion module, VAE, T5.
 
+    An inpaint model gives an :class:`~easyanimate.pipelines.EasyAnimateInpaintPipeline`, any other an
+    :class:`~easyanimate.pipelines.EasyAnimatePipeline`.
+
     The scheduler is the sampler ``sampler`` built from the model yaml's ``noise_scheduler_kwargs``;
     :func:`set_sampler` switches it later, keeping that noise schedule.
     """
@@ -408,7 +449,8 @@ def load_pipeline(selection: ModelSelection, sampler: str = "DPM++", device: tor
                        "independently (no temporal coherence)")
     if transformer.dtype != dtype:
         transformer = transformer.to(dtype)
-    pipeline = EasyAnimatePipeline.from_pretrained(
+    pipeline_class = EasyAnimateInpaintPipeline if transformer.is_inpaint else EasyAnimatePipeline
+    pipeline = pipeline_class.from_pretrained(
         str(selection.model), transformer=transformer, scheduler=build_scheduler(sampler, config.scheduler_kwargs()),
         dtype=dtype)
     pipeline.set_progress_bar_config(desc="denoising")
@@ -545,17 +587,132 @@ def estimate_memory(selection: ModelSelection, request: GenerationRequest, devic
 
 
 def generate(pipeline: EasyAnimatePipeline, request: GenerationRequest, seed: int,
-             callback_on_step_end=None) -> torch.Tensor:
-    """Run the pipeline with the request's sampler; returns the video ``(3, F, H, W)`` in [0, 1] on the CPU."""
+             callback_on_step_end=None, known: KnownContent | None = None) -> torch.Tensor:
+    """Run the pipeline with the request's sampler; returns the video ``(3, F, H, W)`` in [0, 1] on the CPU.
+
+    With ``known`` (an inpaint pipeline) the video keeps that content; an extension of a video is returned
+    whole: the video's frames before the known last ones, then the generated frames.
+    """
     set_sampler(pipeline, request.sampler, request.v1_sampler_quirks)
     device = pipeline._execution_device
     generator = torch.Generator(device="cpu" if device.type == "mps" else device).manual_seed(seed)
+    inputs = known.pipeline_inputs() if known is not None else {}
+    extra = {"long_video": request.long_video, "keep_known": request.keep_known} if known is not None else {}
     output = pipeline(prompt=request.prompt, negative_prompt=request.negative_prompt,
                       num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
                       height=request.height, width=request.width, video_length=request.frames,
                       generator=generator, output_type="pt", callback_on_step_end=callback_on_step_end,
-                      context_frames=request.context_frames, context_overlap=request.context_overlap)
-    return output.videos[0]
+                      context_frames=request.context_frames, context_overlap=request.context_overlap,
+                      **inputs, **extra)
+    video = output.videos[0]
+    if known is not None and known.extend is not None:
+        earlier = known.earlier_frames()
+        if len(earlier):
+            earlier = fit_frames(earlier, request.height, request.width, "video")
+            video = torch.cat([earlier.transpose(0, 1), video], dim=1)
+    return video
+
+
+@dataclass
+class KnownContent:
+    """What an inpaint model keeps, from files: ``predict_i2v.py``'s ``--image``, ``--end-image``, ``--video``,
+    ``--mask``, ``--box`` and ``--extend``.
+
+    * image-to-video: ``image`` is the first frame, ``end_image`` (optional) the last;
+    * inpainting: ``video`` with ``mask`` (an image, or a video of its frame count: white is generated; the
+      video's size) or ``box`` ``(left, top, right, bottom)`` in pixels of the generated video;
+    * extension: ``video`` and ``extend`` k: its last k frames start the generated frames.
+
+    :meth:`check` reads only headers, so that a wrong file is refused before any weight is loaded.
+    """
+
+    image: Path | None = None
+    end_image: Path | None = None
+    video: Path | None = None
+    mask: Path | None = None
+    box: tuple[int, int, int, int] | None = None
+    extend: int | None = None
+
+    def check(self) -> int | None:
+        """Raise a ValueError (an OSError for unreadable files) that says what is wrong; returns the frame count of
+        ``video`` (None without one)."""
+        if (self.image is None) == (self.video is None):
+            raise ValueError("give an image (--image, image-to-video) or a video (--video with --mask or --box to "
+                             "inpaint it, or --extend to continue it): exactly one")
+        if self.end_image is not None and self.image is None:
+            raise ValueError("--end-image goes with --image (first-and-last-frame generation)")
+        if self.image is not None:
+            for path in (self.image, self.end_image):
+                if path is not None:
+                    probe_image(path)
+            return None
+        given = probe_video(self.video).num_frames
+        ways = [name for name, value in (("--mask", self.mask), ("--box", self.box), ("--extend", self.extend))
+                if value is not None]
+        if len(ways) != 1:
+            raise ValueError(f"a video is inpainted (--mask or --box) or extended (--extend): give one of them, got "
+                             f"{', '.join(ways) or 'none'}")
+        if self.extend is not None and not 1 <= self.extend <= given:
+            raise ValueError(f"--extend {self.extend}: the known frames must be from 1 to the video's {given} frames")
+        if self.mask is not None:
+            self._check_mask(given)
+        return given
+
+    def _check_mask(self, frames: int) -> None:
+        size = probe_video(self.video)
+        if self.mask.suffix.lower() in IMAGE_EXTENSIONS:
+            (height, width), count = probe_image(self.mask), 1
+        else:
+            info = probe_video(self.mask)
+            (height, width), count = (info.height, info.width), info.num_frames
+        if (height, width) != (size.height, size.width):
+            raise ValueError(f"the mask {self.mask} is {width}x{height} pixels, the video {size.width}x{size.height}: "
+                             "give a mask of the video's size (white where the video is to be generated)")
+        if count not in (1, frames):
+            raise ValueError(f"the mask {self.mask} has {count} frames, the video {frames}: give one mask image for "
+                             "all frames, or a mask video with one frame per frame")
+
+    def check_box(self, width: int, height: int) -> None:
+        """The box must lie inside the generated video."""
+        if self.box is None:
+            return
+        left, top, right, bottom = self.box
+        if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+            raise ValueError(f"--box {left} {top} {right} {bottom} must lie inside the {width}x{height} video to "
+                             "generate (left < right, top < bottom)")
+
+    def pipeline_inputs(self) -> dict[str, Any]:
+        """The inpaint pipeline's keyword arguments, read from the files."""
+        if self.image is not None:
+            inputs = {"image": read_image(self.image)}
+            if self.end_image is not None:
+                inputs["end_image"] = read_image(self.end_image)
+            return inputs
+        frames = read_video_frames(self.video)
+        if self.extend is not None:
+            return {"video": frames[len(frames) - self.extend:]}
+        inputs = {"video": frames}
+        if self.box is not None:
+            inputs["box"] = self.box
+        if self.mask is not None:
+            inputs["mask_video"] = (read_image(self.mask) if self.mask.suffix.lower() in IMAGE_EXTENSIONS
+                                    else read_video_frames(self.mask))
+        return inputs
+
+    def earlier_frames(self) -> torch.Tensor:
+        """With ``extend``: the video's frames before the known last ones, ``(F, 3, H, W)`` in [0, 1]."""
+        frames = read_video_frames(self.video)
+        return torch.from_numpy(frames[: len(frames) - self.extend]).permute(0, 3, 1, 2).float() / 255
+
+    def record(self) -> dict[str, Any]:
+        """The fields for the JSON sidecar."""
+        return {"image": _str(self.image), "end_image": _str(self.end_image), "video": _str(self.video),
+                "mask": _str(self.mask), "box": list(self.box) if self.box is not None else None,
+                "extend": self.extend}
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def save_result(video: torch.Tensor, output_dir: Path, record: dict[str, Any], fps: int,
@@ -594,7 +751,7 @@ def run_record(request: GenerationRequest, seed: int, selection: ModelSelection,
 
 
 __all__ = [
-    "DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "MEMORY_MODES", "GenerationRequest", "MemoryAdvice",
+    "DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "MEMORY_MODES", "GenerationRequest", "KnownContent", "MemoryAdvice",
     "MissingWeightsError", "ModelDefaults", "ModelSelection", "WeightLoadError", "apply_lora", "build_transformer",
     "estimate_memory", "generate", "load_pipeline", "read_model_defaults", "run_record", "save_result", "select_model",
     "set_sampler",

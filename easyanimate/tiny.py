@@ -220,8 +220,11 @@ def tiny_motion_module_kwargs(num_attention_heads: int = 2) -> dict[str, Any]:
 
 
 def write_tiny_model(models_root: str | Path, name: str = "tiny-easyanimate", seed: int = 0,
-                     num_layers: int = 2, sample_size: int = 8) -> dict[str, Path]:
+                     num_layers: int = 2, sample_size: int = 8, inpaint: bool = False) -> dict[str, Path]:
     """Write a tiny model in the released layout under ``models_root``; returns the paths written.
+
+    ``inpaint`` writes an inpaint model: its transformer takes 9 input channels (latents, mask, masked-video
+    latents), all with random weights.
 
     * ``Diffusion_Transformer/<name>/``: a PixArt-alpha diffusers folder (tokenizer, T5, VAE,
       2D transformer, scheduler, model_index.json) plus ``easyanimate_config.yaml`` (the v1 yaml
@@ -244,8 +247,8 @@ def write_tiny_model(models_root: str | Path, name: str = "tiny-easyanimate", se
     text_encoder = build_tiny_text_encoder(len(tokenizer), seed=seed)
     with _seeded(seed):
         # from_config: the legacy PixArt keys (num_vector_embeds, ...) are kept in config.json as released.
-        transformer = PixArtTransformer2DModel.from_config(tiny_transformer_config(num_layers=num_layers,
-                                                                                   sample_size=sample_size))
+        config = tiny_transformer_config(num_layers=num_layers, sample_size=sample_size)
+        transformer = PixArtTransformer2DModel.from_config({**config, "in_channels": 9} if inpaint else config)
     pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=build_tiny_vae(seed),
                                transformer=transformer, scheduler=build_pixart_scheduler())
     pipe.save_pretrained(folder)

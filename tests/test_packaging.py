@@ -43,7 +43,8 @@ def test_the_wheel_carries_the_model_configs_and_the_commands(installed):
     names = zipfile.ZipFile(wheel).namelist()
     assert "easyanimate/configs/easyanimate_video_motion_module_v1.yaml" in names
     assert not any(name.startswith(("tests/", "examples/", "benchmarks/")) for name in names)
-    for command in ("easyanimate-predict", "easyanimate-ui", "easyanimate-train", "easyanimate-train-lora"):
+    for command in ("easyanimate-predict", "easyanimate-predict-i2v", "easyanimate-ui", "easyanimate-train",
+                    "easyanimate-train-lora"):
         assert (installed / "bin" / command).is_file()
 
 

@@ -31,6 +31,7 @@ from ..devices import best_device, resolve_dtype
 from ..generation import (
     MEMORY_MODES,
     GenerationRequest,
+    KnownContent,
     ModelLimits,
     ModelSelection,
     apply_lora,
@@ -50,11 +51,30 @@ logger = logging.getLogger(__name__)
 FORMATS = {"mp4": ("mp4",), "gif": ("gif",), "both": ("mp4", "gif")}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser(description: str = __doc__, inpaint: bool = False) -> argparse.ArgumentParser:
+    """The flags of predict_t2v.py; with ``inpaint`` also predict_i2v.py's (what the video keeps, how long
+    videos are made)."""
     d = GenerationRequest()  # the defaults; a model folder's easyanimate_defaults.yaml overrides them
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Model zoo (put the files here):\n" + model_zoo_text())
+    epilog = "" if inpaint else "Model zoo (put the files here):\n" + model_zoo_text()
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=epilog)
     add = parser.add_argument
+    if inpaint:
+        add("--box", type=int, nargs=4, metavar=("LEFT", "TOP", "RIGHT", "BOTTOM"),
+            help="with --video: regenerate this box (pixels of the generated video) in every frame")
+        add("--end-image", help="with --image: the last frame (first-and-last-frame generation)")
+        add("--extend", type=int, metavar="K", help="with --video: continue it; its last K frames start the --frames "
+            "generated frames, and the whole video is written")
+        add("--image", help="the first frame: image-to-video (resized and centre-cropped to the size)")
+        add("--keep-known", action=argparse.BooleanOptionalAction, default=None, help="put the known latents back "
+            "after every step, so the given frames come out as the VAE's reconstruction of them (default: the "
+            f"model's, else {d.keep_known}); --no-keep-known leaves them to the model")
+        add("--long-video", choices=["windows", "extension"], help="videos longer than --context-frames: all frames "
+            "in temporal windows, or by repeated extension, chunk by chunk from the last --context-overlap frames "
+            f"(default: the model's, else {d.long_video})")
+        add("--mask", help="with --video: an image (all frames) or a video (one per frame) of the video's size, white "
+            "where the video is regenerated")
+        add("--video", help="the video to inpaint (--mask or --box) or to continue (--extend)")
     add("--context-frames", type=int, help="temporal window for long videos: the motion module sees at most this "
         "many frames at once (e.g. 16 or the model's training length); 0: the whole video; default: the model's "
         "(its easyanimate_defaults.yaml), else the whole video")
@@ -77,7 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--lora-weight", type=float, help=f"LoRA multiplier (default {d.lora_weight})")
     add("--memory-mode", default="none", choices=list(MEMORY_MODES),
         help="; ".join(f"{k}: {v}" for k, v in MEMORY_MODES.items()))
-    add("--model", help="PixArt diffusers folder (default models/Diffusion_Transformer/PixArt-XL-2-512x512)")
+    add("--model", help="model folder (default models/Diffusion_Transformer/" + (
+        "EasyAnimate-Shapes-Inpaint, the shipped inpaint demo: v1 released no inpaint weights)" if inpaint else
+        "PixArt-XL-2-512x512)"))
     add("--models-dir", default="models", help="root of Diffusion_Transformer/, Motion_Module/, Personalized_Model/")
     add("--motion-module", help="motion-module file (default models/Motion_Module/easyanimate_v1_mm.safetensors)")
     add("--negative-prompt", help="what to avoid (default: the original negative prompt)")
@@ -92,7 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--steps", type=int, help=f"denoising steps (default {d.steps})")
     add("--transformer-path", help="personalized / full transformer checkpoint loaded over the base")
     add("--width", type=int, help=f"pixels, multiple of 32 (16 x the grid's block_size) (default {d.width})")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, inpaint: bool = False, description: str = __doc__) -> argparse.Namespace:
+    args = build_parser(description, inpaint).parse_args(argv)
+    args.inpaint = inpaint
+    return args
 
 
 def read_prompts(args: argparse.Namespace, default: str) -> list[str]:
@@ -111,14 +139,22 @@ def read_prompts(args: argparse.Namespace, default: str) -> list[str]:
     return prompts
 
 
-def requests_for(args: argparse.Namespace, defaults: GenerationRequest) -> list[GenerationRequest]:
-    """One request per prompt: the model's defaults, overridden by the flags that were given."""
+def requests_for(args: argparse.Namespace, defaults: GenerationRequest,
+                 video_frames: int | None = None) -> list[GenerationRequest]:
+    """One request per prompt: the model's defaults, overridden by the flags that were given. A video to inpaint
+    (``video_frames``, without --extend) sets the frame count."""
     window = args.context_frames if args.context_frames is not None else defaults.context_frames
+    frames = args.frames
+    if video_frames is not None and getattr(args, "extend", None) is None:
+        if frames is not None and frames != video_frames:
+            raise ValueError(f"--frames {frames}: the video to inpaint has {video_frames} frames")
+        frames = video_frames
     base = defaults.overridden(
         negative_prompt=args.negative_prompt, sampler=args.sampler, steps=args.steps,
         guidance_scale=args.guidance_scale, seed=args.seed, height=args.height, width=args.width,
-        frames=args.frames, fps=args.fps, lora_weight=args.lora_weight, context_overlap=args.context_overlap,
-        v1_sampler_quirks=args.v1_sampler_quirks)
+        frames=frames, fps=args.fps, lora_weight=args.lora_weight, context_overlap=args.context_overlap,
+        v1_sampler_quirks=args.v1_sampler_quirks, long_video=getattr(args, "long_video", None),
+        keep_known=getattr(args, "keep_known", None))
     base.context_frames = window or None  # 0: the whole video
     if base.context_frames is None:
         base.context_overlap = None
@@ -157,9 +193,18 @@ def check_writable(folder: Path) -> None:
         raise OSError(f"cannot write into the output folder {folder}: {existing} is not writable by this user")
 
 
-def main(argv: list[str] | None = None) -> int:
+def known_content(args: argparse.Namespace) -> KnownContent | None:
+    """What the video keeps (predict_i2v.py), None for text-to-video."""
+    if not args.inpaint:
+        return None
+    path = lambda value: Path(value) if value else None  # noqa: E731
+    return KnownContent(path(args.image), path(args.end_image), path(args.video), path(args.mask),
+                        tuple(args.box) if args.box else None, args.extend)
+
+
+def main(argv: list[str] | None = None, inpaint: bool = False, description: str = __doc__) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
+    args = parse_args(argv, inpaint, description)
     try:
         return run(args)
     except torch.OutOfMemoryError:
@@ -180,12 +225,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Check everything that can be checked from the config files, then load, generate and save."""
+    known = known_content(args)
+    video_frames = known.check() if known is not None else None  # a wrong file is refused before any loading
     selection = select_model(Path(args.models_dir), args.model, args.config, args.motion_module,
-                             args.transformer_path, args.lora, use_motion_module=not args.no_motion_module)
-    requests = requests_for(args, selection.defaults.request)
+                             args.transformer_path, args.lora, use_motion_module=not args.no_motion_module,
+                             inpaint=args.inpaint)
     limits = ModelLimits.of_selection(selection)
+    limits.check_kind(selection.model, args.inpaint)
+    requests = requests_for(args, selection.defaults.request, video_frames)
     for request in requests:
         request.validate(limits)
+        if known is not None:
+            known.check_box(request.width, request.height)
     for warning in dict.fromkeys(w for request in requests for w in request.warnings(selection.defaults.request)):
         logger.warning("warning: %s", warning)
     # Under `accelerate launch` with several processes: each generates its share on its own device.
@@ -207,8 +258,9 @@ def run(args: argparse.Namespace) -> int:
     with split(state, requests) as mine:
         for request in mine:
             seed = request.resolved_seed()
-            video = generate(pipeline, request, seed)
-            record = {**run_record(request, seed, selection, dtype, device, args.memory_mode), "compile": args.compile}
+            video = generate(pipeline, request, seed, known=known)
+            record = {**run_record(request, seed, selection, dtype, device, args.memory_mode), "compile": args.compile,
+                      **(known.record() if known is not None else {})}
             for path in save_result(video, output_dir, record, request.fps, FORMATS[args.format]):
                 print(f"wrote {path} (seed {seed})")
             written += 1

@@ -12,6 +12,9 @@
   ``easyanimate_portrait.safetensors`` (the 603 PixArt keys, optionally motion-module keys too).
 * :func:`build_video_transformer` — the load order of the original: 2D base, personalized
   checkpoint, motion module; then fresh motion modules where no file provided them.
+* :func:`widen_patch_embedding` — an inpaint model (``2 * C + 1`` input channels) from a ``C``-channel
+  checkpoint: the checkpoint's patch-embedding weights go to the first ``C`` input channels and the
+  mask and masked-video channels start at zero, so the new model computes what the checkpoint did.
 * :func:`motion_module_state_dict` / :func:`save_motion_module` — cut the motion module out (with its
   :class:`MotionModuleSpec` when it comes from a model).
 
@@ -259,7 +262,8 @@ def fill_missing(model: torch.nn.Module, source: str) -> None:
 
 
 def load_transformer_from_2d(cls: type, pretrained_model_path: str | Path, subfolder: str | None = "transformer",
-                             transformer_additional_kwargs: Mapping[str, Any] | TransformerAdditionalKwargs | None = None):
+                             transformer_additional_kwargs: Mapping[str, Any] | TransformerAdditionalKwargs | None = None,
+                             inpaint: bool | None = None):
     """Build a video transformer from a 2D PixArt folder; see ``Transformer3DModel.from_pretrained_2d``.
 
     Its motion modules and position tables are left on ``meta``: a motion-module file or checkpoint fills them,
@@ -271,22 +275,71 @@ def load_transformer_from_2d(cls: type, pretrained_model_path: str | Path, subfo
         raise WeightLoadError(f"no transformer config at {config_path}: expected a diffusers PixArt folder "
                               f"with transformer/config.json and transformer/{WEIGHT_FILES[0]}")
     config = _pixart_config(config_path, cls)
+    config["in_channels"] = _input_channels(config, inpaint, str(config_path))
     extras = _extras_dict(transformer_additional_kwargs)
     model = empty_model(cls, {**config, **extras})
     weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
         raise WeightLoadError(f"no transformer weights in {folder}: expected {' or '.join(WEIGHT_FILES)}")
     state = read_state_dict(weights)
+    notes = widen_patch_embedding(state, model, str(weights))
     expected = [k for k in model.state_dict() if not is_motion_key(k)]
     comparison = compare_keys(model, state, expected)
     # Stated gap: a 2D checkpoint has no motion modules, and t_pos.pe is computed.
     _raise_if_bad(comparison, str(weights), state, "the PixArt keys of the configured video transformer",
                   allowed_missing=COMPUTED_BUFFERS)
     load_checked_state(model, state)
-    report = LoadReport(str(weights), "PixArt transformer", len(state),
-                        notes=["motion modules start fresh (zero output projection)"] if model.has_motion_module else [])
+    if model.has_motion_module:
+        notes.append("motion modules start fresh (zero output projection)")
+    report = LoadReport(str(weights), "PixArt transformer", len(state), notes=notes)
     logger.info("%s", report)
     return model
+
+
+def _input_channels(config: Mapping[str, Any], inpaint: bool | None, source: str) -> int:
+    """``in_channels`` of the model to build from a checkpoint's config: as the config says (``inpaint`` None), or
+    an inpaint model's (True; widened from a text-to-video checkpoint), or a text-to-video model's (False)."""
+    from .transformer3d import _latent_channels, inpaint_in_channels
+
+    channels = config.get("in_channels", 4)
+    latent = _latent_channels(channels, config.get("out_channels", 8))
+    if inpaint is False and channels == inpaint_in_channels(latent):
+        raise WeightLoadError(f"{source} is an inpaint model ({channels} input channels: latents, mask and "
+                              f"masked-video latents), not a text-to-video model ({latent}): load it with "
+                              "EasyAnimateInpaintPipeline (predict_i2v.py)")
+    return inpaint_in_channels(latent) if inpaint else channels
+
+
+PATCH_EMBEDDING = "pos_embed.proj.weight"
+
+
+def widen_patch_embedding(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> list[str]:
+    """Fit a text-to-video checkpoint's patch embedding to an inpaint model, in place; returns the notes to report.
+
+    The stated gap between the two: an inpaint model's ``pos_embed.proj.weight`` is ``(D, 2C + 1, p, p)``, a
+    text-to-video checkpoint's ``(D, C, p, p)``. The checkpoint's weights fill the first ``C`` input channels
+    (the noisy latents) and the mask and masked-video channels are zero, so at the first step the inpaint model
+    computes exactly what the checkpoint did, whatever the masked video. The reverse (an inpaint checkpoint into
+    a text-to-video model) raises a :class:`WeightLoadError` that says which model it is.
+    """
+    weight, target = state.get(PATCH_EMBEDDING), model.state_dict().get(PATCH_EMBEDDING)
+    if weight is None or target is None or weight.shape == target.shape:
+        return []
+    latent = getattr(model, "latent_channels", None)
+    if latent is None or weight.shape[0] != target.shape[0] or weight.shape[2:] != target.shape[2:]:
+        return []  # a size mismatch of another kind: the key comparison names it
+    if getattr(model, "is_inpaint", False) and weight.shape[1] == latent:
+        widened = weight.new_zeros(target.shape)
+        widened[:, :latent] = weight
+        state[PATCH_EMBEDDING] = widened
+        return [f"inpaint model from a text-to-video checkpoint: {target.shape[1] - latent} mask and masked-video "
+                "input channels added at zero"]
+    if not getattr(model, "is_inpaint", False) and weight.shape[1] > latent:
+        raise WeightLoadError(f"{source} is an inpaint checkpoint ({weight.shape[1]} input channels: latents, mask and "
+                              f"masked-video latents); this model is a text-to-video model ({latent} input channels). "
+                              "Load it into an inpaint model (EasyAnimateInpaintPipeline, predict_i2v.py; inpaint=True "
+                              "when building from a PixArt folder)")
+    return []
 
 
 def _pixart_config(path: Path, cls: type) -> dict[str, Any]:
@@ -427,6 +480,7 @@ def load_transformer_checkpoint(model: torch.nn.Module, path: str | Path) -> Loa
     must have all of them (a half motion module would silently mix two models).
     """
     state = read_state_dict(path)
+    notes = widen_patch_embedding(state, model, str(path))
     model_keys = list(model.state_dict())
     has_motion = any(is_motion_key(k) for k in state)
     expected = [k for k in model_keys if has_motion or not is_motion_key(k)]
@@ -435,7 +489,7 @@ def load_transformer_checkpoint(model: torch.nn.Module, path: str | Path) -> Loa
                   "a transformer checkpoint with the PixArt keys of this model", allowed_missing=COMPUTED_BUFFERS)
     load_checked_state(model, state)
     kind = "full video transformer" if has_motion else "PixArt transformer (motion modules kept)"
-    report = LoadReport(str(path), kind, len(state))
+    report = LoadReport(str(path), kind, len(state), notes=notes)
     logger.info("%s", report)
     return report
 
@@ -443,15 +497,16 @@ def load_transformer_checkpoint(model: torch.nn.Module, path: str | Path) -> Loa
 def build_video_transformer(cls: type, model_dir: str | Path,
                             transformer_additional_kwargs: Mapping[str, Any] | TransformerAdditionalKwargs | None,
                             transformer_path: str | Path | None = None, motion_module=None,
-                            subfolder: str | None = "transformer"):
+                            subfolder: str | None = "transformer", inpaint: bool | None = None):
     """The video transformer on the CPU in the original load order: 2D base, personalized checkpoint, motion module.
 
     Used by generation and training alike. ``motion_module`` is a motion-module file or an
     :class:`~easyanimate.models.motion_adapter.EasyAnimateMotionModule`. Without one the temporal
     layers keep their zero-initialised output projections, so they are identities and every frame is
-    made on its own.
+    made on its own. ``inpaint``: None builds what the folder holds; True an inpaint model (a text-to-video
+    folder's patch embedding widened by :func:`widen_patch_embedding`); False refuses an inpaint folder.
     """
-    model = load_transformer_from_2d(cls, model_dir, subfolder, transformer_additional_kwargs)
+    model = load_transformer_from_2d(cls, model_dir, subfolder, transformer_additional_kwargs, inpaint)
     if transformer_path is not None:
         load_transformer_checkpoint(model, transformer_path)
     if hasattr(motion_module, "apply_to"):

@@ -4,6 +4,12 @@ A PixArt-alpha DiT whose frames are folded into the batch for patching and spati
 a motion module in every block. Layouts: latent video ``(B, C, F, H, W)`` in and out; token grid
 ``h = H/p``, ``w = W/p``; block stream ``(B, F*h*w, C)``, frame-major. The state-dict keys equal
 the released checkpoints': 603 PixArt keys plus 784 ``attn_temporal`` keys for the v1 config.
+
+An inpaint model (v1's ``inpaint_latents``, the successors' "InP" models) has ``in_channels = 2 * C + 1``
+for ``C`` latent channels: the noisy latents ``(B, C, F, H, W)`` are concatenated on the channel axis
+with ``inpaint_latents`` ``(B, 1 + C, F, H, W)``, the mask at latent resolution (1 = to generate,
+0 = known) followed by the scaled VAE latents of the masked video. Only the patch embedding sees the
+extra channels; the output stays ``2 * C`` (noise and variance).
 """
 
 from __future__ import annotations
@@ -137,6 +143,23 @@ class Transformer3DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMix
             if caption_channels is not None else None
         )
 
+    @property
+    def latent_channels(self) -> int:
+        """Channels ``C`` of the latent video this model denoises (4 for the SD VAE): half the output channels
+        of a model that also predicts the variance (PixArt's ``out_channels = 2 * C``), else the output channels."""
+        return _latent_channels(self.config.in_channels, self.out_channels)
+
+    @property
+    def inpaint_channels(self) -> int:
+        """Channels of ``inpaint_latents`` the model takes beside the noisy latents: ``1 + C`` for an inpaint model
+        (mask and masked-video latents), 0 for a text-to-video model."""
+        return self.config.in_channels - self.latent_channels
+
+    @property
+    def is_inpaint(self) -> bool:
+        """True for an inpaint model (``in_channels = 2 * C + 1``)."""
+        return self.inpaint_channels > 0
+
     def _make_block(self, inner_dim: int) -> nn.Module:
         c = self.config
         common = dict(dropout=c.dropout, activation_fn=c.activation_fn, attention_bias=c.attention_bias,
@@ -187,13 +210,26 @@ class Transformer3DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMix
         grid = self.has_motion_module and self.config.motion_module_type == "VanillaGrid"
         return self.config.patch_size * (self.config.motion_module_kwargs.get("block_size", 1) if grid else 1)
 
-    def check_latent_shape(self, shape: torch.Size | tuple[int, ...]) -> None:
-        """Raise a ValueError naming what is wrong with a latent video shape ``(B, C, F, H, W)``."""
+    def check_latent_shape(self, shape: torch.Size | tuple[int, ...],
+                           inpaint_shape: torch.Size | tuple[int, ...] | None = None) -> None:
+        """Raise a ValueError naming what is wrong with a latent video shape ``(B, C, F, H, W)`` and, for an
+        inpaint model, with the shape of its ``inpaint_latents`` (which must be given to it, and only to it)."""
         if len(shape) != 5:
             raise ValueError(f"expected latent video (B, C, F, H, W), got shape {tuple(shape)}")
-        _, channels, _, height, width = shape
-        if channels != self.config.in_channels:
-            raise ValueError(f"expected {self.config.in_channels} latent channels, got {channels}")
+        batch, channels, frames, height, width = shape
+        if channels != self.latent_channels:
+            raise ValueError(f"expected {self.latent_channels} latent channels, got {channels}")
+        if self.is_inpaint and inpaint_shape is None:
+            raise ValueError(f"this is an inpaint model ({self.config.in_channels} input channels): it needs "
+                             f"inpaint_latents (B, {self.inpaint_channels}, F, H, W), the mask and the masked video's "
+                             "latents (EasyAnimateInpaintPipeline builds them)")
+        if not self.is_inpaint and inpaint_shape is not None:
+            raise ValueError(f"this is a text-to-video model ({self.config.in_channels} input channels): it takes no "
+                             "inpaint_latents; image-to-video and inpainting need an inpaint model")
+        expected = (batch, self.inpaint_channels, frames, height, width)
+        if inpaint_shape is not None and tuple(inpaint_shape) != expected:
+            raise ValueError(f"inpaint_latents must have shape {expected} (mask + masked-video latents beside latents "
+                             f"{tuple(shape)}), got {tuple(inpaint_shape)}")
         m = self.spatial_multiple
         if height % m or width % m:
             raise ValueError(f"latent size {height}x{width} is not a multiple of {m}: this model needs pixel "
@@ -208,11 +244,12 @@ class Transformer3DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMix
         added_cond_kwargs: dict[str, torch.Tensor | None] | None = None,
         return_dict: bool = True,
         temporal_context: TemporalContext | None = None,
+        inpaint_latents: torch.Tensor | None = None,
     ) -> Transformer3DModelOutput | tuple[torch.Tensor]:
         """Predict noise (and the variance interpolation) for a latent video.
 
         Args:
-            hidden_states: ``(B, in_channels, F, H, W)`` noisy latents.
+            hidden_states: ``(B, C, F, H, W)`` noisy latents (``C`` = :attr:`latent_channels`).
             encoder_hidden_states: ``(B, L, caption_channels)`` text-encoder states.
             encoder_attention_mask: ``(B, L)`` with 1 = keep, 0 = padding (or an additive bias ``(B, 1, L)``).
             timestep: ``(B,)`` (or a scalar) diffusion step per sample.
@@ -220,11 +257,13 @@ class Transformer3DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMix
             temporal_context: for clips longer than the motion modules should see at once: overlapping
                 windows for the motion modules, and per-frame work in chunks (see
                 :class:`~easyanimate.models.motion_module.TemporalContext`). None: the whole clip at once.
+            inpaint_latents: for an inpaint model only, ``(B, 1 + C, F, H, W)``: the mask (1 = generate, 0 = known)
+                and the scaled VAE latents of the masked video (masked pixels -1), concatenated to the input.
 
         Returns:
             ``(B, out_channels, F, H, W)``.
         """
-        self.check_latent_shape(hidden_states.shape)
+        self.check_latent_shape(hidden_states.shape, None if inpaint_latents is None else inpaint_latents.shape)
         if temporal_context is not None and not self.has_motion_module:
             raise ValueError("temporal windows need motion modules; this model attends over the whole clip")
         batch, _, num_frames, height, width = hidden_states.shape
@@ -234,7 +273,9 @@ class Transformer3DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMix
         if encoder_attention_mask is not None and encoder_attention_mask.ndim == 2:
             encoder_attention_mask = (1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0
             encoder_attention_mask = encoder_attention_mask.unsqueeze(1)
-        # 2. Patchify every frame with the 2D patch embedding and its 2D sincos table.
+        # 2. Patchify every frame (with the inpaint channels) with the 2D patch embedding and its 2D sincos table.
+        if inpaint_latents is not None:
+            hidden_states = torch.cat([hidden_states, inpaint_latents.to(hidden_states.dtype)], dim=1)
         frames = rearrange(hidden_states, "b c f h w -> (b f) c h w")
         chunk = temporal_context.chunk(num_frames) if temporal_context is not None else None
         if chunk is not None:  # long clip in chunks: bound the transient memory
@@ -285,7 +326,7 @@ class Transformer3DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMix
                            transformer_additional_kwargs: dict[str, Any] | TransformerAdditionalKwargs | None = None,
                            torch_dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                            transformer_path: str | Path | None = None, motion_module=None,
-                           ) -> "Transformer3DModel":
+                           inpaint: bool | None = None) -> "Transformer3DModel":
         """Build the video model from a 2D PixArt diffusers folder, in the original load order.
 
         The folder's PixArt weights come first, then the optional personalized/full checkpoint
@@ -294,11 +335,15 @@ class Transformer3DModel(ModelMixin, AttentionMixin, ConfigMixin, PeftAdapterMix
         without one the motion modules stay fresh (identities). Only the motion-module keys may be missing from the folder's
         weights; any other missing or unexpected key, or a shape mismatch, raises a
         :class:`~easyanimate.models.loading.WeightLoadError`.
+
+        ``inpaint=True`` builds an inpaint model (``2C + 1`` input channels) from a text-to-video folder or
+        checkpoint, its mask and masked-video input channels at zero, so that it first computes what the
+        checkpoint did; ``inpaint=False`` refuses an inpaint folder; None builds what the folder holds.
         """
         from .loading import build_video_transformer
 
         model = build_video_transformer(cls, pretrained_model_path, transformer_additional_kwargs,
-                                        transformer_path, motion_module, subfolder)
+                                        transformer_path, motion_module, subfolder, inpaint)
         if device is not None or torch_dtype is not None:
             model = model.to(device=device, dtype=torch_dtype)
         return model
@@ -315,11 +360,27 @@ def _timestep_batch(timestep: torch.Tensor | float | None, batch: int, device: t
     return timestep
 
 
+def _latent_channels(in_channels: int, out_channels: int | None) -> int:
+    """Latent channels of a model with these input and output channels (see ``Transformer3DModel.latent_channels``)."""
+    out = in_channels if out_channels is None else out_channels
+    return out if out == in_channels else out // 2
+
+
+def inpaint_in_channels(latent_channels: int) -> int:
+    """Input channels of an inpaint model for ``latent_channels``: noisy latents, mask, masked-video latents."""
+    return 2 * latent_channels + 1
+
+
 def _check_options(options: dict[str, Any]) -> None:
     """Raise a ConfigError for constructor options this implementation does not build."""
     for key, required in FIXED_PIXART_OPTIONS.items():
         if options[key] != required:
             raise ConfigError(f"{key}={options[key]!r} is not supported (PixArt-alpha blocks need {required!r})")
+    latent = _latent_channels(options["in_channels"], options["out_channels"])
+    if options["in_channels"] not in (latent, inpaint_in_channels(latent)):
+        raise ConfigError(f"in_channels={options['in_channels']} with out_channels={options['out_channels']}: a model "
+                          f"for {latent} latent channels takes {latent} (text-to-video) or "
+                          f"{inpaint_in_channels(latent)} (inpaint: latents, mask, masked-video latents) input channels")
     if options["num_embeds_ada_norm"] is None:
         raise ConfigError("num_embeds_ada_norm must be set for ada_norm_single PixArt models")
     mm_kwargs = options["motion_module_kwargs"]

@@ -83,11 +83,20 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
     def __init__(self, tokenizer: PreTrainedTokenizerBase | None, text_encoder: PreTrainedModel | None,
                  vae: AutoencoderKL, transformer: Transformer3DModel, scheduler: SchedulerMixin):
         super().__init__()
+        self.check_transformer(transformer)
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                               scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         # Guidance in one forward of batch 2B (faster on a GPU) or two of batch B (half the activations).
         self.batched_guidance = True
+
+    @classmethod
+    def check_transformer(cls, transformer: Transformer3DModel | None) -> None:
+        """Raise a ValueError when ``transformer`` is an inpaint model: it needs :class:`EasyAnimateInpaintPipeline`."""
+        if transformer is not None and getattr(transformer, "is_inpaint", False):
+            raise ValueError(f"this transformer is an inpaint model ({transformer.config.in_channels} input channels: "
+                             "latents, mask and masked-video latents): use EasyAnimateInpaintPipeline (predict_i2v.py) "
+                             "for image-to-video, inpainting and extension")
 
     # ------------------------------------------------------------------------------------------
     # Loading
@@ -237,7 +246,7 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
             raise ValueError(f"{len(generator)} generators for {batch * num_images_per_prompt} videos "
                              f"({batch} prompts x num_images_per_prompt {num_images_per_prompt}): give one per video")
         if latents is not None:
-            expected = (batch * num_images_per_prompt, self.transformer.config.in_channels, video_length,
+            expected = (batch * num_images_per_prompt, self.transformer.latent_channels, video_length,
                         height // self.vae_scale_factor, width // self.vae_scale_factor)
             if tuple(latents.shape) != expected:
                 raise ValueError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
@@ -354,21 +363,27 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
                       prompt_attention_mask: torch.Tensor, guidance_scale: float,
                       negative_prompt_embeds: torch.Tensor | None,
                       negative_prompt_attention_mask: torch.Tensor | None,
-                      temporal_context: TemporalContext | None = None) -> torch.Tensor:
+                      temporal_context: TemporalContext | None = None,
+                      inpaint_latents: torch.Tensor | None = None) -> torch.Tensor:
         """Guided epsilon ``(B, 4, F, h, w)``: guidance on the whole output, then the epsilon half.
 
         With guidance, the unconditional and conditional predictions come from one forward of the
         doubled batch (``batched_guidance``, the default) or from two forwards of the batch, which
-        halves the activation memory of a step for the same arithmetic.
+        halves the activation memory of a step for the same arithmetic. An inpaint model's
+        ``inpaint_latents`` ``(B, 5, F, h, w)`` go to both predictions: guidance moves the video towards the
+        prompt, never away from the known content.
         """
-        forward = lambda x, text, mask: self._transformer_output(x, t, text, mask, temporal_context)  # noqa: E731
+        def forward(x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, copies: int = 1) -> torch.Tensor:
+            known = None if inpaint_latents is None else torch.cat([inpaint_latents] * copies)
+            return self._transformer_output(x, t, text, mask, temporal_context, known)
+
         if negative_prompt_embeds is None:
             output = forward(latents, prompt_embeds, prompt_attention_mask)
         else:
             if self.batched_guidance:
                 uncond, cond = forward(torch.cat([latents, latents]),
                                        torch.cat([negative_prompt_embeds, prompt_embeds]),
-                                       torch.cat([negative_prompt_attention_mask, prompt_attention_mask])).chunk(2)
+                                       torch.cat([negative_prompt_attention_mask, prompt_attention_mask]), 2).chunk(2)
             else:
                 uncond = forward(latents, negative_prompt_embeds, negative_prompt_attention_mask)
                 cond = forward(latents, prompt_embeds, prompt_attention_mask)
@@ -378,13 +393,16 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
         return output.to(latents.dtype)
 
     def _transformer_output(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-                            mask: torch.Tensor, temporal_context: TemporalContext | None) -> torch.Tensor:
+                            mask: torch.Tensor, temporal_context: TemporalContext | None,
+                            inpaint_latents: torch.Tensor | None = None) -> torch.Tensor:
         """The transformer's raw output ``(B, out_channels, F, h, w)`` for scheduler latents at step ``t``."""
         model_input = self.scheduler.scale_model_input(latents, t)
         timestep = t.expand(model_input.shape[0]) if torch.is_tensor(t) else torch.full((model_input.shape[0],), t)
+        if inpaint_latents is not None:
+            inpaint_latents = inpaint_latents.to(self.transformer.dtype)
         return self.transformer(model_input.to(self.transformer.dtype), text.to(self.transformer.dtype), mask,
                                 timestep.to(model_input.device), return_dict=False,
-                                temporal_context=temporal_context)[0]
+                                temporal_context=temporal_context, inpaint_latents=inpaint_latents)[0]
 
     # ------------------------------------------------------------------------------------------
     # Generation
@@ -443,11 +461,42 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
         Returns:
             :class:`EasyAnimatePipelineOutput` with ``videos`` (see ``output_type``).
         """
-        height = self.default_size() if height is None else height
-        width = self.default_size() if width is None else width
+        return self._generate(
+            prompt=prompt, video_length=self.resolve_video_length(video_length, num_frames),
+            negative_prompt=negative_prompt, num_inference_steps=num_inference_steps, timesteps=timesteps,
+            guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt, height=height, width=width,
+            eta=eta, generator=generator, latents=latents, prompt_embeds=prompt_embeds,
+            prompt_attention_mask=prompt_attention_mask, negative_prompt_embeds=negative_prompt_embeds,
+            negative_prompt_attention_mask=negative_prompt_attention_mask, output_type=output_type,
+            return_dict=return_dict, callback=callback, callback_steps=callback_steps,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, clean_caption=clean_caption,
+            max_sequence_length=max_sequence_length, context_frames=context_frames, context_overlap=context_overlap,
+            decode_chunk_size=decode_chunk_size)
+
+    @staticmethod
+    def resolve_video_length(video_length: int | None, num_frames: int | None, default: int = 16) -> int:
+        """``video_length`` or its diffusers name ``num_frames`` (they must agree when both are given), else
+        ``default``."""
         if num_frames is not None and video_length is not None and num_frames != video_length:
             raise ValueError(f"num_frames={num_frames} and video_length={video_length} disagree: give one of them")
-        video_length = next((n for n in (video_length, num_frames) if n is not None), 16)
+        return next((n for n in (video_length, num_frames) if n is not None), default)
+
+    def _generate(self, *, prompt, video_length: int, negative_prompt, num_inference_steps: int, timesteps,
+                  guidance_scale: float, num_images_per_prompt: int, height: int | None, width: int | None, eta: float,
+                  generator, latents, prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
+                  negative_prompt_attention_mask, output_type: str, return_dict: bool, callback, callback_steps: int,
+                  callback_on_step_end, callback_on_step_end_tensor_inputs, clean_caption: bool,
+                  max_sequence_length: int | None, context_frames: int | None, context_overlap: int | None,
+                  decode_chunk_size: int,
+                  conditioning: Callable[[int, torch.device], torch.Tensor] | None = None, keep_known: bool = False,
+                  ) -> EasyAnimatePipelineOutput | tuple:
+        """The steps of a call, shared by the text-to-video and the inpaint pipeline: check, encode the text,
+        prepare the noise, denoise, decode. ``conditioning(batch, device)`` gives an inpaint model's
+        ``inpaint_latents`` ``(batch, 5, F, h, w)`` once the batch (prompts x videos per prompt) is known;
+        ``keep_known`` puts their known part back after every step."""
+        height = self.default_size() if height is None else height
+        width = self.default_size() if width is None else width
         if negative_prompt_embeds is not None and negative_prompt == "":
             negative_prompt = None
         self.check_inputs(
@@ -483,17 +532,19 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
         timesteps = self._set_timesteps(num_inference_steps, timesteps, device)
         self._num_timesteps = len(timesteps)
         given_latents = latents is not None
-        latents = self.prepare_latents(prompt_embeds.shape[0], self.transformer.config.in_channels, video_length,
+        latents = self.prepare_latents(prompt_embeds.shape[0], self.transformer.latent_channels, video_length,
                                        height, width, prompt_embeds.dtype, device, generator, latents)
         if temporal_context is not None and not given_latents:
             latents = self.reschedule_noise(latents, context_frames, context_overlap, generator)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        inpaint_latents = conditioning(prompt_embeds.shape[0], device) if conditioning is not None else None
 
         # 3. Denoising loop (with temporal windows for long clips).
         tensors = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
         latents = self._denoise(tensors, timesteps, prompt_attention_mask, negative_prompt_attention_mask,
                                 extra_step_kwargs, callback, callback_steps, callback_on_step_end,
-                                callback_on_step_end_tensor_inputs or ["latents"], temporal_context)
+                                callback_on_step_end_tensor_inputs or ["latents"], temporal_context, inpaint_latents,
+                                keep_known)
 
         # 4. Decode.
         videos = self._postprocess(latents, output_type, decode_chunk_size)
@@ -502,8 +553,16 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
 
     def _denoise(self, tensors: dict[str, torch.Tensor | None], timesteps, prompt_attention_mask,
                  negative_prompt_attention_mask, extra_step_kwargs, callback, callback_steps, callback_on_step_end,
-                 tensor_names: list[str], temporal_context: TemporalContext | None) -> torch.Tensor:
-        """The denoising loop over ``tensors`` (latents and the text states a step callback may replace)."""
+                 tensor_names: list[str], temporal_context: TemporalContext | None,
+                 inpaint_latents: torch.Tensor | None = None, keep_known: bool = False) -> torch.Tensor:
+        """The denoising loop over ``tensors`` (latents and the text states a step callback may replace); with
+        ``keep_known``, the known part of an inpaint model's latents is put back after every step
+        (:meth:`keep_known_latents`)."""
+        keep_known = keep_known and inpaint_latents is not None
+        initial_noise = tensors["latents"] / self.scheduler.init_noise_sigma if keep_known else None
+        if keep_known:
+            tensors["latents"] = self.keep_known_latents(tensors["latents"], inpaint_latents, initial_noise,
+                                                         timesteps[:1])
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
@@ -511,8 +570,12 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
                 latents = tensors["latents"]
                 noise = self.predict_noise(latents, t, tensors["prompt_embeds"], prompt_attention_mask,
                                            self.guidance_scale, tensors["negative_prompt_embeds"],
-                                           negative_prompt_attention_mask, temporal_context)
+                                           negative_prompt_attention_mask, temporal_context, inpaint_latents)
                 tensors["latents"] = self.scheduler.step(noise, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if keep_known:
+                    following = timesteps[i + 1:i + 2]
+                    tensors["latents"] = self.keep_known_latents(tensors["latents"], inpaint_latents, initial_noise,
+                                                                 following if len(following) else None)
                 if callback_on_step_end is not None:
                     updated = callback_on_step_end(self, i, t, {name: tensors[name] for name in tensor_names}) or {}
                     tensors.update({name: value for name, value in updated.items() if name in tensors})
@@ -520,6 +583,17 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
                     callback(i, t, tensors["latents"])
                 progress.update()
         return tensors["latents"]
+
+    def keep_known_latents(self, latents: torch.Tensor, inpaint_latents: torch.Tensor, noise: torch.Tensor,
+                           timestep: torch.Tensor | None) -> torch.Tensor:
+        """``latents`` ``(B, C, F, h, w)`` with the known part (``inpaint_latents``' mask 0) replaced by the known
+        latents noised to ``timestep`` with the call's initial ``noise`` (clean after the last step, ``timestep``
+        None), as diffusers' inpainting pipelines blend for models without mask channels. The known frames then
+        come out as the VAE's reconstruction of the given content, whatever the model predicts there."""
+        mask, known = inpaint_latents[:, :1].to(latents.dtype), inpaint_latents[:, 1:].to(latents.dtype)
+        if timestep is not None:
+            known = self.scheduler.add_noise(known, noise.to(latents.dtype), timestep.reshape(1))
+        return latents * mask + known * (1 - mask)
 
     # diffusers' pipeline properties, valid during and after a call.
     @property
@@ -543,13 +617,18 @@ class EasyAnimateV1Pipeline(DiffusionPipeline):
     def _postprocess(self, latents: torch.Tensor, output_type: str, decode_chunk_size: int):
         if output_type == "latent":
             return latents
-        video = self.decode_latents(latents, decode_chunk_size)
-        if output_type == "pt":
-            return video
-        array = rearrange(video, "b c f h w -> b f h w c").numpy()
-        if output_type == "np":
-            return array
-        return [[Image.fromarray(np.round(frame * 255).astype(np.uint8)) for frame in clip] for clip in array]
+        return pixels_as_output(self.decode_latents(latents, decode_chunk_size), output_type)
+
+
+def pixels_as_output(video: torch.Tensor, output_type: str) -> torch.Tensor | np.ndarray | list[list[Image.Image]]:
+    """A decoded video ``(B, 3, F, H, W)`` in [0, 1] as the output type asks: itself ("pt"), ``(B, F, H, W, 3)``
+    ("np") or lists of PIL frames ("pil")."""
+    if output_type == "pt":
+        return video
+    array = rearrange(video, "b c f h w -> b f h w c").numpy()
+    if output_type == "np":
+        return array
+    return [[Image.fromarray(np.round(frame * 255).astype(np.uint8)) for frame in clip] for clip in array]
 
 
 def _load_video_transformer(folder: Path, motion_module, transformer_path: str | Path | None,

@@ -6,6 +6,12 @@ built in the one load order (2D base, personalized checkpoint, motion module) fr
 else the v1 yaml. :func:`check_model_fits` checks, before any weight is read, that the yaml fits the
 folder's transformer and the motion module to be loaded. What trains is chosen by parameter-name
 patterns (:func:`select_trainable`) or by injecting a LoRA (:func:`add_lora`).
+
+With ``train_mode: inpaint`` the transformer is an inpaint model: built from a text-to-video folder or
+checkpoint, its mask and masked-video input channels start at zero (equal to the text-to-video model), and the
+patch embedding (:data:`INPAINT_TRAINABLE`) trains whatever the patterns say, since nothing else could learn to
+read those channels. A LoRA cannot train them (the patch embedding is not one of its layers), so a LoRA in
+inpaint mode needs a base that is already an inpaint model.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ logger = get_logger(__name__)
 DEFAULT_MODEL_CONFIG = Path(__file__).resolve().parents[2] / "config" / "easyanimate_video_motion_module_v1.yaml"
 # An image yaml has no transformer extras: the model is then plain PixArt blocks (same 603 keys).
 IMAGE_MODEL_KWARGS = {"basic_block_type": "selfattentiontemporal", "time_position_encoding_before_transformer": False}
+INPAINT_TRAINABLE = "pos_embed.proj"
+"""The layer that reads an inpaint model's mask and masked-video channels: it always trains in inpaint mode."""
 
 
 @dataclass
@@ -140,10 +148,20 @@ def load_components(config: TrainConfig, model_config: EasyAnimateConfig, weight
     """Frozen tokenizer/T5/VAE in ``weight_dtype``; the transformer in fp32 with its extra weights loaded."""
     root = Path(config.pretrained_model_name_or_path)
     image_mode = model_config.transformer_additional_kwargs is None
+    inpaint = config.train_mode == "inpaint"
+    if inpaint and image_mode:
+        raise ConfigError("train_mode inpaint trains a video model: give a video model yaml (--config_path), not an "
+                          "image one")
     extras = IMAGE_MODEL_KWARGS if image_mode else model_config.transformer_additional_kwargs
     transformer = Transformer3DModel.from_pretrained_2d(
         root, subfolder="transformer", transformer_additional_kwargs=extras,
-        transformer_path=config.transformer_path, motion_module=config.motion_module_path)
+        transformer_path=config.transformer_path, motion_module=config.motion_module_path,
+        inpaint=True if inpaint else None)
+    if inpaint and config.lora is not None and not (transformer.pos_embed.proj.weight[:, transformer.latent_channels:]
+                                                     .abs().sum() > 0):
+        raise ConfigError("a LoRA cannot learn the mask and masked-video input channels that a text-to-video base "
+                          "gains at zero in inpaint mode: train the inpaint model first (train.py --train_mode "
+                          "inpaint), then the LoRA on it")
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     text_encoder = T5EncoderModel.from_pretrained(root / "text_encoder", dtype=weight_dtype)
     vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=weight_dtype)
@@ -154,13 +172,18 @@ def load_components(config: TrainConfig, model_config: EasyAnimateConfig, weight
 
 
 def select_trainable(model: torch.nn.Module, patterns: list[str], low_lr_patterns: list[str], lr: float) -> list[dict]:
-    """Freeze everything but parameters whose name contains a pattern; return optimizer groups."""
+    """Freeze everything but parameters whose name contains a pattern; return optimizer groups.
+
+    A name that contains a pattern of both lists trains at the full rate, as in the original trainers (which
+    looked at ``trainable_modules`` first): ``patterns: [attn_temporal, pos_embed]`` with ``low_lr_patterns:
+    ["."]`` trains those at ``lr`` and the rest of the model at ``lr / 10``.
+    """
     normal, low = [], []
     for name, param in model.named_parameters():
-        if any(p in name for p in low_lr_patterns):
-            low.append(param)
-        elif any(p in name for p in patterns):
+        if any(p in name for p in patterns):
             normal.append(param)
+        elif any(p in name for p in low_lr_patterns):
+            low.append(param)
         param.requires_grad_(False)
     for param in normal + low:
         param.requires_grad_(True)
@@ -203,8 +226,9 @@ def choose_trainable(components: Components, config: TrainConfig) -> tuple[list[
     if config.lora is not None:
         groups = add_lora(components, config)
     else:
-        groups = select_trainable(components.transformer, config.trainable_modules,
-                                  config.trainable_modules_low_learning_rate, config.learning_rate)
+        patterns = config.trainable_modules + ([INPAINT_TRAINABLE] if config.train_mode == "inpaint" else [])
+        groups = select_trainable(components.transformer, patterns, config.trainable_modules_low_learning_rate,
+                                  config.learning_rate)
     trainable = [(n, p) for n, p in components.transformer.named_parameters() if p.requires_grad]
     if config.lora is not None and config.lora.train_text_encoder:
         trainable += [(f"text_encoder.{n}", p) for n,

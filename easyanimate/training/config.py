@@ -4,7 +4,9 @@ What to train is configuration, not a separate script (as in nanoGPT / AnimateDi
 
 * motion module on videos: ``trainable_modules: ["attn_temporal"]`` with the video yaml;
 * the whole image model on images: the image yaml (no motion modules) with ``trainable_modules: ["."]``;
-* LoRA: a ``lora:`` section (``train_lora.py`` sets one); the base stays frozen.
+* LoRA: a ``lora:`` section (``train_lora.py`` sets one); the base stays frozen;
+* an inpaint model (image-to-video, inpainting, extension): ``train_mode: inpaint`` with any of the above, the
+  four v1 mask types drawn with the ``inpaint_mask_*`` probabilities (:mod:`easyanimate.inpaint`).
 
 Flag names are the original trainers' (``--train_data_dir``, ``--sample_n_frames``, ...). A yaml given
 with ``--train_config`` is read first and flags override it. Unknown keys and wrong types are errors.
@@ -128,6 +130,8 @@ class TrainConfig:
     resume_from_checkpoint: str | None = option(None, 'a checkpoint folder or "latest".')
     enable_xformers_memory_efficient_attention: bool = option(False, "xformers attention (needs xformers).")
     validation_prompts: list[str] = option([], "prompts rendered every validation_steps.")
+    validation_images: list[str] = option([],
+        "train_mode inpaint: one image per validation prompt, the first frame of its image-to-video sample.")
     validation_steps: int = option(2000, "validate every N optimizer steps (and at the end).")
     validation_sampler: str = option("DPM++", "sampler of the validation samples.")
     validation_inference_steps: int = option(20, "denoising steps of the validation samples.")
@@ -147,9 +151,23 @@ class TrainConfig:
         "train on timesteps below this only (None: train_sampling_steps). With min_train_timestep it picks a "
         "band, e.g. to fine-tune a motion module on the low-noise steps a first stage left out.")
     tokenizer_max_length: int = option(120, "T5 tokens (at most the tokenizer's ``model_max_length``).")
+    train_mode: str = option("normal",
+        "normal (text-to-video) or inpaint: the model also gets a random mask and the masked clip's latents, "
+        "and a text-to-video model gains those input channels at zero (its patch embedding then always trains).")
+    inpaint_mask_start: float = option(0.25,
+        "inpaint: weight of the mask that keeps the first frame(s) and generates the rest (image-to-video).")
+    inpaint_mask_start_and_end: float = option(0.25,
+        "inpaint: weight of the mask that keeps the first and the last frame (first-and-last-frame generation).")
+    inpaint_mask_box: float = option(0.25, "inpaint: weight of a random box generated in every frame (inpainting).")
+    inpaint_mask_box_over_frames: float = option(0.25,
+        "inpaint: weight of a random box generated over a random range of frames.")
+    inpaint_max_start_frames: int = option(1,
+        "inpaint: the start mask keeps the first 1..N frames, N drawn uniformly (1, v1's: image-to-video only; "
+        "more: also extension from the last frames of a clip).")
     trainable_modules: list[str] = option(["attn_temporal"],
         'parameter-name substrings to train ("." = everything).')
-    trainable_modules_low_learning_rate: list[str] = option([], "substrings trained at lr/10.")
+    trainable_modules_low_learning_rate: list[str] = option([],
+        "substrings trained at lr/10 (a name that also contains one of trainable_modules trains at lr).")
     lora: LoraSettings | None = option(None, "LoRA training instead of full weights.")
 
     def to_yaml(self) -> str:
@@ -176,7 +194,7 @@ WHOLE_AT_LEAST = {
     "train_batch_size": 1, "gradient_accumulation_steps": 1, "sample_n_frames": 1, "sample_stride": 1,
     "vae_mini_batch": 1, "num_train_epochs": 1, "checkpointing_steps": 1, "validation_steps": 1,
     "validation_inference_steps": 1, "tokenizer_max_length": 1, "train_sampling_steps": 2,
-    "lr_warmup_steps": 0, "video_repeat": 0, "dataloader_num_workers": 0,
+    "lr_warmup_steps": 0, "video_repeat": 0, "dataloader_num_workers": 0, "inpaint_max_start_frames": 1,
 }
 OPTIONAL_WHOLE_AT_LEAST = {"max_train_steps": 1, "checkpoints_total_limit": 1, "validation_frames": 1,
                            "image_sample_size": 1}
@@ -186,7 +204,10 @@ REAL_RANGES = {
     "adam_epsilon": (0.0, math.inf, False, False), "adam_weight_decay": (0.0, math.inf, True, False),
     "adam_beta1": (0.0, 1.0, True, False), "adam_beta2": (0.0, 1.0, True, False), "ema_decay": (0.0, 1.0, True, True),
     "caption_dropout": (0.0, 1.0, True, True), "validation_guidance_scale": (0.0, math.inf, True, False),
+    "inpaint_mask_start": (0.0, math.inf, True, False), "inpaint_mask_start_and_end": (0.0, math.inf, True, False),
+    "inpaint_mask_box": (0.0, math.inf, True, False), "inpaint_mask_box_over_frames": (0.0, math.inf, True, False),
 }
+TRAIN_MODES = ("normal", "inpaint")
 LORA_REAL_RANGES = {"network_alpha": (0.0, math.inf, False, False),
                     "text_encoder_lr_ratio": (0.0, math.inf, False, False)}
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -216,6 +237,28 @@ def validate(config: TrainConfig) -> None:
                           f"got {config.max_train_timestep}")
     if config.lora is None and not config.trainable_modules:
         raise ConfigError("nothing to train: give trainable_modules (e.g. attn_temporal) or a lora section")
+    if config.train_mode == "inpaint":
+        if config.inpaint_mask_start + config.inpaint_mask_start_and_end + config.inpaint_mask_box \
+                + config.inpaint_mask_box_over_frames <= 0:
+            raise ConfigError("train_mode inpaint: the inpaint_mask_* weights are all 0; give at least one a weight")
+        if config.inpaint_max_start_frames >= config.sample_n_frames:
+            raise ConfigError(f"inpaint_max_start_frames must be below sample_n_frames ({config.sample_n_frames}): "
+                              f"a start mask must leave a frame to generate, got {config.inpaint_max_start_frames}")
+        missing = [path for path in config.validation_images if not Path(path).is_file()]
+        if missing:
+            raise ConfigError(f"validation_images not found: {', '.join(missing)}")
+        if config.validation_prompts and len(config.validation_images) != len(config.validation_prompts):
+            raise ConfigError(f"train_mode inpaint renders image-to-video samples: give one validation_images entry "
+                              f"per validation prompt ({len(config.validation_prompts)}), got "
+                              f"{len(config.validation_images)}")
+
+
+def mask_settings(config: TrainConfig):
+    """The mix of inpaint mask types a config asks for (:class:`easyanimate.inpaint.MaskSettings`)."""
+    from ..inpaint import MaskSettings
+
+    return MaskSettings(config.inpaint_mask_start, config.inpaint_mask_start_and_end, config.inpaint_mask_box,
+                        config.inpaint_mask_box_over_frames, config.inpaint_max_start_frames)
 
 
 def _check_ranges(config: TrainConfig) -> None:
@@ -257,6 +300,7 @@ def _check_names(config: TrainConfig) -> None:
                                ("report_to", config.report_to, ["none", "all", *TRACKER_PACKAGES]),
                                ("lr_scheduler", config.lr_scheduler, LR_SCHEDULERS),
                                ("train_data_format", config.train_data_format, list(DATA_FORMATS)),
+                               ("train_mode", config.train_mode, TRAIN_MODES),
                                ("validation_sampler", config.validation_sampler, SAMPLER_NAMES)):
         if value not in valid:
             names = ", ".join("unset (the launcher's)" if v is None else str(v) for v in valid)

@@ -2,12 +2,13 @@
 
 :func:`train` reads as its table of contents: check the settings against this machine and the model
 folder, claim the output folder, set up (accelerate, models, what trains, data, optimizer), resume,
-print the start header, run the epochs (encode -> noise -> predict -> improved-DDPM loss -> step;
-checkpoint, validate; Ctrl-C ends a run at a step boundary), finish (final validation, exports). What
-the steps use lives beside this module: loading and what trains in ``components``, data and the latent
-cache in ``data``, checkpoint folders in ``checkpoints``, the output folder's lock in ``output_dir``,
-stopping in ``interrupts``, samples in ``validation``, final files in ``export``. Runs on one CPU or
-GPU, or many processes through ``accelerate launch``.
+print the start header (and, for an inpaint run, the sanity-check clips), run the epochs (encode -> noise
+-> [inpaint: mask] -> predict -> improved-DDPM loss -> step; checkpoint, validate; Ctrl-C ends a run at a
+step boundary), finish (final validation, exports). What the steps use lives beside this module: loading
+and what trains in ``components``, data and the latent cache in ``data``, checkpoint folders in
+``checkpoints``, the output folder's lock in ``output_dir``, stopping in ``interrupts``, samples in
+``validation``, final files in ``export``, the inpaint masks in ``inpaint``. Runs on one CPU or GPU, or
+many processes through ``accelerate launch``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..text import encode_text
 from . import checkpoints
 from .checkpoints import CheckpointIO, save_checkpoint
 from .components import (
+    INPAINT_TRAINABLE,
     Components,
     ModelYaml,
     check_model_fits,
@@ -53,6 +55,7 @@ from .config import TrainConfig, check_environment
 from .data import TrainingData, build_training_data, encode_video
 from .diffusion import ImprovedDDPM
 from .export import export
+from .inpaint import inpaint_latents_for_batch, write_sanity_check
 from .interrupts import StepBoundary, StopRequest
 from .output_dir import OutputDirError, check_reuse
 from .output_dir import locked as output_dir_lock
@@ -126,6 +129,9 @@ def train(config: TrainConfig) -> TrainResult:
         run = set_up(config, accelerator, yaml)
         resume(run, checkpoint)
         logger.info("%s", start_header(run, yaml))
+        if config.train_mode == "inpaint" and run.global_step == 0 and accelerator.is_main_process:
+            for path in write_sanity_check(run.data.source, config, run.components.vae):
+                logger.info("sanity check: %s", path)
         run_epochs(run)
         return finish(run)
 
@@ -330,8 +336,9 @@ def describe_trainable(run: Run) -> str:
         on = "the transformer and T5" if lora.train_text_encoder else "the transformer"
         return f"a LoRA of rank {lora.rank}, alpha {lora.network_alpha:g} on {on}: {trained:,} parameters"
     low = run.config.trainable_modules_low_learning_rate
+    patterns = run.config.trainable_modules + ([INPAINT_TRAINABLE] if run.config.train_mode == "inpaint" else [])
     return (f"{trained:,} of {total:,} transformer parameters in {len(run.trainable)} tensors, names containing "
-            f"{' or '.join(run.config.trainable_modules)}" + (f" (at lr/10: {' or '.join(low)})" if low else ""))
+            f"{' or '.join(patterns)}" + (f" (at lr/10: {' or '.join(low)})" if low else ""))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -459,7 +466,8 @@ def validate(run: Run) -> None:
 def training_step(batch: dict[str, Any], components: Components, transformer, diffusion: ImprovedDDPM,
                   config: TrainConfig, device: torch.device, weight_dtype: torch.dtype,
                   generator: torch.Generator) -> torch.Tensor:
-    """Loss of one batch: encode (unless cached), noise at random t, predict, improved-DDPM loss."""
+    """Loss of one batch: encode (unless cached), noise at random t, (inpaint: mask the clip), predict,
+    improved-DDPM loss."""
     if "latents" in batch:
         latents = batch["latents"].to(device)
         states, mask = batch["prompt_embeds"].to(device, weight_dtype), batch["prompt_attention_mask"].to(device)
@@ -472,7 +480,10 @@ def training_step(batch: dict[str, Any], components: Components, transformer, di
     t = diffusion.sample_timesteps(latents.shape[0], generator=generator, device=device,
                                    low=config.min_train_timestep, high=config.max_train_timestep)
     noisy = diffusion.q_sample(latents, t, noise)
-    output = transformer(noisy, states, mask, diffusion.model_timesteps(t), return_dict=False)[0]
+    inpaint = (inpaint_latents_for_batch(batch, latents, components.vae, config, generator)
+               if config.train_mode == "inpaint" else None)
+    output = transformer(noisy, states, mask, diffusion.model_timesteps(t), return_dict=False,
+                         inpaint_latents=inpaint)[0]
     return diffusion.training_losses(output.float(), latents, noisy, t, noise)["loss"].mean()
 
 

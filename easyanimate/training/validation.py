@@ -2,7 +2,8 @@
 
 Samples go to ``output_dir/sample/sample-<step>-<i>.mp4`` (``.png`` for image models) and to the run's
 trackers (``--report_to``), drawn with a fixed seed so samples of different steps are comparable. With
-EMA, the EMA weights are rendered.
+EMA, the EMA weights are rendered. An inpaint run renders image-to-video samples: prompt ``i`` starts from
+``validation_images[i]``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
 
 from ..models import Transformer3DModel
-from ..pipelines import EasyAnimatePipeline
+from ..pipelines import EasyAnimateInpaintPipeline, EasyAnimatePipeline
 from ..schedulers import build_scheduler
-from ..video_io import save_image, save_video
+from ..video_io import read_image, save_image, save_video
 from .components import Components
 from .config import TrainConfig
 
@@ -30,19 +31,22 @@ SAMPLE_FPS = 8
 def render_samples(components: Components, transformer: Transformer3DModel, config: TrainConfig,
                    device: torch.device) -> list[torch.Tensor]:
     """The validation prompts rendered with the model yaml's scheduler: one ``(3, F, H, W)`` video in [0, 1] each."""
-    pipeline = EasyAnimatePipeline(components.tokenizer, components.text_encoder, components.vae, transformer,
-                                   build_scheduler(config.validation_sampler,
-                                                   components.model_config.scheduler_kwargs()))
+    inpaint = config.train_mode == "inpaint"
+    pipeline = (EasyAnimateInpaintPipeline if inpaint else EasyAnimatePipeline)(
+        components.tokenizer, components.text_encoder, components.vae, transformer,
+        build_scheduler(config.validation_sampler, components.model_config.scheduler_kwargs()))
     pipeline.set_progress_bar_config(disable=True)
     frames = 1 if components.image_mode else (config.validation_frames or config.sample_n_frames)
     videos = []
     was_training = transformer.training
     transformer.eval()
-    for prompt in config.validation_prompts:
+    for i, prompt in enumerate(config.validation_prompts):
         generator = torch.Generator(device=device).manual_seed(config.seed or 0)
+        known = {"image": read_image(config.validation_images[i])} if inpaint else {}
         videos.append(pipeline(prompt, negative_prompt="bad detailed", video_length=frames, height=config.sample_size,
                                width=config.sample_size, num_inference_steps=config.validation_inference_steps,
-                               guidance_scale=config.validation_guidance_scale, generator=generator).videos[0])
+                               guidance_scale=config.validation_guidance_scale, generator=generator,
+                               **known).videos[0])
     transformer.train(was_training)
     return videos
 

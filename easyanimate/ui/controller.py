@@ -12,7 +12,9 @@ Nothing here imports gradio, so every rule of the page can be tested on its own:
 * generation holds a lock: switching weights while it runs is refused (the page then applies the
   choice at the next generation), so a running generation never sees its weights change;
 * a generation can be cancelled (a ``threading.Event``): it stops at the next denoising step, writes
-  nothing and frees the lock for the next request.
+  nothing and frees the lock for the next request;
+* image-to-video (the page's second tab) uses the same loaded pipeline with an inpaint model and a
+  :class:`~easyanimate.generation.KnownContent`; each tab refuses the other's kind of model with a message.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from ..devices import best_device, resolve_dtype
 from ..files import write_text
 from ..generation import (
     DEFAULTS_FILE,
+    DEMO_INPAINT_MODEL,
     DEMO_MODEL,
     MODELS_DIR,
     RELEASED_MODEL,
     RELEASED_MOTION_MODULE,
     GenerationRequest,
+    KnownContent,
     MemoryAdvice,
     MissingWeightsError,
     ModelDefaults,
@@ -230,6 +234,18 @@ class EasyAnimateController:
             return WeightChoice(label, motion, NONE, NONE, defaults.lora_weight)
         return WeightChoice()
 
+    def inpaint_choice(self, model: str | None = None) -> WeightChoice:
+        """The image-to-video tab's weights for ``model`` (default: the shipped inpaint demo model, if present): the
+        model with the motion module its defaults name; :data:`NONE` when there is no such model."""
+        if model is None:
+            model = self.label_of("models", self.models_dir / DEMO_INPAINT_MODEL)
+        if model in (None, "", NONE):
+            return WeightChoice()
+        defaults = self.model_defaults(model) or ModelDefaults()
+        motion = self.label_of("motion_modules", self.models_dir / defaults.motion_module) if defaults.motion_module \
+            else NONE
+        return WeightChoice(model, motion, NONE, NONE, defaults.lora_weight)
+
     def loaded_choice(self) -> WeightChoice | None:
         """The labels of what is loaded now (None when nothing is): the page goes back to them after a failed switch."""
         if self._loaded is None:
@@ -378,18 +394,25 @@ class EasyAnimateController:
 
     def generate(self, choice: WeightChoice, request: GenerationRequest,
                  on_step: Callable[[int, int], None] | None = None, fps: int | None = None,
-                 cancel: threading.Event | None = None) -> GenerationResult:
+                 cancel: threading.Event | None = None, known: KnownContent | None = None) -> GenerationResult:
         """Load what ``choice`` names (waiting for a running switch), generate, save; the lock is held throughout.
 
         ``on_step(done, total)`` is called after every denoising step; ``fps`` defaults to the
-        model's. Raises :class:`UIError` with a message for the page on bad input, missing weights
-        or out-of-memory.
+        model's. With ``known`` (image-to-video) the model must be an inpaint model, without it a
+        text-to-video model. Raises :class:`UIError` with a message for the page on bad input, missing
+        weights or out-of-memory.
         """
+        if known is not None:
+            try:
+                known.check()
+            except (ValueError, OSError) as error:
+                raise UIError(str(error)) from error
         with self._holding(wait=True):
             warnings = self._ensure(choice)
             if request.frames == 1:
                 warnings = []
             loaded = self._loaded
+            _check_kind(loaded.pipeline, choice.model, known is not None)
             request = replace(request, fps=fps or loaded.selection.defaults.request.fps,
                               lora_weight=float(choice.lora_weight))
             try:
@@ -400,9 +423,11 @@ class EasyAnimateController:
             seed = request.resolved_seed()
             with _out_of_memory_message(f"at {request.width}x{request.height}, {request.frames} frames",
                                         "use a smaller size or fewer frames, or "):
-                video = generate(loaded.pipeline, request, seed, _step_callback(on_step, cancel))
+                video = generate(loaded.pipeline, request, seed, _step_callback(on_step, cancel), known=known)
             selection = replace(loaded.selection, lora=loaded.lora[0] if loaded.lora else None)
             record = run_record(request, seed, selection, self.dtype, self.device, self.memory_mode)
+            if known is not None:
+                record.update(known.record())
             (path,) = save_result(video, self.output_dir / "sample", record, request.fps)
             self._append_log({**record, "file": str(path.relative_to(self.output_dir))})
         return GenerationResult(path, seed, record, warnings)
@@ -413,6 +438,17 @@ class EasyAnimateController:
         records = json.loads(log.read_text()) if log.is_file() else []
         records.append(record)
         write_text(log, json.dumps(records, indent=2))
+
+
+def _check_kind(pipeline: EasyAnimatePipeline, model: str, image_to_video: bool) -> None:
+    """Raise a :class:`UIError` when the loaded model is not the kind the tab needs."""
+    inpaint = ModelLimits.of_pipeline(pipeline).inpaint
+    if image_to_video and not inpaint:
+        raise UIError(f"{model} is a text-to-video model: image-to-video needs an inpaint model "
+                      f"(such as {DEMO_INPAINT_MODEL.split('/')[-1]}); choose one under \"Inpaint model\"")
+    if not image_to_video and inpaint:
+        raise UIError(f"{model} is an inpaint model: use it in the \"Image to video\" tab, or choose a "
+                      "text-to-video model")
 
 
 def _same(a: ModelSelection, b: ModelSelection, *fields: str) -> bool:

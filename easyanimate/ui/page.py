@@ -4,9 +4,14 @@ The controls start at the generation defaults (:class:`~easyanimate.generation.G
 selecting a model applies the defaults its folder carries. One deliberate difference: the seed starts
 at -1 (a new random seed per generation, as in the original UI), where the scripts default to 43.
 
+Two tabs choose the weights: "Text to video" (model, motion module, base, LoRA) and "Image to video" (an
+inpaint model, the start image and an optional end image); the generation settings and the result below
+them are shared, and the Generate button is the active tab's. Selecting a model in either tab applies the
+defaults its folder carries.
+
 Every handler turns :class:`~easyanimate.ui.controller.UIError` (and any other failure) into a
-``gr.Error`` message on the page, so the app keeps serving. The generate event is the API endpoint
-``/generate`` (see the README for calling it with ``gradio_client``).
+``gr.Error`` message on the page, so the app keeps serving. The generate events are the API endpoints
+``/generate`` and ``/generate_i2v`` (docs/ui.md shows how to call them with ``gradio_client``).
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import contextvars
 import logging
 import random
 import threading
+from pathlib import Path
 
 import gradio as gr
 
-from ..generation import GenerationRequest
+from ..generation import GenerationRequest, KnownContent
 from ..models.motion_module import default_context_overlap
+from ..pipelines.pipeline_easyanimate_inpaint import LONG_VIDEO_MODES
 from ..schedulers import SAMPLER_NAMES
 from .controller import NONE, BusyError, EasyAnimateController, UIError, WeightChoice
 
@@ -54,10 +61,23 @@ def _whole(value: float | int | None, name: str) -> int:
     return int(value)
 
 
+def _request(prompt, negative_prompt, sampler, steps, width, height, frames, cfg_scale, seed, context_frames,
+             context_overlap, v1_sampler_quirks, long_video: str = "windows") -> GenerationRequest:
+    """The request the shared setting controls describe; fractions and blanks are refused."""
+    return GenerationRequest(
+        prompt=prompt or "", negative_prompt=negative_prompt or "", sampler=sampler,
+        steps=_whole(steps, "Sampling steps"), guidance_scale=float(cfg_scale), seed=_whole(seed, "Seed"),
+        height=_whole(height, "Height"), width=_whole(width, "Width"), frames=_whole(frames, "Animation length"),
+        context_frames=_whole(context_frames, "Temporal window") or None,
+        context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None,
+        v1_sampler_quirks=bool(v1_sampler_quirks), long_video=long_video)
+
+
 def control_values(d: GenerationRequest, prompt: str) -> dict:
     """The setting controls' values for the defaults ``d`` (the prompt only when the box is empty)."""
     return {"sampler": d.sampler, "steps": d.steps, "width": d.width, "height": d.height,
             "frames": d.frames, "cfg": d.guidance_scale, "negative_prompt": d.negative_prompt,
+            "long_video": d.long_video,
             "context_frames": d.context_frames or 0,  # a model without a window turns windows off
             **({"context_overlap": d.context_overlap if d.context_overlap is not None
                 else default_context_overlap(d.context_frames)} if d.context_frames else {}),
@@ -102,10 +122,34 @@ class PageHandlers:
             updates = control_values(defaults.request, prompt)
         status = self._load(WeightChoice(model, motion_module, base_model, lora, lora_alpha)) if model != NONE else (
             _status(self.c, []))
+        return (motion_module, lora, lora_alpha, *self._settings(updates), status)
+
+    def select_inpaint_model(self, model, prompt):
+        """Image-to-video tab: load an inpaint model and apply the defaults its folder carries."""
+        try:
+            defaults = self.c.model_defaults(model)
+            choice = self.c.inpaint_choice(model)
+        except Exception as error:
+            raise _message(error) from error
+        updates = control_values(defaults.request, prompt) if defaults is not None else {}
+        status = self._load(choice) if model != NONE else _status(self.c, [])
+        return (*self._settings(updates), updates.get("long_video", gr.update()), status)
+
+    def inpaint_defaults(self, model, prompt):
+        """Image-to-video tab opened: its model's defaults in the shared settings (nothing is loaded yet)."""
+        try:
+            defaults = self.c.model_defaults(model) if model != NONE else None
+        except Exception as error:
+            raise _message(error) from error
+        updates = control_values(defaults.request, prompt) if defaults is not None else {}
+        return (*self._settings(updates), updates.get("long_video", gr.update()))
+
+    @staticmethod
+    def _settings(updates: dict) -> tuple:
         keep = gr.update()
-        return (motion_module, lora, lora_alpha, *(updates.get(name, keep) for name in (
+        return tuple(updates.get(name, keep) for name in (
             "sampler", "steps", "width", "height", "frames", "cfg", "prompt", "negative_prompt", "context_frames",
-            "context_overlap")), status)
+            "context_overlap"))
 
     def size_steps(self):
         """Width and height sliders step by the loaded model's pixel multiple (32 for v1, 64 for a 4x4 grid)."""
@@ -135,6 +179,11 @@ class PageHandlers:
                 gr.update(choices=_choices(choices.motion_modules), value=keep(motion_module, choices.motion_modules)),
                 gr.update(choices=_choices(choices.personalized), value=keep(base_model, choices.personalized)),
                 gr.update(choices=_choices(choices.personalized), value=keep(lora, choices.personalized)))
+
+    def refresh_inpaint(self, model):
+        """Rescan the models folder for the image-to-video tab's dropdown; keep its selection if still there."""
+        choices = self.c.refresh()
+        return gr.update(choices=_choices(choices.models), value=model if model in choices.models else NONE)
 
     def restore_weights(self):
         """After a failed load: the dropdowns show what is loaded again (nothing, if nothing is)."""
@@ -184,28 +233,54 @@ class PageHandlers:
         told to stop at its next denoising step, so the next request does not wait behind it.
         """
         try:
-            request = GenerationRequest(
-                prompt=prompt or "", negative_prompt=negative_prompt or "", sampler=sampler,
-                steps=_whole(steps, "Sampling steps"), guidance_scale=float(cfg_scale), seed=_whole(seed, "Seed"),
-                height=_whole(height, "Height"), width=_whole(width, "Width"),
-                frames=_whole(frames, "Animation length"),
-                context_frames=_whole(context_frames, "Temporal window") or None,
-                context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None,
-                v1_sampler_quirks=bool(v1_sampler_quirks))
+            request = _request(prompt, negative_prompt, sampler, steps, width, height, frames, cfg_scale, seed,
+                               context_frames, context_overlap, v1_sampler_quirks)
         except Exception as error:
             raise _message(error) from error
         _, memory_warning = self._memory_advice(model, width, height, frames, cfg_scale, context_frames,
                                                 context_overlap)
         if memory_warning:
             gr.Warning(memory_warning)  # before the generation starts; it still runs
+        yield from self._run(WeightChoice(model, motion_module, base_model, lora, lora_alpha), request, None, progress,
+                             memory_warning)
+
+    def generate_i2v(self, model: str, start_image: str | None, end_image: str | None, long_video: str, prompt: str,
+                     negative_prompt: str, sampler: str, steps: float, width: float, height: float, frames: float,
+                     cfg_scale: float, seed: float, context_frames: float = 0, context_overlap: float = 0,
+                     v1_sampler_quirks: bool = False, progress=gr.Progress()):  # noqa: B008 (gradio's progress idiom)
+        """Image-to-video: the start image (and the end image, if given) kept as the first (last) frame; yields
+        (video, image, seed used, status) once, at the end, as :meth:`generate`."""
+        try:
+            if not start_image:
+                raise UIError("No start image: upload the first frame under \"Start image\".")
+            if model in (None, "", NONE):
+                raise UIError("No inpaint model selected: choose one under \"Inpaint model\".")
+            if long_video not in LONG_VIDEO_MODES:
+                raise UIError(f"Longer videos must be one of {', '.join(LONG_VIDEO_MODES)}, got {long_video!r}")
+            request = _request(prompt, negative_prompt, sampler, steps, width, height, frames, cfg_scale, seed,
+                               context_frames, context_overlap, v1_sampler_quirks, long_video=long_video)
+            known = KnownContent(image=Path(start_image), end_image=Path(end_image) if end_image else None)
+            choice = self.c.inpaint_choice(model)
+        except Exception as error:
+            raise _message(error) from error
+        _, memory_warning = self._memory_advice(model, width, height, frames, cfg_scale, context_frames,
+                                                context_overlap)
+        if memory_warning:
+            gr.Warning(memory_warning)  # before the generation starts; it still runs
+        yield from self._run(choice, request, known, progress, memory_warning)
+
+    def _run(self, choice: WeightChoice, request: GenerationRequest, known: KnownContent | None, progress,
+             memory_warning: str | None):
+        """Generate in a worker thread while waiting for it (see :meth:`generate`); the memory warning, if any, is
+        repeated in the status."""
         progress(0, desc="loading weights")
         cancel, outcome = threading.Event(), {}
 
         def work():
             try:
                 outcome["result"] = self.c.generate(
-                    WeightChoice(model, motion_module, base_model, lora, lora_alpha), request,
-                    on_step=lambda done, total: progress((done, total), desc="denoising"), cancel=cancel)
+                    choice, request, on_step=lambda done, total: progress((done, total), desc="denoising"),
+                    cancel=cancel, known=known)
             except BaseException as error:  # handed to the waiting generator below
                 outcome["error"] = error
 
@@ -240,29 +315,51 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
     h = PageHandlers(controller)
     choices = controller.choices
     start = controller.initial_choice()  # the released model if present, else the shipped demo model
+    inpaint_start = controller.inpaint_choice()  # the shipped inpaint demo model, if present
     defaults = controller.model_defaults(start.model)
     d = defaults.request if defaults is not None else GenerationRequest()
     with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
-        gr.Markdown(f"# {TITLE}\n\nText-to-video with a diffusion transformer. Weights are read from "
-                    f"`{controller.models_dir}`; results are saved to `{controller.output_dir}`.")
-        with gr.Column(variant="panel"):
-            gr.Markdown("## 1. Model checkpoints (select pretrained model path first)")
-            with gr.Row():
-                model = gr.Dropdown(_choices(choices.models), value=start.model, label="Pretrained Model Path")
-                model_refresh = gr.Button("Refresh", scale=0, min_width=100)
-            with gr.Row():
-                motion_module = gr.Dropdown(_choices(choices.motion_modules), value=start.motion_module,
-                                            label="Select motion module")
-                motion_refresh = gr.Button("Refresh", scale=0, min_width=100)
-            with gr.Row():
-                base_model = gr.Dropdown(_choices(choices.personalized), value=NONE,
-                                         label="Select base Dreambooth model (optional)")
-                lora = gr.Dropdown(_choices(choices.personalized), value=NONE, label="Select LoRA model (optional)")
-                lora_alpha = gr.Slider(0, 2, value=d.lora_weight, step=0.05, label="LoRA alpha")
-                personalized_refresh = gr.Button("Refresh", scale=0, min_width=100)
-            status = gr.Markdown(_status(controller, []) if start.model == NONE else
-                                 f"Selected {start.model}: it loads with the first generation.", label="Status",
-                                 elem_id="status")
+        gr.Markdown(f"# {TITLE}\n\nText-to-video and image-to-video with a diffusion transformer. Weights are read "
+                    f"from `{controller.models_dir}`; results are saved to `{controller.output_dir}`.")
+        with gr.Tabs():
+            with gr.Tab("Text to video", id="t2v") as t2v_tab:
+                with gr.Column(variant="panel"):
+                    gr.Markdown("## 1. Model checkpoints (select pretrained model path first)")
+                    with gr.Row():
+                        model = gr.Dropdown(_choices(choices.models), value=start.model, label="Pretrained Model Path")
+                        model_refresh = gr.Button("Refresh", scale=0, min_width=100)
+                    with gr.Row():
+                        motion_module = gr.Dropdown(_choices(choices.motion_modules), value=start.motion_module,
+                                                    label="Select motion module")
+                        motion_refresh = gr.Button("Refresh", scale=0, min_width=100)
+                    with gr.Row():
+                        base_model = gr.Dropdown(_choices(choices.personalized), value=NONE,
+                                                 label="Select base Dreambooth model (optional)")
+                        lora = gr.Dropdown(_choices(choices.personalized), value=NONE,
+                                           label="Select LoRA model (optional)")
+                        lora_alpha = gr.Slider(0, 2, value=d.lora_weight, step=0.05, label="LoRA alpha")
+                        personalized_refresh = gr.Button("Refresh", scale=0, min_width=100)
+                    status = gr.Markdown(_status(controller, []) if start.model == NONE else
+                                         f"Selected {start.model}: it loads with the first generation.", label="Status",
+                                         elem_id="status")
+            with gr.Tab("Image to video", id="i2v") as i2v_tab:
+                with gr.Column(variant="panel"):
+                    gr.Markdown("## 1. Inpaint model and the frames the video keeps")
+                    with gr.Row():
+                        i2v_model = gr.Dropdown(_choices(choices.models), value=inpaint_start.model,
+                                                label="Inpaint model", elem_id="i2v-model")
+                        i2v_refresh = gr.Button("Refresh", scale=0, min_width=100)
+                    with gr.Row():
+                        start_image = gr.Image(label="Start image", type="filepath", sources=["upload"],
+                                               height=240, elem_id="start-image")
+                        end_image = gr.Image(label="End image (optional)", type="filepath", sources=["upload"],
+                                             height=240, elem_id="end-image")
+                    long_video = gr.Radio(list(LONG_VIDEO_MODES), value=d.long_video, label="Longer videos",
+                                          info="beyond the temporal window: all frames in overlapping windows, or by "
+                                               "repeated extension, each chunk starting from the last frames made")
+                    i2v_status = gr.Markdown("Upload the first frame; the inpaint model loads with the first "
+                                             "generation." if inpaint_start.model != NONE else
+                                             "No inpaint model in the models folder.", elem_id="i2v-status")
         with gr.Column(variant="panel"):
             gr.Markdown("## 2. Configs for Generation")
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt", value=d.prompt if defaults else "")
@@ -292,6 +389,8 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                         dice = gr.Button("Random", scale=0, min_width=80)
                     with gr.Row():
                         generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                        generate_i2v = gr.Button("Generate from the image", variant="primary", elem_id="generate-i2v",
+                                                 visible=False)
                         stop = gr.Button("Stop", variant="stop", scale=0, min_width=80, elem_id="stop")
                     memory = gr.Markdown("", elem_id="memory")
                 with gr.Column():
@@ -300,11 +399,11 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                     seed_used = gr.Number(None, label="Seed used", precision=0, interactive=False, elem_id="seed-used")
 
         weights = [model, motion_module, base_model, lora, lora_alpha]
+        settings = [sampler, steps, width, height, frames, cfg_scale, prompt, negative_prompt, context_frames,
+                    context_overlap]
         private = {"api_visibility": "private"}
         selecting = model.input(h.select_model, [*weights[:5], prompt],
-                                [motion_module, lora, lora_alpha, sampler, steps, width, height, frames, cfg_scale,
-                                 prompt, negative_prompt, context_frames, context_overlap, status],
-                                api_name="select_model")
+                                [motion_module, lora, lora_alpha, *settings, status], api_name="select_model")
         selecting.then(h.size_steps, None, [width, height], **private)
         setting = [model, width, height, frames, cfg_scale, context_frames, context_overlap]
         selecting.then(h.memory, setting, memory, **private)
@@ -324,5 +423,22 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
                                                  frames, cfg_scale, seed, context_frames, context_overlap, v1_quirks],
                                     [video, image, seed_used, status], api_name="generate")
         generating.then(h.show_result, [video, image], [video, image], **private)
-        stop.click(None, None, None, cancels=[generating], **private)
+
+        # The image-to-video tab: its own model and Generate button, the shared settings.
+        i2v_selecting = i2v_model.input(h.select_inpaint_model, [i2v_model, prompt],
+                                        [*settings, long_video, i2v_status], api_name="select_inpaint_model")
+        i2v_selecting.then(h.size_steps, None, [width, height], **private)
+        i2v_refresh.click(h.refresh_inpaint, i2v_model, i2v_model, **private)
+        page.load(h.refresh_inpaint, i2v_model, i2v_model, **private)
+        i2v_tab.select(h.inpaint_defaults, [i2v_model, prompt], [*settings, long_video], **private)
+        i2v_tab.select(lambda: (gr.update(visible=False), gr.update(visible=True)), None, [generate, generate_i2v],
+                       **private)
+        t2v_tab.select(lambda: (gr.update(visible=True), gr.update(visible=False)), None, [generate, generate_i2v],
+                       **private)
+        generating_i2v = generate_i2v.click(
+            h.generate_i2v, [i2v_model, start_image, end_image, long_video, prompt, negative_prompt, sampler, steps,
+                             width, height, frames, cfg_scale, seed, context_frames, context_overlap, v1_quirks],
+            [video, image, seed_used, i2v_status], api_name="generate_i2v")
+        generating_i2v.then(h.show_result, [video, image], [video, image], **private)
+        stop.click(None, None, None, cancels=[generating, generating_i2v], **private)
     return page

@@ -22,6 +22,12 @@ randomly initialised tiny T5, the trained toy VAE, a randomly initialised PixArt
 ``release --variant long`` writes the long-clip demo model (trained on ``configs/world_long.yaml``) under
 the names ``EasyAnimate-Shapes-Long``, ``easyanimate_shapes_long_mm.safetensors`` and
 ``easyanimate_shapes_long_dark_lora.safetensors``; its defaults generate 64 frames in 16-frame windows.
+
+``release --inpaint_transformer ... --inpaint_motion_module ...`` (the inpaint stage's
+``pixart_transformer.safetensors`` and ``motion_module.safetensors``) also writes the inpaint demo model beside
+the demo model: ``Diffusion_Transformer/EasyAnimate-Shapes-Inpaint/`` (the base folder with the 9-channel image
+model, its defaults and ``configs/world_inpaint.yaml`` as its world) and
+``Motion_Module/easyanimate_shapes_inpaint_mm.safetensors``; predict_i2v.py and the UI's image-to-video tab use it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from easyanimate.config import load_config
 from easyanimate.generation import (
     CONFIG_FILE,
     DEFAULTS_FILE,
+    DEMO_INPAINT_MODEL,
     DEMO_LORA,
     DEMO_MODEL,
     DEMO_MOTION_MODULE,
@@ -68,7 +75,7 @@ class ReleaseNames(NamedTuple):
 
     model: str
     motion_module: str
-    lora: str
+    lora: str | None
 
 
 RELEASES = {
@@ -81,6 +88,9 @@ RELEASES = {
                          "Personalized_Model/easyanimate_shapes_long_dark_lora.safetensors"),
 }
 """The released names of each shapes demo model, by ``--variant``."""
+INPAINT_RELEASE = ReleaseNames(DEMO_INPAINT_MODEL, "Motion_Module/easyanimate_shapes_inpaint_mm.safetensors", None)
+"""The inpaint demo model (image-to-video, first and last frame, inpainting, extension), released with the demo
+model; the library's default for predict_i2v.py (``DEMO_INPAINT_MODEL``)."""
 WORLD_FILE = "shapes_world.yaml"
 TEXT_TOKENS = 24
 
@@ -163,47 +173,63 @@ def _forget_build_paths(folder: Path) -> None:
             path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def stage_model(args: argparse.Namespace, staging: Path, names: ReleaseNames, transformer: Path, motion_module: Path,
+                world: Path, defaults: ModelDefaults, in_channels: int | None = None) -> None:
+    """Write one model folder (the base with the trained image model, its yaml, world and defaults) and its motion
+    module into ``staging`` under their released names; ``in_channels`` 9 for the inpaint model's image model."""
+    pipe = PixArtAlphaPipeline.from_pretrained(args.base)
+    if in_channels is not None:
+        pipe.transformer = PixArtTransformer2DModel.from_config({**pipe.transformer.config, "in_channels": in_channels})
+    load_transformer_checkpoint(pipe.transformer, transformer)  # names any missing, foreign or mis-shaped key
+    folder = staging / names.model
+    pipe.save_pretrained(folder)
+    _forget_build_paths(folder)
+    load_config(args.video_config)  # refuse an invalid yaml before shipping it
+    shutil.copyfile(args.video_config, folder / CONFIG_FILE)
+    save_world(load_world(world), folder / WORLD_FILE)
+    OmegaConf.save(OmegaConf.structured(defaults), folder / DEFAULTS_FILE)
+    save_motion_module(read_state_dict(motion_module), staging / names.motion_module, include_position_tables=False)
+
+
 def release(args: argparse.Namespace) -> None:
-    """Write the three released files into a staging folder under ``--models_dir`` first, and move them
-    into place only once all are written: a failure (a mismatched checkpoint, a full disk) leaves the
-    previous release as it was."""
+    """Write the released files into a staging folder under ``--models_dir`` first, and move them into place
+    only once all are written and load: a failure (a mismatched checkpoint, a full disk) leaves the previous
+    release as it was."""
     models = Path(args.models_dir)
     models.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".shapes-release-", dir=models))
+    names = RELEASES[args.variant]
+    inpaint = args.inpaint_transformer is not None
+    released = [*names] + ([INPAINT_RELEASE.model, INPAINT_RELEASE.motion_module] if inpaint else [])
     try:
-        pipe = PixArtAlphaPipeline.from_pretrained(args.base)
-        load_transformer_checkpoint(pipe.transformer, args.transformer)  # names any missing, foreign or mis-shaped key
-        model, motion_module, lora = RELEASES[args.variant]
-        folder = staging / model
-        pipe.save_pretrained(folder)
-        _forget_build_paths(folder)
-
-        load_config(args.video_config)  # refuse an invalid yaml before shipping it
-        shutil.copyfile(args.video_config, folder / CONFIG_FILE)
-        save_world(load_world(args.world or WORLDS[args.variant]), folder / WORLD_FILE)
-        defaults = ModelDefaults(config=CONFIG_FILE, motion_module=motion_module, lora=None, lora_weight=1.0,
+        defaults = ModelDefaults(config=CONFIG_FILE, motion_module=names.motion_module, lora=None, lora_weight=1.0,
                                  height=64, width=64, frames=16, fps=8, steps=args.steps,
                                  guidance_scale=args.guidance_scale, sampler="DPM++", seed=43,
                                  prompt="a blue square moving up", negative_prompt="")
         if args.variant == "long":  # 64 frames in the 16-frame windows its motion module was trained on
             defaults = dataclasses.replace(defaults, frames=64, context_frames=16, context_overlap=4)
-        OmegaConf.save(OmegaConf.structured(defaults), folder / DEFAULTS_FILE)
+        stage_model(args, staging, names, args.transformer, args.motion_module, args.world or WORLDS[args.variant],
+                    defaults)
+        (staging / names.lora).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.lora, staging / names.lora)
+        if inpaint:
+            inpaint_defaults = dataclasses.replace(
+                defaults, motion_module=INPAINT_RELEASE.motion_module, guidance_scale=args.inpaint_guidance_scale,
+                prompt="a red circle moving left")
+            stage_model(args, staging, INPAINT_RELEASE, args.inpaint_transformer, args.inpaint_motion_module,
+                        args.inpaint_world, inpaint_defaults, in_channels=9)
 
-        save_motion_module(read_state_dict(args.motion_module), staging / motion_module,
-                           include_position_tables=False)
-        (staging / lora).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.lora, staging / lora)
-
-        # the staged release must load the way predict_t2v.py loads it: image model, motion module, LoRA
-        selection = select_model(staging, staging / model)
-        LoraMerger(build_transformer(selection)).merge(
-            staging / lora, multiplier=1.0, transformer_only=True)
+        # the staged release must load the way predict_t2v.py / predict_i2v.py load it
+        selection = select_model(staging, staging / names.model)
+        LoraMerger(build_transformer(selection)).merge(staging / names.lora, multiplier=1.0, transformer_only=True)
+        if inpaint and not build_transformer(select_model(staging, inpaint=True)).is_inpaint:
+            raise ValueError(f"{args.inpaint_transformer} did not give an inpaint model")
         for path in staging.rglob("*"):  # safetensors writes owner-only files; these are to be shared
             path.chmod(0o755 if path.is_dir() else 0o644)
-        swap_in(staging, models, (model, motion_module, lora))
+        swap_in(staging, models, tuple(released))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    written = [models / name for name in (model, motion_module, lora)]
+    written = [models / name for name in released]
     size = sum(p.stat().st_size for path in written for p in ([path] if path.is_file() else path.rglob("*")))
     print(f"wrote {', '.join(map(str, written))} ({size / 2**20:.1f} MiB in all)")
 
@@ -219,6 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     last = commands.add_parser("release", help="the released layout under --models_dir")
     last.add_argument("--base", required=True, help="the base folder written by init")
     last.add_argument("--guidance_scale", type=float, default=2.0, help="default guidance of the demo")
+    last.add_argument("--inpaint_guidance_scale", type=float, default=2.0,
+                      help="default guidance of the inpaint model")
+    last.add_argument("--inpaint_motion_module", help="the inpaint stage's motion_module.safetensors")
+    last.add_argument("--inpaint_transformer", help="the inpaint stage's pixart_transformer.safetensors: also release "
+                                                    "the inpaint model (with --inpaint_motion_module)")
+    last.add_argument("--inpaint_world", default=str(WORLDS["inpaint"]), help="world yaml the inpaint model was "
+                                                                              "trained on")
     last.add_argument("--lora", required=True, help="style LoRA (train_lora.py's lora.safetensors)")
     last.add_argument("--models_dir", default="models", help="root of the released layout")
     last.add_argument("--motion_module", required=True, help="train.py's motion_module.safetensors (t2v)")
@@ -232,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     last.add_argument("--world", help="world yaml the model was trained on (default: the variant's, "
                                       "configs/world.yaml or world_long.yaml)")
     args = parser.parse_args(argv)
+    if args.command == "release" and (args.inpaint_transformer is None) != (args.inpaint_motion_module is None):
+        parser.error("--inpaint_transformer and --inpaint_motion_module go together")
     init(args) if args.command == "init" else release(args)
     return 0
 

@@ -6,6 +6,8 @@ No learned classifier: each answer is a short measurement, so a wrong answer can
 * foreground: per pixel, ``alpha = |pixel - background| / |colour - background|`` clipped to [0, 1] for the
   nearest palette colour, i.e. the fraction of the pixel the shape covers;
 * colour: the palette colour nearest (RGB) to the mean of the pixels that clearly differ from the background;
+  hue: the HSV hue of that mean, in degrees (mixing a colour with a grey background, as anti-aliased edges
+  do, and darkening it, as the front half is, leave its hue unchanged), to compare with the world's colour;
 * shape: the median over frames of the fill ratio ``area / bounding-box area`` of the pixels with
   ``alpha > 0.5`` (square 1, circle pi/4, triangle 1/2); the half-coverage contour is where a symmetric
   blur (H.264 chroma, the VAE) leaves an edge, so the ratio survives both;
@@ -27,11 +29,17 @@ Clips are ``(F, H, W, 3)`` uint8 or float ``(3, F, H, W)`` in [0, 1] (the pipeli
 
 Long clips (more frames than the motion modules attend over at once) are read window by window
 (:func:`read_long_clip`): each temporal window the pipeline used gets its own reading, and the seam
-ratio compares the frame-to-frame change where windows hand over with the change inside them.
+ratio compares the frame-to-frame change where windows hand over with the change inside them. Clips made by
+repeated extension are read chunk by chunk the same way, with the seams where chunks are joined
+(:func:`extension_chunks`).
+
+Where a single frame puts the shape (:func:`shape_centroid`, the alpha-weighted centroid; circular along
+both axes in wrapping worlds) measures first-and-last-frame generation against the given end frame.
 """
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +58,20 @@ SQUARE_FILL, TRIANGLE_FILL = 0.9, 0.67  # fill-ratio thresholds: above -> square
 PALETTE = {name: np.array(rgb, dtype=np.float64) / 255 for name, rgb in COLOURS.items()}
 
 
+def hue(rgb: np.ndarray) -> float:
+    """HSV hue of an RGB colour in [0, 1], in degrees from 0 (red) through 120 (green) and 240 (blue)."""
+    return colorsys.rgb_to_hsv(*(float(v) for v in rgb))[0] * 360
+
+
+def hue_difference(a: float, b: float) -> float:
+    """The angle between two hues, in degrees (0 to 180)."""
+    return abs((a - b + 180) % 360 - 180)
+
+
+PALETTE_HUES = {name: hue(rgb) for name, rgb in PALETTE.items()}
+"""The hue of each of the world's colours: red 0, yellow 50, green 129, blue 227 degrees."""
+
+
 @dataclass
 class ClipReading:
     """What :func:`read_clip` saw. ``None`` when there was nothing to read (no shape found)."""
@@ -64,6 +86,12 @@ class ClipReading:
     facing: str | None = None
     """the side of the shape its darker half is on ("left", "right", "up", "down"); None when not read
     (one-tone shapes) or not seen."""
+    hue: float | None = None
+    """HSV hue of the shape's mean colour, degrees; None when no shape was found."""
+
+    def hue_error(self, colour: str) -> float:
+        """Degrees between the shape's hue and the hue of the world's ``colour`` (180 when no shape was read)."""
+        return 180.0 if self.hue is None else hue_difference(self.hue, PALETTE_HUES[colour])
 
 
 def as_frames(video: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -108,7 +136,7 @@ def read_frames(frames: np.ndarray, front_shade: float = 1.0, wrap: bool = False
         frames, alpha, shifts = _centre_shapes(frames, alpha)
     fill, centroids = _measure_frames(alpha)
     if not centroids:
-        return ClipReading(colour, None, None, dark, 0.0, (0.0, 0.0))
+        return ClipReading(colour, None, None, dark, 0.0, (0.0, 0.0), hue=hue(mean))
     if wrap:  # back in the clip's coordinates, continued across the edges
         t, x, y = (np.array(v) for v in zip(*centroids))
         x = np.unwrap(x - shifts[t, 0], period=alpha.shape[2])
@@ -117,7 +145,7 @@ def read_frames(frames: np.ndarray, front_shade: float = 1.0, wrap: bool = False
     shape = "square" if fill > SQUARE_FILL else "triangle" if fill < TRIANGLE_FILL else "circle"
     velocity = _velocity(centroids)
     facing = _facing(frames, alpha, *tones) if front_shade < 1 else None
-    return ClipReading(colour, shape, _direction(velocity, len(frames)), dark, fill, velocity, facing)
+    return ClipReading(colour, shape, _direction(velocity, len(frames)), dark, fill, velocity, facing, hue(mean))
 
 
 def _centre_shapes(frames: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -253,13 +281,29 @@ class LongClipReading:
         return float(np.mean([d == direction for d in self.directions]))
 
 
+def extension_chunks(frames: int, chunk_frames: int, overlap: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """The ``(start, stop)`` frame ranges of the chunks a clip of ``frames`` frames is made of by repeated extension
+    (each chunk starting from the last ``overlap`` frames of the one before, as
+    ``EasyAnimateInpaintPipeline(long_video="extension")`` makes it; the last may be shorter), and its seams: the
+    frames ``t`` whose transition ``t-1 -> t`` joins a chunk's frames to the next chunk's new ones (the stops of
+    every chunk but the last)."""
+    chunks, start = [], 0
+    while True:
+        stop = min(start + chunk_frames, frames)
+        chunks.append((start, stop))
+        if stop == frames:
+            return chunks, [stop for _, stop in chunks[:-1]]
+        start = stop - overlap
+
+
 def read_long_clip(video: np.ndarray | torch.Tensor, windows: list[tuple[int, int]],
-                   front_shade: float = 1.0, wrap: bool = False) -> LongClipReading:
+                   front_shade: float = 1.0, wrap: bool = False, seams: list[int] | None = None) -> LongClipReading:
     """Read each temporal window of a long clip (see :func:`temporal_windows`) and measure its seams.
 
     Frame-to-frame difference of transition ``t-1 -> t``: ``mean |frame t - frame t-1|`` over all pixels and
     channels, float pixels in [0, 1]. Seam transitions are those of :func:`seam_transitions` (for 64 frames
-    in windows of 16 overlapping by 4: ``t`` in 12, 16, 24, 28, 36, 40, 48, 52); inside: all the others.
+    in windows of 16 overlapping by 4: ``t`` in 12, 16, 24, 28, 36, 40, 48, 52), or ``seams`` when given (the
+    joins of a clip made by extension, :func:`extension_chunks`); inside: all the others.
     """
     frames = as_frames(video)
     if not windows or any(not 0 <= start < stop <= len(frames) for start, stop in windows):
@@ -267,7 +311,48 @@ def read_long_clip(video: np.ndarray | torch.Tensor, windows: list[tuple[int, in
     readings = [read_frames(frames[start:stop], front_shade, wrap) for start, stop in windows]
     differences = np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3))  # [t - 1]: transition t-1 -> t
     at_seam = np.zeros(len(differences), bool)
-    at_seam[[t - 1 for t in seam_transitions(windows, len(frames))]] = True
+    at_seam[[t - 1 for t in (seam_transitions(windows, len(frames)) if seams is None else seams)]] = True
+
     def mean(values):
         return float(values.mean()) if len(values) else float("nan")
     return LongClipReading(list(windows), readings, mean(differences[at_seam]), mean(differences[~at_seam]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Single frames: where the shape is, and how close a frame is to another
+
+
+def shape_centroid(frame: np.ndarray, background: np.ndarray, colour: str, front_shade: float = 1.0,
+                   wrap: bool = False) -> tuple[float, float] | None:
+    """The alpha-weighted centroid ``(x, y)`` in px of the ``colour`` shape in one frame ``(H, W, 3)`` float in [0, 1]
+    over ``background``; in wrapping worlds the circular mean along each axis (a shape split across an edge is one
+    shape). None when the frame shows less than ``MIN_AREA`` px of shape."""
+    tones = (PALETTE[colour], PALETTE[colour] * front_shade)
+    alpha = np.clip(np.linalg.norm(frame - background, axis=-1)
+                    / min(np.linalg.norm(tone - background) for tone in tones), 0, 1)
+    alpha = np.where(alpha > 0.5, alpha, 0.0)  # the shape, not the faint blur around it
+    if alpha.sum() < MIN_AREA:
+        return None
+    centre = []
+    for weights in (alpha.sum(0), alpha.sum(1)):  # over x (columns), over y (rows)
+        n = len(weights)
+        if wrap:
+            angle = np.angle(weights @ np.exp(2j * np.pi * np.arange(n) / n))
+            centre.append(float(angle * n / (2 * np.pi) % n))
+        else:
+            centre.append(float(weights @ np.arange(n) / weights.sum()))
+    return centre[0], centre[1]
+
+
+def centroid_distance(a: tuple[float, float], b: tuple[float, float], size: int, wrap: bool = False) -> float:
+    """Pixels between two centroids; the shorter way round each axis in wrapping worlds."""
+    steps = [abs(p - q) for p, q in zip(a, b)]
+    if wrap:
+        steps = [min(d, size - d) for d in steps]
+    return float(np.hypot(*steps))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB of two images in [0, 1] (infinite when equal)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1 / mse)

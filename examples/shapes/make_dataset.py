@@ -2,6 +2,8 @@
 
     python -m examples.shapes.make_dataset                       # datasets/shapes from configs/world.yaml
     python -m examples.shapes.make_dataset --output-dir /tmp/shapes --clips-per-combination 2
+    python -m examples.shapes.make_dataset --inpaint-world examples/shapes/configs/world_inpaint.yaml
+                                                                 # also the inpaint model's, in datasets/shapes/inpaint
 
 The world (palette, sizes, speeds, held-out combinations, seed) is ``examples/shapes/configs/world.yaml``
 unless ``--world`` names another; the same seed always writes the same frames. See
@@ -10,6 +12,7 @@ unless ``--world`` names another; the same seed always writes the same frames. S
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from .world import WORLDS, load_world, write_dataset
 
@@ -17,19 +20,25 @@ from .world import WORLDS, load_world, write_dataset
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips-per-combination", type=int, help="training clips per seen combination (override)")
+    parser.add_argument("--inpaint-world", help="also write the clips of this world (the inpaint model's, "
+                        "configs/world_inpaint.yaml) into <output-dir>/inpaint, with the same overrides")
     parser.add_argument("--output-dir", default="datasets/shapes", help="where videos/ and the json files go")
     parser.add_argument("--seed", type=int, help="dataset seed (override)")
     parser.add_argument("--style-clips-per-combination", type=int,
                         help="dark-background clips per combination (override)")
     parser.add_argument("--world", default=str(WORLDS["demo"]), help="world yaml (default: the demo model's)")
     args = parser.parse_args(argv)
-    world = load_world(args.world)
     overrides = {"clips_per_combination": args.clips_per_combination, "seed": args.seed,
                  "style_clips_per_combination": args.style_clips_per_combination}
-    world = dataclasses.replace(world, **{k: v for k, v in overrides.items() if v is not None})
-    files = write_dataset(world, args.output_dir)
-    print(f"wrote {files.counts['train']} training clips to {files.train} and {files.counts['style']} style clips "
-          f"to {files.style} ({len(world.held_out)} combinations held out)")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    worlds = [(args.world, Path(args.output_dir))]
+    if args.inpaint_world:
+        worlds.append((args.inpaint_world, Path(args.output_dir) / "inpaint"))
+    for path, output_dir in worlds:
+        world = dataclasses.replace(load_world(path), **overrides)
+        files = write_dataset(world, output_dir)
+        print(f"wrote {files.counts['train']} training clips to {files.train} and {files.counts['style']} style clips "
+              f"to {files.style} ({len(world.held_out)} combinations held out)")
     return 0
 
 

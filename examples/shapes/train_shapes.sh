@@ -1,13 +1,16 @@
 #!/bin/sh
 # The whole recipe of the shapes demo model, EasyAnimate's own method at toy scale, on CPU. Run it from
 # the repository root: sh examples/shapes/train_shapes.sh
-#   1. data     the shapes clips (mp4 + normal-format json), held-out combinations excluded
+#   1. data     the shapes clips (mp4 + normal-format json), held-out combinations excluded; for the demo
+#               variant also the inpaint model's (configs/world_inpaint.yaml) in DATA/inpaint
 #   2. vae      a toy SD-style VAE on the frames (the one trainer outside train.py)
 #   3. base     PixArt folder: tiny tokenizer, frozen random tiny T5, the VAE, an untrained transformer
 #   4. t2i      train.py: the whole image model on frames            (configs/t2i.yaml)
 #   5. t2v      train.py: the motion modules on clips, image frozen  (configs/t2v.yaml)
 #   6. lora     train_lora.py: a dark-background style LoRA           (configs/lora.yaml)
-#   7. release  the released layout under MODELS, then examples.shapes.evaluate
+#   7. inpaint  train.py --train_mode inpaint: the inpaint model from the t2i + t2v weights, mask and
+#               masked-video channels added at zero (configs/inpaint.yaml; demo variant only)
+#   8. release  the released layout under MODELS (with the inpaint model), then examples.shapes.evaluate
 # Everything follows from SEED; about 23 minutes on 2 CPU cores. Settings (environment variables):
 #   OUT      the stages' outputs (default output_dir/shapes)
 #   DATA     the dataset (default datasets/shapes)
@@ -27,8 +30,8 @@ fi
 VARIANT="${VARIANT:-demo}"
 configs=examples/shapes/configs
 case "$VARIANT" in
-  demo) world=$configs/world.yaml; t2v_steps=""; suffix="" ;;
-  long) world=$configs/world_long.yaml; t2v_steps="--max_train_steps 8000"; suffix="_long" ;;
+  demo) world=$configs/world.yaml; t2v_steps=""; suffix=""; inpaint=1 ;;
+  long) world=$configs/world_long.yaml; t2v_steps="--max_train_steps 8000"; suffix="_long"; inpaint=0 ;;
   *) echo "VARIANT is demo or long, got '$VARIANT'" >&2; exit 2 ;;
 esac
 DRY_RUN="${DRY_RUN:-0}"
@@ -53,10 +56,16 @@ fi
 paths="--pretrained_model_name_or_path $OUT/base --train_data_dir $DATA --seed $SEED --overwrite_output_dir"
 release="--base $OUT/base --transformer $OUT/t2i/pixart_transformer.safetensors \
 --motion_module $OUT/t2v/motion_module.safetensors --lora $OUT/lora/lora.safetensors --variant $VARIANT --world $world"
+inpaint_data=""
+if [ "$inpaint" = 1 ]; then
+  inpaint_data="--inpaint-world $configs/world_inpaint.yaml"
+  release="$release --inpaint_transformer $OUT/inpaint/pixart_transformer.safetensors \
+--inpaint_motion_module $OUT/inpaint/motion_module.safetensors"
+fi
 stage() { echo "== $1 ($(date +%T))"; }
 
 stage data
-"$PYTHON" -m examples.shapes.make_dataset --world "$world" --output-dir "$DATA" --seed "$SEED" $data_size
+"$PYTHON" -m examples.shapes.make_dataset --world "$world" --output-dir "$DATA" --seed "$SEED" $data_size $inpaint_data
 stage vae
 "$PYTHON" -m examples.shapes.vae --train_data_meta "$DATA/train.json" "$DATA/style.json" \
   --output_dir "$OUT/vae" --seed "$SEED" $vae_steps
@@ -72,6 +81,12 @@ stage lora
 "$PYTHON" train_lora.py --train_config $configs/lora.yaml $paths --train_data_meta "$DATA/style.json" \
   --transformer_path "$OUT/t2i/pixart_transformer.safetensors" \
   --motion_module_path "$OUT/t2v/motion_module.safetensors" --output_dir "$OUT/lora" $train_steps "$@"
+if [ "$inpaint" = 1 ]; then
+  stage inpaint
+  "$PYTHON" train.py --train_config $configs/inpaint.yaml $paths --train_data_dir "$DATA/inpaint" \
+    --train_data_meta "$DATA/inpaint/train.json" --transformer_path "$OUT/t2i/pixart_transformer.safetensors" \
+    --motion_module_path "$OUT/t2v/motion_module.safetensors" --output_dir "$OUT/inpaint" $train_steps "$@"
+fi
 stage release
 "$PYTHON" -m examples.shapes.build release $release --models_dir "$MODELS"
 stage done
@@ -79,7 +94,8 @@ if [ "$VARIANT" = long ]; then
   echo "evaluate with: $PYTHON -m examples.shapes.evaluate --models-dir $MODELS" \
     "--model $MODELS/Diffusion_Transformer/EasyAnimate-Shapes-Long --modes video long"
 else
-  echo "evaluate with: $PYTHON -m examples.shapes.evaluate --models-dir $MODELS"
+  echo "evaluate with: $PYTHON -m examples.shapes.evaluate --models-dir $MODELS" \
+    "--modes video no_motion_module lora i2v first_last extension windows"
 fi
 if [ "$DRY_RUN" = 1 ]; then
   echo "a dry run: its model is not trained, nothing to ship"
