@@ -55,8 +55,9 @@ SCENARIOS = {
                       TRAIN, layers=2, size=128, text_dim=256, warmup=1),
     "train-target": Scenario("transformer", "train", "CPU target: motion-module training step, full-width block, "
                              "16 frames of 256x256", ("train-motion_module", "train-motion_module+foreach",
-                                                      "train-motion_module+v1-layout",
-                                                      "train-motion_module+autocast"),
+                                                      "train-motion_module+v1-layout", "train-motion_module+compiled",
+                                                      "train-motion_module+autocast",
+                                                      "train-motion_module+autocast+compiled"),
                              width="full", text_dim=4096, repeats=3, warmup=1),
     "generation": Scenario("pipeline", "generation", "Whole generation by stage", ("plain",), frames=SWEEP["frames"],
                            warmup=1),

@@ -103,6 +103,9 @@ class TrainConfig:
     max_train_steps: int | None = option(None, "optimizer steps in total.")
     gradient_accumulation_steps: int = option(1, "batches per optimizer step.")
     gradient_checkpointing: bool = option(False, "recompute block activations in the backward pass.")
+    compile: str | None = option(None,
+        "torch.compile the transformer blocks with this backend (e.g. inductor; on a CPU it needs a C++ compiler): "
+        "the first step compiles, later steps run faster (docs/benchmarks.md, train-target).")
     learning_rate: float = option(1e-4, "peak learning rate.")
     scale_lr: bool = option(False, "scale lr by sqrt(accumulation x batch x processes / 256).")
     lr_scheduler: str = option("constant", "diffusers schedule: constant, constant_with_warmup, linear, cosine, ...")
@@ -305,6 +308,12 @@ def _check_names(config: TrainConfig) -> None:
         if value not in valid:
             names = ", ".join("unset (the launcher's)" if v is None else str(v) for v in valid)
             raise ConfigError(f"{name} must be one of {names}; got {value!r}")
+    if config.compile is not None:
+        from torch._dynamo import list_backends
+
+        if config.compile not in list_backends(exclude_tags=()):
+            raise ConfigError(f"compile must be a torch.compile backend such as {', '.join(list_backends())}; "
+                              f"got {config.compile!r}")
 
 
 def check_environment(config: TrainConfig) -> None:

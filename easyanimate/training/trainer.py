@@ -254,6 +254,10 @@ def prepare_transformer(transformer: torch.nn.Module, config: TrainConfig) -> No
         transformer.enable_gradient_checkpointing()
     if config.enable_xformers_memory_efficient_attention:
         transformer.enable_xformers_memory_efficient_attention()  # raises if xformers is not installed
+    if config.compile is not None:
+        # Each block is compiled in place (diffusers' compile_repeated_blocks), so parameter names, checkpoints
+        # and exports stay those of the eager model.
+        transformer.compile_blocks(backend=config.compile)
     transformer.train()
 
 
