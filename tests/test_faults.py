@@ -8,6 +8,7 @@ Real processes are interrupted and raced with each other, and a small filesystem
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -212,9 +213,11 @@ def test_ctrl_c_at_any_moment_of_a_generation_leaves_complete_videos_or_none(tin
         steps = 12
         moment = rng.choice(["loaded", *(f"{k}/{steps}" for k in range(1, steps)), "wrote"])
         out = tmp_path / f"trial{trial}"
+        # Every step is written to the progress bar (tqdm otherwise writes at most 10 times a second, and a tiny
+        # model makes a step in a few milliseconds), so the test sees each moment as it happens.
         process = subprocess.Popen(command(tiny_models, out, "--prompts-file", str(prompts), "--steps", str(steps),
-                                           "--frames", "4"), cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+                                           "--frames", "16"), cwd=ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_MININTERVAL": "0"})
         stderr = Stderr(process)
         reached = stderr.wait_for(moment if moment != "wrote" else "denoising", process)
         if moment == "wrote":  # the first video is published; stop during the second
