@@ -202,6 +202,15 @@ class Stderr:
         return True
 
 
+def as_in_a_terminal(module_command: list[str]) -> list[str]:
+    """``python -m module args`` with Ctrl-C raising KeyboardInterrupt, as in a terminal, even when this test
+    runs with SIGINT ignored (a shell starts background jobs so, and Python then installs no handler)."""
+    python, _, module, *args = module_command
+    script = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              f"sys.argv = [{module!r}, *sys.argv[1:]]; runpy.run_module({module!r}, run_name='__main__')")
+    return [python, "-c", script, *args]
+
+
 @pytest.mark.slow
 def test_ctrl_c_at_any_moment_of_a_generation_leaves_complete_videos_or_none(tiny_models, tmp_path):
     """Seeded moments: while loading, at a denoising step, or between two videos of a prompts file."""
@@ -215,9 +224,10 @@ def test_ctrl_c_at_any_moment_of_a_generation_leaves_complete_videos_or_none(tin
         out = tmp_path / f"trial{trial}"
         # Every step is written to the progress bar (tqdm otherwise writes at most 10 times a second, and a tiny
         # model makes a step in a few milliseconds), so the test sees each moment as it happens.
-        process = subprocess.Popen(command(tiny_models, out, "--prompts-file", str(prompts), "--steps", str(steps),
-                                           "--frames", "16"), cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_MININTERVAL": "0"})
+        process = subprocess.Popen(as_in_a_terminal(command(tiny_models, out, "--prompts-file", str(prompts),
+                                                            "--steps", str(steps), "--frames", "16")),
+                                   cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "TQDM_MININTERVAL": "0"})
         stderr = Stderr(process)
         reached = stderr.wait_for(moment if moment != "wrote" else "denoising", process)
         if moment == "wrote":  # the first video is published; stop during the second
