@@ -17,6 +17,7 @@ Every handler turns :class:`~easyanimate.ui.controller.UIError` (and any other f
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import random
 import threading
@@ -61,16 +62,23 @@ def _whole(value: float | int | None, name: str) -> int:
     return int(value)
 
 
+def _shape_request(width, height, frames, cfg_scale, context_frames, context_overlap) -> GenerationRequest:
+    """The size, frames, guidance and window the controls describe (what the memory note needs); fractions and
+    blanks are refused."""
+    return GenerationRequest(
+        height=_whole(height, "Height"), width=_whole(width, "Width"), frames=_whole(frames, "Animation length"),
+        guidance_scale=float(cfg_scale), context_frames=_whole(context_frames, "Temporal window") or None,
+        context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None)
+
+
 def _request(prompt, negative_prompt, sampler, steps, width, height, frames, cfg_scale, seed, context_frames,
              context_overlap, v1_sampler_quirks, long_video: str = "windows") -> GenerationRequest:
     """The request the shared setting controls describe; fractions and blanks are refused."""
-    return GenerationRequest(
+    return dataclasses.replace(
+        _shape_request(width, height, frames, cfg_scale, context_frames, context_overlap),
         prompt=prompt or "", negative_prompt=negative_prompt or "", sampler=sampler,
-        steps=_whole(steps, "Sampling steps"), guidance_scale=float(cfg_scale), seed=_whole(seed, "Seed"),
-        height=_whole(height, "Height"), width=_whole(width, "Width"), frames=_whole(frames, "Animation length"),
-        context_frames=_whole(context_frames, "Temporal window") or None,
-        context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None,
-        v1_sampler_quirks=bool(v1_sampler_quirks), long_video=long_video)
+        steps=_whole(steps, "Sampling steps"), seed=_whole(seed, "Seed"), v1_sampler_quirks=bool(v1_sampler_quirks),
+        long_video=long_video)
 
 
 def control_values(d: GenerationRequest, prompt: str) -> dict:
@@ -195,28 +203,19 @@ class PageHandlers:
         """Beside the controls: what is wrong with the setting for this model, else what it needs on this device,
         with a warning when the device has less (markdown)."""
         try:
-            request = GenerationRequest(
-                height=_whole(height, "Height"), width=_whole(width, "Width"),
-                frames=_whole(frames, "Animation length"), guidance_scale=float(cfg_scale),
-                context_frames=_whole(context_frames, "Temporal window") or None,
-                context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None)
+            request = _shape_request(width, height, frames, cfg_scale, context_frames, context_overlap)
             problem = self.c.setting_problem(model, request)
         except Exception as error:  # noqa: BLE001 (a note beside the controls; Generate reports it in full)
             problem = str(error)
         if problem:
             return f"**Check:** {problem}"
-        summary, warning = self._memory_advice(model, width, height, frames, cfg_scale, context_frames, context_overlap)
+        summary, warning = self._memory_advice(model, request)
         return summary + (f"\n\n**Warning:** {warning}" if warning else "")
 
-    def _memory_advice(self, model, width, height, frames, cfg_scale, context_frames, context_overlap):
+    def _memory_advice(self, model, request: GenerationRequest):
         """(what the setting needs, a warning or None), computed from the model's configs with nothing loaded. Advice
         only: it never stands in the way of a generation."""
         try:
-            request = GenerationRequest(
-                height=_whole(height, "Height"), width=_whole(width, "Width"),
-                frames=_whole(frames, "Animation length"), guidance_scale=float(cfg_scale),
-                context_frames=_whole(context_frames, "Temporal window") or None,
-                context_overlap=_whole(context_overlap, "Window overlap") if context_frames else None)
             advice = self.c.memory_advice(model, request)
         except Exception as error:  # noqa: BLE001 (advice only)
             return f"Memory not estimated: {error}", None
@@ -237,12 +236,8 @@ class PageHandlers:
                                context_frames, context_overlap, v1_sampler_quirks)
         except Exception as error:
             raise _message(error) from error
-        _, memory_warning = self._memory_advice(model, width, height, frames, cfg_scale, context_frames,
-                                                context_overlap)
-        if memory_warning:
-            gr.Warning(memory_warning)  # before the generation starts; it still runs
-        yield from self._run(WeightChoice(model, motion_module, base_model, lora, lora_alpha), request, None, progress,
-                             memory_warning)
+        yield from self._run(model, WeightChoice(model, motion_module, base_model, lora, lora_alpha), request, None,
+                             progress)
 
     def generate_i2v(self, model: str, start_image: str | None, end_image: str | None, long_video: str, prompt: str,
                      negative_prompt: str, sampler: str, steps: float, width: float, height: float, frames: float,
@@ -263,16 +258,16 @@ class PageHandlers:
             choice = self.c.inpaint_choice(model)
         except Exception as error:
             raise _message(error) from error
-        _, memory_warning = self._memory_advice(model, width, height, frames, cfg_scale, context_frames,
-                                                context_overlap)
-        if memory_warning:
-            gr.Warning(memory_warning)  # before the generation starts; it still runs
-        yield from self._run(choice, request, known, progress, memory_warning)
+        yield from self._run(model, choice, request, known, progress)
 
-    def _run(self, choice: WeightChoice, request: GenerationRequest, known: KnownContent | None, progress,
-             memory_warning: str | None):
-        """Generate in a worker thread while waiting for it (see :meth:`generate`); the memory warning, if any, is
-        repeated in the status."""
+    def _run(self, model: str, choice: WeightChoice, request: GenerationRequest, known: KnownContent | None,
+             progress):
+        """Warn when the device has less memory than ``model`` needs for the request (before the generation
+        starts; it still runs, and the status repeats the warning), then generate in a worker thread while waiting
+        for it (see :meth:`generate`)."""
+        _, memory_warning = self._memory_advice(model, request)
+        if memory_warning:
+            gr.Warning(memory_warning)
         progress(0, desc="loading weights")
         cancel, outcome = threading.Event(), {}
 
