@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from easyanimate.cli import predict
 
-from .helpers import LORA, MODEL, MOTION_MODULE, start_app, write_ui_models
+from .helpers import LORA, MODEL, MOTION_MODULE, served_app, write_ui_models
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "--frames", "2", "--device", "cpu"]
@@ -109,14 +109,9 @@ def test_the_suite_covers_every_class_it_names():
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from gradio_client import Client
-
     root = tmp_path_factory.mktemp("faults-ui")
-    page = start_app(write_ui_models(root), root / "samples")
-    client = Client(page.local_url, verbose=False)
-    yield client, root / "samples"
-    client.close()
-    page.close()
+    with served_app(write_ui_models(root), root / "samples") as (_, client):
+        yield client, root / "samples"
 
 
 GOOD = dict(model=MODEL, motion_module=MOTION_MODULE, base_model="none", lora="none", lora_alpha=0.55,

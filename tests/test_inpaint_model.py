@@ -11,8 +11,7 @@ from safetensors.torch import save_file
 from easyanimate.config import ConfigError
 from easyanimate.models import Transformer3DModel, WeightLoadError, load_transformer_checkpoint
 
-from .test_loading import EXTRAS, trained_video_model
-from .test_transformer import TINY, randomize
+from .helpers import EXTRAS, TINY, randomize, trained_video_model
 
 
 def noisy_and_masked(frames: int = 3, seed: int = 5):

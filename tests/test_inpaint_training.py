@@ -27,7 +27,7 @@ from easyanimate.training.config import config_from_sources
 from easyanimate.training.inpaint import inpaint_latents_for_batch, masked_frame_latent
 from easyanimate.video_io import save_image
 
-from .test_training import ROOT, dataset, fixed_batch_loss_drop, run, settings  # noqa: F401 (the dataset fixture)
+from .helpers import ROOT, fixed_batch_loss_drop, run, settings
 
 INPAINT = dict(train_mode="inpaint", train_data_meta=None)
 
@@ -214,8 +214,7 @@ def test_names_matching_both_lists_train_at_the_full_rate():
     the new input channels and the motion modules at lr, the rest of the model at lr / 10."""
     from easyanimate.training.components import select_trainable
 
-    from .test_loading import EXTRAS
-    from .test_transformer import TINY
+    from .helpers import EXTRAS, TINY
 
     model = Transformer3DModel(**{**TINY, "in_channels": 9}, **EXTRAS)
     fast, slow = select_trainable(model, ["attn_temporal", "pos_embed"], ["."], lr=1e-3)

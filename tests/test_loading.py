@@ -21,9 +21,7 @@ from easyanimate.models import (
 )
 from easyanimate.models.loading import motion_module_state_dict
 
-from .helpers import TINY, TINY_MM, randomize
-
-EXTRAS = dict(basic_block_type="motionmodule", motion_module_type="VanillaGrid", motion_module_kwargs=TINY_MM)
+from .helpers import EXTRAS, TINY, TINY_MM, randomize, trained_video_model
 
 
 @pytest.fixture()
@@ -44,13 +42,6 @@ def inputs(frames: int = 3):
 def output(model, frames: int = 3):
     with torch.no_grad():
         return model(*inputs(frames)).sample
-
-
-def trained_video_model(seed: int = 1) -> Transformer3DModel:
-    torch.manual_seed(seed)
-    model = Transformer3DModel(**TINY, **EXTRAS).eval()
-    randomize(model, seed)
-    return model
 
 
 def test_from_pretrained_2d_loads_pixart_and_leaves_motion_modules_fresh(pixart_folder):

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,53 +18,9 @@ from easyanimate.generation import apply_lora, load_pipeline, select_model
 from easyanimate.models import read_state_dict
 from easyanimate.training import checkpoints
 from easyanimate.training.config import config_from_sources, parse_config
-from easyanimate.training.trainer import make_optimizer, train
-from easyanimate.video_io import save_image, save_video
+from easyanimate.training.trainer import make_optimizer
 
-from .helpers import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-COLOURS = {"red": (220, 40, 40), "blue": (40, 40, 220)}
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """Four 8-frame clips of a square moving right, two colours, plus two images, in the json format."""
-    root = tmp_path_factory.mktemp("data")
-    items = []
-    for i, (name, rgb) in enumerate(list(COLOURS.items()) * 2):
-        frames = np.full((8, 64, 64, 3), 30, np.uint8)
-        for f in range(8):
-            frames[f, 24:40, 4 + 5 * f: 20 + 5 * f] = rgb
-        save_video(frames, root / "videos" / f"{i}.mp4", fps=8)
-        items.append({"file_path": f"videos/{i}.mp4", "text": f"a {name} square moving right", "type": "video"})
-    for i, (name, rgb) in enumerate(COLOURS.items()):
-        image = np.full((64, 64, 3), 30, np.uint8)
-        image[20:44, 20:44] = rgb
-        save_image(image, root / "images" / f"{i}.png")
-        items.append({"file_path": f"images/{i}.png", "text": f"a {name} square", "type": "image"})
-    (root / "meta.json").write_text(json.dumps(items))
-    (root / "videos_only.json").write_text(json.dumps([i for i in items if i["type"] == "video"]))
-    (root / "images_only.json").write_text(json.dumps([i for i in items if i["type"] == "image"]))
-    return root
-
-
-def settings(tiny_models, dataset, out, **overrides) -> dict:
-    base = dict(pretrained_model_name_or_path=str(tiny_models["model"]), config_path=str(tiny_models["config"]),
-                train_data_dir=str(dataset), train_data_meta=str(dataset / "videos_only.json"),
-                sample_size=64, sample_n_frames=4, sample_stride=1, train_batch_size=2, max_train_steps=4,
-                checkpointing_steps=1000, learning_rate=1e-3, lr_warmup_steps=0, seed=0, output_dir=str(out),
-                report_to="none", precompute=True)
-    return {**base, **overrides}
-
-
-def run(tiny_models, dataset, out, **overrides):
-    return train(config_from_sources(None, settings(tiny_models, dataset, out, **overrides)))
-
-
-def fixed_batch_loss_drop(result) -> tuple[float, float]:
-    first, last = np.mean(result.losses[:3]), np.mean(result.losses[-3:])
-    return first, last
+from .helpers import ROOT, fixed_batch_loss_drop, free_port, run, settings
 
 
 def test_motion_module_training_lowers_the_loss_and_keeps_the_rest_frozen(tiny_models, dataset, tmp_path):

@@ -19,7 +19,7 @@ from easyanimate.tiny import write_tiny_model
 from easyanimate.ui import EasyAnimateController, UIError, WeightChoice, scan_models
 from easyanimate.ui.controller import NO_MOTION_MODULE_WARNING, BusyError
 
-from .helpers import LORA, MODEL, MOTION_MODULE, decode, start_app, write_ui_models
+from .helpers import LORA, MODEL, MOTION_MODULE, decode, served_app, write_ui_models
 
 SMALL = {"width": 64, "height": 64, "frames": 4, "steps": 2, "sampler": "DPM++", "cfg_scale": 6.0}
 
@@ -36,11 +36,8 @@ def samples(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(ui_models, samples):
-    page = start_app(ui_models, samples)
-    client = Client(page.local_url, verbose=False)
-    yield page, client
-    client.close()
-    page.close()
+    with served_app(ui_models, samples) as running:
+        yield running
 
 
 @pytest.fixture

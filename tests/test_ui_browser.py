@@ -9,17 +9,10 @@ import os
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import sync_playwright
 
-from .helpers import MODEL, decode, start_app, write_ui_models
+from .helpers import MODEL, TIMEOUT_MS, decode, set_slider, start_app, write_ui_models
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT_MS = 60_000
-
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
@@ -29,15 +22,6 @@ def app_url(tmp_path_factory):
     page.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    assert CHROMIUM.is_file(), f"{CHROMIUM} not found: run scripts/setup.sh (installs Debian's chromium)"
-    with sync_playwright() as driver:
-        chromium = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(browser, app_url):
     tab = browser.new_page(viewport={"width": 1280, "height": 1400})
@@ -45,12 +29,6 @@ def page(browser, app_url):
     tab.goto(app_url)
     yield tab
     tab.close()
-
-
-def set_slider(tab, label: str, value: int) -> None:
-    box = tab.get_by_label(f"number input for {label}")
-    box.fill(str(value))
-    box.press("Enter")
 
 
 def test_pick_model_type_prompt_generate_and_play(page, tmp_path):

@@ -6,38 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from easyanimate.generation import DEMO_INPAINT_MODEL, GenerationRequest, KnownContent
-from easyanimate.tiny import write_tiny_model
+from easyanimate.generation import GenerationRequest, KnownContent
 from easyanimate.ui import EasyAnimateController, UIError, WeightChoice
-from easyanimate.video_io import save_image
 
-from .test_ui import MODEL, MOTION_MODULE, decode, start_app
+from .helpers import INPAINT, MODEL, MOTION_MODULE, decode, served_app, write_i2v_models, write_images
 
-INPAINT = DEMO_INPAINT_MODEL.split("/")[-1]
 SMALL = {"width": 64, "height": 64, "frames": 4, "steps": 2, "sampler": "DPM++", "cfg_scale": 6.0}
-
-
-def write_i2v_models(root: Path) -> Path:
-    """A models folder with the tiny text-to-video model and a tiny inpaint model under the inpaint demo's name."""
-    models = root / "models"
-    write_tiny_model(models)
-    write_tiny_model(models, name=INPAINT, inpaint=True)
-    return models
-
-
-def write_images(root: Path) -> dict[str, Path]:
-    generator = np.random.default_rng(0)
-    paths = {"start": root / "start.png", "end": root / "end.png", "wide": root / "wide.png",
-             "broken": root / "broken.png"}
-    for name, shape in (("start", (64, 64, 3)), ("end", (64, 64, 3)), ("wide", (40, 80, 3))):
-        save_image(generator.integers(0, 255, shape, dtype=np.uint8), paths[name])
-    paths["broken"].write_text("not an image")
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +35,8 @@ def samples(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(i2v_models, samples):
-    page = start_app(i2v_models, samples)
-    client = Client(page.local_url, verbose=False)
-    yield page, client
-    client.close()
-    page.close()
+    with served_app(i2v_models, samples) as running:
+        yield running
 
 
 def call_i2v(client: Client, start, end=None, model=INPAINT, seed=7, **overrides):

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_ui import decode, start_app
-from tests.test_ui_browser import CHROMIUM_ARGS, TIMEOUT_MS, browser, set_slider  # noqa: F401 (the browser fixture)
-from tests.test_ui_i2v import INPAINT, write_i2v_models, write_images
+from .helpers import INPAINT, TIMEOUT_MS, decode, set_slider, start_app, write_i2v_models, write_images
 
 pytestmark = pytest.mark.browser
 
