@@ -120,6 +120,23 @@ def test_cached_latents_are_masked_in_latent_space(tiny_models):
     assert torch.allclose(masked[:, :, 3], fill.expand(2, -1, -1, -1))
 
 
+def test_cached_latents_are_masked_without_a_vae_pass_per_step(tiny_models, monkeypatch):
+    """The masked frame's latent is encoded once per VAE and size, not at every step of a latent-cache run."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_models["model"] / "vae")
+    encodes = []
+    encode = vae.encode
+    monkeypatch.setattr(vae, "encode", lambda *a, **k: encodes.append(1) or encode(*a, **k))
+    config = config_from_sources(None, {"pretrained_model_name_or_path": "x", "train_mode": "inpaint"})
+    latents = torch.randn(2, 4, 5, 8, 8)
+    first = inpaint_latents_for_batch({"latents": latents}, latents, vae, config, generator())
+    for _ in range(3):
+        inpaint_latents_for_batch({"latents": latents}, latents, vae, config, generator())
+    assert len(encodes) == 1
+    assert torch.equal(first, inpaint_latents_for_batch({"latents": latents}, latents, vae, config, generator()))
+
+
 # ------------------------------------------------------------------------------------------------
 # Training
 

@@ -24,6 +24,7 @@ At start, :func:`write_sanity_check` writes a few clips next to their masked ver
 from __future__ import annotations
 
 import re
+import weakref
 from pathlib import Path
 
 import torch
@@ -42,11 +43,21 @@ def vae_factor(vae: AutoencoderKL) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+# VAE -> {(height, width): latent}; weak, so a finished run's VAE is not kept alive by it.
+_MASKED_FRAME_LATENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 @torch.no_grad()
 def masked_frame_latent(vae: AutoencoderKL, height: int, width: int) -> torch.Tensor:
-    """The scaled latent ``(C, h, w)`` of a frame whose every pixel is masked (-1), the VAE's posterior mean."""
-    frame = torch.full((1, 3, height, width), -1.0, device=vae.device, dtype=vae.dtype)
-    return vae.encode(frame).latent_dist.mean[0].float() * vae.config.scaling_factor
+    """The scaled latent ``(C, h, w)`` of a frame whose every pixel is masked (-1), the VAE's posterior mean.
+
+    The VAE is frozen in training, so the latent is encoded once per VAE and frame size and reused at every step
+    (the latent cache exists to spare the VAE passes)."""
+    latents = _MASKED_FRAME_LATENTS.setdefault(vae, {})
+    if (height, width) not in latents:
+        frame = torch.full((1, 3, height, width), -1.0, device=vae.device, dtype=vae.dtype)
+        latents[height, width] = vae.encode(frame).latent_dist.mean[0].float() * vae.config.scaling_factor
+    return latents[height, width]
 
 
 @torch.no_grad()
