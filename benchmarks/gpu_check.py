@@ -290,7 +290,7 @@ def speed(c: Check, dtype: torch.dtype, compiled: bool) -> list[dict[str, Any]]:
     text_s, stamps, start = time.perf_counter() - text_s, [], time.perf_counter()
     generate(pipeline, pixels, frames, run_steps, stamps=stamps)
     end_to_end, step_s = time.perf_counter() - start, statistics.median(b - a for a, b in pairwise(stamps))
-    flops = transformer_flops(pipeline.transformer.config, frames, pixels // 8, pixels // 8, batch=2).total
+    flops = transformer_flops(pipeline.transformer.config, frames, pixels // 8, pixels // 8, batch=2)
     c.peaks.measure(dtype)
     return [{"path": f"{NAMES[dtype]} {'compiled' if compiled else 'eager'}", "height": pixels, "width": pixels,
              "frames": frames, "steps": steps, "steps_run": run_steps, "warmup_s": warmup_s, "step_s": step_s,
@@ -304,7 +304,7 @@ def training(c: Check) -> list[dict[str, Any]]:
     pixels, frames = c.sizes.train
     scenario = Scenario("transformer", "train", "training", width=h.BUILT[c.sizes.pipeline][2], size=pixels,
                         frames=(frames,))
-    flops, rows = 3 * transformer_flops(c.master.transformer.config, frames, pixels // 8, pixels // 8).total, []
+    flops, rows = 3 * transformer_flops(c.master.transformer.config, frames, pixels // 8, pixels // 8), []
     c.master.to("cpu")  # the training step alone on the device
     try:
         for name in ("train-motion_module+autocast", "train-motion_module+autocast+checkpointing"):

@@ -111,7 +111,7 @@ def trainable(model, mode: str, checkpointing: bool, fused: bool = True) -> torc
 
 def measure_transformer(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, malloc: str) -> dict[str, Any]:
     """Each case (frames at ``size``, then ``sizes`` at ``frames[0]``; x windows) compares the variants; rows add
-    the analytic FLOPs (3x the forward for backward and training), rates, and the computed activation peak."""
+    the FLOPs (3x the forward for backward and training), rates, and the computed activation peak."""
     base = h.build_transformer(s.width, s.layers, device, DTYPES[s.dtype], caption_channels=s.text_dim)
     slow = slow_dtypes(device, peaks)
     variants = {name: transformer_variant(name, s, base, malloc, slow) for name in s.variants}
@@ -122,7 +122,7 @@ def measure_transformer(s: Scenario, device: torch.device, peaks: h.MatmulPeaks,
         if window is not None and window >= frames:
             continue  # a window as long as the clip is the plain path
         temporal = TemporalContext(window, window // 4) if window is not None else None
-        count = transformer_flops(base.config, frames, px // 8, px // 8, s.batch)
+        forward_flops = transformer_flops(base.config, frames, px // 8, px // 8, s.batch)
         inputs = h.transformer_inputs(base, s.batch, frames, px, px)
         case_rows, case_rounds = h.compare_variants([factory(inputs, temporal) for _, _, factory in variants.values()],
                                                     device,
@@ -130,8 +130,9 @@ def measure_transformer(s: Scenario, device: torch.device, peaks: h.MatmulPeaks,
         for row in case_rows:
             model, dtype, _ = variants[row["path"]]
             forward = not re.search("backward|train", row["path"])
-            row.update(frames=frames, height=px, width=px, batch=s.batch, window=window, tokens=count.tokens,
-                       dtype=dtype, flops=count.total if forward else count.forward_backward,
+            row.update(frames=frames, height=px, width=px, batch=s.batch, window=window, dtype=dtype,
+                       tokens=s.batch * frames * (px // 8 // base.config.patch_size) ** 2,
+                       flops=forward_flops if forward else 3 * forward_flops,
                        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
             if forward and not row.get("skipped"):
                 row["computed_activation_bytes"] = transformer_activation_bytes(
