@@ -435,6 +435,7 @@ COLUMNS: dict[str, Callable[[dict, dict], Any]] = {  # header: the cell of row r
     "steps run": lambda r, f: r["steps_run"], "median s/step": lambda r, f: f"{r['step_s']:.3f}",
     "end to end s": lambda r, f: f"{r['end_to_end_s']:.1f}", "30 steps s": lambda r, f: f"{r['projected_s']:.1f}",
     "% of matmul peak": lambda r, f: pct(r["fraction_of_matmul_peak"]),
+    "ours / original (median of rounds)": lambda r, f: f"{r['ours_over_original']:.3f}x",
 }
 VIEWS = {  # the columns of each view's main table
     "sweep": ("path", "frames", "size", "tokens", "GFLOP", "median s", "best s", "s/frame", "s/frame vs first row",
@@ -452,6 +453,7 @@ VIEWS = {  # the columns of each view's main table
                       "measured / computed", "s/step"),
     "speed": ("path", "size", "frames", "steps run", "median s/step", "text s", "decoding s", "end to end s",
               "30 steps s", "GFLOP", "% of matmul peak"),
+    "side-by-side": ("path", "median s", "best s", "% of matmul peak", "ours / original (median of rounds)"),
 }
 
 
@@ -481,6 +483,10 @@ def sections(p: dict[str, Any]) -> dict[str, str]:
     if s["view"] == "paths":  # a table per group (pipeline: generation, decoding)
         groups = dict.fromkeys(r.get("group") for r in rows)
         return {**result, **{g or "": rows_table("paths", [r for r in rows if r.get("group") == g]) for g in groups}}
+    if s["view"] == "side-by-side":
+        o = p["forward_outputs"]
+        return {**result, "": rows_table("side-by-side", rows), "outputs": f"max abs difference "
+                f"{o['max_abs_diff']:.1e} over a range of {o['data_range']:.2f}, PSNR {o['psnr_db']:.0f} dB."}
     if s["view"] != "sweep":
         return {**result, "": rows_table(s["view"], rows)}
     return {**result, **{v: rows_table("sweep", [r for r in rows if r["path"] == v]) for v in s["variants"]}}

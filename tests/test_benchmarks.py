@@ -4,6 +4,7 @@ comparison and the original-layout reference are right, and every kind of scenar
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -145,5 +146,30 @@ def test_every_scenario_runs_quick_and_fills_the_docs_template(tmp_path):
     assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(SCENARIOS)
     docs = tmp_path / "benchmarks.md"
     run.main(["--render-only", "--out", str(tmp_path), "--docs", str(docs)])
-    assert "{{" not in docs.read_text() and all(f"# {s.title}" in (tmp_path / f"{n}.md").read_text()
+    # left in sight: the side-by-side tables, which need the original's code (benchmarks/side_by_side.py)
+    assert set(re.findall(r"\{\{([^}:]+)", docs.read_text())) == {"side-by-side", "side-by-side-control"}
+    assert all(f"# {s.title}" in (tmp_path / f"{n}.md").read_text()
                                                   for n, s in SCENARIOS.items())
+
+
+@pytest.mark.slow
+def test_the_side_by_side_control_runs_both_workers_on_the_same_weights(tmp_path):
+    from benchmarks import side_by_side
+
+    side_by_side.main(["--original", "ours", "--out", str(tmp_path), "--frames", "4", "--size", "64",
+                       "--rounds", "1", "--threads", "1"])
+    report = json.loads((tmp_path / "side-by-side-control.json").read_text())
+    # both workers loaded the one weights file and computed the same forward
+    assert report["forward_outputs"]["max_abs_diff"] == 0
+    ratios = {r["path"]: r["ours_over_original"] for r in report["rows"]}
+    assert set(ratios) == {"forward, ours", "forward, original", "train, ours", "train, original"}
+    assert ratios["train, ours"] > 0 and ratios["train, original"] is None
+    assert "| train, ours |" in (tmp_path / "side-by-side-control.md").read_text()
+
+
+def test_the_side_by_side_names_what_it_needs(tmp_path, capsys):
+    from benchmarks import side_by_side
+
+    with pytest.raises(SystemExit, match="checkout of the original v1 code"):
+        side_by_side.main(["--original", str(tmp_path), "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
