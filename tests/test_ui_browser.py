@@ -35,6 +35,7 @@ def test_pick_model_type_prompt_generate_and_play(page, tmp_path):
     page.get_by_label("Pretrained Model Path").click()
     page.get_by_role("option", name=MODEL, exact=True).click()
     page.locator("#status").get_by_text(f"Loaded: model {MODEL}").wait_for()
+    page.locator("#memory").get_by_text("This setting needs about").wait_for()  # the last update of the selection
     for label, value in (("Width", 96), ("Height", 64), ("Animation length", 4), ("Sampling steps", 2)):
         set_slider(page, label, value)
     page.locator("#prompt textarea").fill("a green triangle moving down")

@@ -399,9 +399,9 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
         private = {"api_visibility": "private"}
         selecting = model.input(h.select_model, [*weights[:5], prompt],
                                 [motion_module, lora, lora_alpha, *settings, status], api_name="select_model")
-        selecting.then(h.size_steps, None, [width, height], **private)
         setting = [model, width, height, frames, cfg_scale, context_frames, context_overlap]
-        selecting.then(h.memory, setting, memory, **private)
+        # one after the other: the memory note, last, tells a page (and a browser test) that the sizes are set
+        selecting.then(h.size_steps, None, [width, height], **private).then(h.memory, setting, memory, **private)
         for control in setting[1:]:
             control.release(h.memory, setting, memory, **private)
         selecting.failure(h.restore_weights, None, [*weights, status], **private)
@@ -425,9 +425,9 @@ def build_ui(controller: EasyAnimateController) -> gr.Blocks:
         i2v_selecting.then(h.size_steps, None, [width, height], **private)
         i2v_refresh.click(h.refresh_inpaint, i2v_model, i2v_model, **private)
         page.load(h.refresh_inpaint, i2v_model, i2v_model, **private)
-        i2v_tab.select(h.inpaint_defaults, [i2v_model, prompt], [*settings, long_video], **private)
-        i2v_tab.select(lambda: (gr.update(visible=False), gr.update(visible=True)), None, [generate, generate_i2v],
-                       **private)
+        # the tab's Generate button shows once its model's defaults are in the settings
+        i2v_tab.select(h.inpaint_defaults, [i2v_model, prompt], [*settings, long_video], **private).then(
+            lambda: (gr.update(visible=False), gr.update(visible=True)), None, [generate, generate_i2v], **private)
         t2v_tab.select(lambda: (gr.update(visible=True), gr.update(visible=False)), None, [generate, generate_i2v],
                        **private)
         generating_i2v = generate_i2v.click(
