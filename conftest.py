@@ -14,7 +14,10 @@ repository root: pytest takes ``pytest_addoption`` only from the conftest files 
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 OPT_IN = {"slow": "--run-slow", "browser": "--run-browser", "gpu": "--run-gpu"}
 
@@ -23,6 +26,15 @@ def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (recipes, processes)")
     parser.addoption("--run-browser", action="store_true", help="also run tests marked browser (needs chromium)")
     parser.addoption("--run-gpu", action="store_true", help="also run tests marked gpu (needs CUDA)")
+
+
+def pytest_configure(config):
+    # Under pytest-xdist every worker, and every process a test starts, computes on one thread: two workers then
+    # share two cores. With torch's default of one thread per core each, OpenMP threads spin on cores the other
+    # worker holds, and a run took three times as long as one worker alone.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -58,6 +58,7 @@ def tiny_model_and_inputs():
     return model, transformer_inputs(model, 2, 3, 64, 96, text_len=12)
 
 
+@pytest.mark.slow  # compiles (eager backend); the fast tier compiles in test_diffusers_api
 def test_compile_blocks_compiles_every_block_and_keeps_the_output():
     model, inputs = tiny_model_and_inputs()
     backend = RecordingBackend()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from benchmarks import gpu_check
 from benchmarks.harness import write_docs
 
@@ -13,6 +15,7 @@ STAGES = {"gpu-checks": {"build", "correctness"}, "gpu-memory": {"memory"}, "gpu
           "gpu-speed": {f"speed-{dtype}-{mode}" for dtype in ("bf16", "fp16") for mode in ("eager", "compiled")}}
 
 
+@pytest.mark.slow  # the whole device check, every stage, at toy size
 def test_the_device_check_runs_every_stage_at_toy_size_and_writes_its_reports(tmp_path, monkeypatch):
     assert gpu_check.main(["--device", "cpu", "--tiny", "--out", str(tmp_path)]) == 0
     reports = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in gpu_check.REPORTS}

@@ -104,6 +104,7 @@ def test_wrong_file_as_motion_module_is_refused(tiny_models, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # compiles
 def test_compile_flag_compiles_the_blocks_and_keeps_the_video(tiny_models, tmp_path, monkeypatch):
     import numpy as np
     from PIL import Image

@@ -56,7 +56,8 @@ def test_the_fused_optimizer_steps_as_the_default_adamw_does():
         torch.testing.assert_close(ours, default, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.slow  # compiles and trains twice; the fast tier compiles in test_diffusers_api
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
 def test_compiled_blocks_train_as_the_eager_model_does(tiny_models, dataset, tmp_path, backend):
     common = dict(max_train_steps=3, gradient_checkpointing=True)
     run(tiny_models, dataset, tmp_path / "eager", **common)

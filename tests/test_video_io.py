@@ -1,6 +1,7 @@
 """Writing and reading videos: formats, sizes, atomic writes, clear read errors."""
 
 import os
+import random
 
 import av
 import numpy as np
@@ -141,7 +142,8 @@ def test_asking_past_the_end_is_a_read_error(tmp_path):
         read_video_frames(path, [2, 9])
 
 
-@pytest.mark.parametrize("content", [None, os.urandom(4096), b"not a video\n"])
+@pytest.mark.parametrize("content", [None, random.Random(0).randbytes(4096), b"not a video\n"],
+                         ids=["missing", "random bytes", "text"])
 def test_missing_or_corrupt_files_raise_video_read_error(tmp_path, content):
     path = tmp_path / "broken.mp4"
     if content is not None:

@@ -48,6 +48,7 @@ def test_windows_are_the_pipelines():
     assert temporal_windows(16, CONTEXT, OVERLAP) == [(0, 16)] and seam_transitions([(0, 16)], 16) == []
 
 
+@pytest.mark.slow  # 64-frame clips of every combination
 def test_every_window_of_a_ground_truth_clip_is_read_correctly_and_seamless():
     ratios = []
     for index, combination in enumerate(all_combinations()):

@@ -49,6 +49,7 @@ def test_same_seed_same_frames_and_other_seeds_differ():
     assert not np.array_equal(first, other)
 
 
+@pytest.mark.slow  # writes the dataset twice
 def test_written_dataset_is_deterministic_and_excludes_held_out(tmp_path):
     world = small_world()
     files = write_dataset(world, tmp_path / "a")
@@ -141,6 +142,7 @@ def test_without_wrap_the_clips_are_drawn_as_before():
         assert (other.side, other.speed) == (spec.side, spec.speed) and other.start != spec.start
 
 
+@pytest.mark.slow  # every combination, many starts
 def test_a_wrapping_shape_crosses_the_edges_and_never_leaves():
     shaded = wrap_world(64)
     world = dataclasses.replace(shaded, front_shade=1.0)  # one tone: alpha from the colour alone
@@ -193,7 +195,7 @@ def test_classifiers_read_every_ground_truth_clip_correctly():
             assert reading.dark_background == style
 
 
-@pytest.mark.parametrize("frames", [16, 64])
+@pytest.mark.parametrize("frames", [16, pytest.param(64, marks=pytest.mark.slow)])
 def test_classifiers_read_every_ground_truth_clip_of_a_wrapping_world(frames):
     world = wrap_world(frames)
     windows = temporal_windows(frames, 16, 4)
