@@ -29,6 +29,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from statistics import median
@@ -97,13 +98,17 @@ class Side:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), **RETAIN}
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                         cwd=Path(__file__).resolve().parents[1])
+        self.name = name
         if self.process.stdout.readline().strip() != "ready":
             raise SystemExit(f"the {name} worker did not start: {' '.join(command)}")
 
     def __call__(self, kind: str) -> float:
         self.process.stdin.write(kind + "\n")
         self.process.stdin.flush()
-        return float(self.process.stdout.readline())
+        if not (reply := self.process.stdout.readline()):
+            raise SystemExit(f"the {self.name} worker stopped during a {kind!r} call (exit status "
+                             f"{self.process.wait()}; its error is above)")
+        return float(reply)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     add = parser.add_argument
     add("--original", type=Path, help="a checkout of the original v1 code, or 'ours' (the control)")
     add("--original-python", help="a Python with the original's dependencies")
-    add("--out", type=Path, default=Path("benchmarks/results"), help="folder of the report and the shared files")
+    add("--out", type=Path, default=Path("benchmarks/results"), help="folder of the report")
     add("--layers", type=int, default=1, help="transformer blocks at full width")
     add("--frames", type=int, default=16)
     add("--size", type=int, default=256, help="pixels, square")
@@ -126,13 +131,18 @@ def main(argv: list[str] | None = None) -> None:
     if not control and not (args.original and (args.original / "easyanimate/models/transformer3d.py").exists()):
         raise SystemExit("--original must be a checkout of the original v1 code (with easyanimate/models/"
                          "transformer3d.py), or 'ours' for the control run (our code on both sides)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:  # the weights and inputs both workers read (about 300 MB)
+        run(args, control, Path(scratch))
+
+
+def run(args: argparse.Namespace, control: bool, folder: Path) -> None:
+    """Write the shared files into ``folder``, start both workers, time them, write the report."""
     from safetensors.torch import save_file
 
     from . import harness as h
     from .flops import transformer_flops
 
-    folder = args.out / "side-by-side"
-    folder.mkdir(parents=True, exist_ok=True)
     model = h.build_transformer("full", args.layers)
     latents, text, mask, steps = h.transformer_inputs(model, 1, args.frames, args.size, args.size)
     with torch.no_grad():
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
                               "ours" if control else str(args.original.resolve()), folder, args.threads)}
     for name, side in sides.items():
         side(f"save {name}")
-    same = h.compare(torch.load(folder / "original.pt"), torch.load(folder / "ours.pt"))
+    same = h.compare(*(torch.load(folder / f"{name}.pt", weights_only=True) for name in ("original", "ours")))
     peaks, rounds = h.MatmulPeaks(torch.device("cpu")), []
     for kind in KINDS:  # one warm call each
         for side in sides.values():
