@@ -9,14 +9,16 @@ Conventions, the same in training and generation:
   (:func:`latent_mask`: a latent pixel is generated when any pixel it covers is) followed by the scaled
   VAE latents of the masked video.
 
-Training draws one of v1's four mask types per clip (:data:`MASK_TYPES`), with the probabilities of
-:class:`MaskSettings`:
+Training draws one mask type per clip (:data:`MASK_TYPES`: v1's four, and ``all``), with the probabilities
+of :class:`MaskSettings`:
 
 * ``start``: every frame but the first (image-to-video); with ``max_start_frames`` k > 1 the first 1..k frames
   are known (extension from the last frames of a clip);
 * ``start_and_end``: every frame but the first and the last (first-and-last-frame generation);
 * ``box``: a random box in every frame (video inpainting);
-* ``box_over_frames``: a random box over a random range of frames.
+* ``box_over_frames``: a random box over a random range of frames;
+* ``all``: every frame (text-to-video, nothing known: only the prompt says what happens). Not one of v1's
+  types; weight 0 by default.
 
 Boxes are drawn as v1 drew them: a centre anywhere in the frame, a side from 1/4 to 3/4 of the frame's,
 clipped to the frame.
@@ -32,8 +34,8 @@ import torch.nn.functional as F
 MASKED_PIXEL = -1.0
 """The value of masked pixels in the masked video (pixels are in [-1, 1])."""
 
-MASK_TYPES = ("start", "start_and_end", "box", "box_over_frames")
-"""v1's mask types, in the order of its ``get_random_mask``."""
+MASK_TYPES = ("start", "start_and_end", "box", "box_over_frames", "all")
+"""v1's mask types, in the order of its ``get_random_mask``, then ``all`` (ours)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class MaskSettings:
     box: float = 0.25
     box_over_frames: float = 0.25
     max_start_frames: int = 1
+    all: float = 0.0
 
     def __post_init__(self) -> None:
         weights = self.weights()
@@ -91,6 +94,8 @@ def draw_mask(mask_type: str, frames: int, height: int, width: int, generator: t
     elif mask_type == "box":
         rows, cols = _random_box(height, width, generator)
         mask[:, :, rows, cols] = 1
+    elif mask_type == "all":
+        mask[:] = 1
     else:
         first = _randint(0, frames, generator)
         last = _randint(first, frames, generator)

@@ -86,7 +86,12 @@ def test_random_masks_follow_the_weights():
                                 generator())
     assert masks.shape == (64, 4, 1, 8, 8) and set(kinds) == {"box"}
     _, kinds = random_masks(400, 4, 8, 8, MaskSettings(), generator())
-    assert set(kinds) == set(MASK_TYPES) and all(60 < kinds.count(k) < 140 for k in MASK_TYPES)
+    v1_types = MASK_TYPES[:4]  # v1's mix by default: a quarter each, never "all"
+    assert set(kinds) == set(v1_types) and all(60 < kinds.count(k) < 140 for k in v1_types)
+    masks, kinds = random_masks(400, 4, 8, 8, MaskSettings(all=1 / 3), generator())
+    chosen = torch.tensor([k == "all" for k in kinds])
+    assert 80 < chosen.sum() < 180  # a quarter of the weight
+    assert (masks[chosen] == 1).all() and not (masks[~chosen] == 1).all(dim=(1, 2, 3, 4)).any()
     with pytest.raises(ValueError, match="positive sum"):
         MaskSettings(start=0, start_and_end=0, box=0, box_over_frames=0)
 
@@ -118,6 +123,22 @@ def test_cached_latents_are_masked_in_latent_space(tiny_models):
     assert torch.equal(masked[:, :, 0], latents[:, :, 0])
     fill = masked_frame_latent(vae, 64, 64)
     assert torch.allclose(masked[:, :, 3], fill.expand(2, -1, -1, -1))
+
+
+def test_the_all_mask_from_the_config_hides_every_frame(tiny_models):
+    """``inpaint_mask_all`` alone: text-to-video examples, every frame generated and masked."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_models["model"] / "vae")
+    config = config_from_sources(None, {"pretrained_model_name_or_path": "x", "train_mode": "inpaint",
+                                        "inpaint_mask_start": 0, "inpaint_mask_start_and_end": 0,
+                                        "inpaint_mask_box": 0, "inpaint_mask_box_over_frames": 0,
+                                        "inpaint_mask_all": 1})
+    latents = torch.randn(2, 4, 5, 8, 8)
+    conditioning = inpaint_latents_for_batch({"latents": latents}, latents, vae, config, generator())
+    assert conditioning[:, :1].all()
+    fill = masked_frame_latent(vae, 64, 64)
+    assert torch.allclose(conditioning[:, 1:], fill[None, :, None].expand(2, -1, 5, -1, -1))
 
 
 def test_cached_latents_are_masked_without_a_vae_pass_per_step(tiny_models, monkeypatch):
@@ -194,6 +215,7 @@ def test_inpaint_validation_renders_image_to_video_samples(tiny_models, dataset,
     ({"inpaint_mask_start": 0, "inpaint_mask_start_and_end": 0, "inpaint_mask_box": 0,
       "inpaint_mask_box_over_frames": 0}, "weights are all 0"),
     ({"inpaint_mask_box": -1.0}, "inpaint_mask_box must be a finite number >= 0"),
+    ({"inpaint_mask_all": -0.5}, "inpaint_mask_all must be a finite number >= 0"),
     ({"inpaint_max_start_frames": 4}, "inpaint_max_start_frames must be below sample_n_frames \\(4\\)"),
     ({"validation_prompts": ["a red square"]}, "one validation_images entry per validation prompt"),
     ({"validation_images": ["missing.png"]}, "validation_images not found: missing.png"),

@@ -6,7 +6,7 @@ What to train is configuration, not a separate script (as in nanoGPT / AnimateDi
 * the whole image model on images: the image yaml (no motion modules) with ``trainable_modules: ["."]``;
 * LoRA: a ``lora:`` section (``train_lora.py`` sets one); the base stays frozen;
 * an inpaint model (image-to-video, inpainting, extension): ``train_mode: inpaint`` with any of the above, the
-  four v1 mask types drawn with the ``inpaint_mask_*`` probabilities (:mod:`easyanimate.inpaint`).
+  mask types (v1's four, and ``all``) drawn with the ``inpaint_mask_*`` probabilities (:mod:`easyanimate.inpaint`).
 
 Flag names are the original trainers' (``--train_data_dir``, ``--sample_n_frames``, ...). A yaml given
 with ``--train_config`` is read first and flags override it. Unknown keys and wrong types are errors.
@@ -164,6 +164,9 @@ class TrainConfig:
     inpaint_mask_box: float = option(0.25, "inpaint: weight of a random box generated in every frame (inpainting).")
     inpaint_mask_box_over_frames: float = option(0.25,
         "inpaint: weight of a random box generated over a random range of frames.")
+    inpaint_mask_all: float = option(0.0,
+        "inpaint: weight of the mask that generates every frame (text-to-video, nothing known: only the prompt "
+        "says what happens; not a v1 type).")
     inpaint_max_start_frames: int = option(1,
         "inpaint: the start mask keeps the first 1..N frames, N drawn uniformly (1, v1's: image-to-video only; "
         "more: also extension from the last frames of a clip).")
@@ -209,6 +212,7 @@ REAL_RANGES = {
     "caption_dropout": (0.0, 1.0, True, True), "validation_guidance_scale": (0.0, math.inf, True, False),
     "inpaint_mask_start": (0.0, math.inf, True, False), "inpaint_mask_start_and_end": (0.0, math.inf, True, False),
     "inpaint_mask_box": (0.0, math.inf, True, False), "inpaint_mask_box_over_frames": (0.0, math.inf, True, False),
+    "inpaint_mask_all": (0.0, math.inf, True, False),
 }
 TRAIN_MODES = ("normal", "inpaint")
 LORA_REAL_RANGES = {"network_alpha": (0.0, math.inf, False, False),
@@ -242,7 +246,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("nothing to train: give trainable_modules (e.g. attn_temporal) or a lora section")
     if config.train_mode == "inpaint":
         if config.inpaint_mask_start + config.inpaint_mask_start_and_end + config.inpaint_mask_box \
-                + config.inpaint_mask_box_over_frames <= 0:
+                + config.inpaint_mask_box_over_frames + config.inpaint_mask_all <= 0:
             raise ConfigError("train_mode inpaint: the inpaint_mask_* weights are all 0; give at least one a weight")
         if config.inpaint_max_start_frames >= config.sample_n_frames:
             raise ConfigError(f"inpaint_max_start_frames must be below sample_n_frames ({config.sample_n_frames}): "
@@ -261,7 +265,7 @@ def mask_settings(config: TrainConfig):
     from ..inpaint import MaskSettings
 
     return MaskSettings(config.inpaint_mask_start, config.inpaint_mask_start_and_end, config.inpaint_mask_box,
-                        config.inpaint_mask_box_over_frames, config.inpaint_max_start_frames)
+                        config.inpaint_mask_box_over_frames, config.inpaint_max_start_frames, config.inpaint_mask_all)
 
 
 def _check_ranges(config: TrainConfig) -> None:
