@@ -4,13 +4,14 @@ counted in about a second, and the count follows the code as it is (no formula t
 
 Only matrix products count, at 2 FLOPs per multiply-accumulate: linear layers, convolutions and the two products of
 every attention (the math SDPA backend runs them as ``bmm``); norms, activations, biases and copies are left out.
-Forward + backward is taken as 3x the forward (two products per forward product; a little less in truth, as the
-first layers' inputs need no gradient).
+A training step is counted the same way, forward and backward (:func:`training_flops`): the backward takes the
+gradient of each product's input back to the first trainable layer, and the weight gradient only of trainable
+layers, so training the motion modules alone costs about 2.5 forwards, the whole model about 3.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -28,15 +29,38 @@ def counted(call, *inputs: Any) -> int:
     return counter.get_total_flops()
 
 
+def _meta_transformer(config: Mapping[str, Any], frames: int, latent_height: int, latent_width: int, batch: int,
+                      text_len: int) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    model = build_meta_model("transformer", config)
+    meta = dict(device="meta")
+    return model, (torch.empty(batch, model.config.in_channels, frames, latent_height, latent_width, **meta),
+                   torch.empty(batch, text_len, model.config.caption_channels, **meta),
+                   torch.ones(batch, text_len, **meta), torch.zeros(batch, dtype=torch.long, **meta))
+
+
 def transformer_flops(config: Mapping[str, Any], frames: int, latent_height: int, latent_width: int,
                       batch: int = 1, text_len: int = 120) -> int:
     """FLOPs of one forward on ``(batch, 4, frames, latent_height, latent_width)`` latents and ``text_len`` text
     tokens; ``config``: the model's constructor keywords (``model.config`` or a dict)."""
-    model = build_meta_model("transformer", config)
-    meta = dict(device="meta")
-    return counted(model, torch.empty(batch, model.config.in_channels, frames, latent_height, latent_width, **meta),
-                   torch.empty(batch, text_len, model.config.caption_channels, **meta),
-                   torch.ones(batch, text_len, **meta), torch.zeros(batch, dtype=torch.long, **meta))
+    model, inputs = _meta_transformer(config, frames, latent_height, latent_width, batch, text_len)
+    return counted(model, *inputs)
+
+
+def training_flops(config: Mapping[str, Any], frames: int, latent_height: int, latent_width: int,
+                   trainable: Callable[[str], bool], batch: int = 1, text_len: int = 120) -> int:
+    """FLOPs of one training step's forward and backward (a mean-square loss; the optimiser's update has no
+    products), on the inputs of :func:`transformer_flops`, with gradients for the parameters whose names
+    ``trainable`` accepts. When it accepts none (a LoRA: its adapters are not in ``config``'s model, and their
+    rank-r products are left out), the gradient goes back to the latents: every block's input gradients, no
+    weight gradient."""
+    model, inputs = _meta_transformer(config, frames, latent_height, latent_width, batch, text_len)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(trainable(name))
+    inputs[0].requires_grad_(not any(p.requires_grad for p in model.parameters()))
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        model.train()(*inputs).sample.square().mean().backward()
+    return counter.get_total_flops()
 
 
 def generation_flops(transformer_config: Mapping[str, Any], frames: int = 80, size: int = 512, steps: int = 30,

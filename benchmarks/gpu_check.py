@@ -48,7 +48,7 @@ from easyanimate.models import TemporalContext
 from easyanimate.pipelines import EasyAnimatePipeline
 
 from . import harness as h
-from .flops import transformer_flops
+from .flops import training_flops, transformer_flops
 from .run import transformer_variant
 from .scenarios import Scenario
 
@@ -304,7 +304,9 @@ def training(c: Check) -> list[dict[str, Any]]:
     pixels, frames = c.sizes.train
     scenario = Scenario("transformer", "train", "training", width=h.BUILT[c.sizes.pipeline][2], size=pixels,
                         frames=(frames,))
-    flops, rows = 3 * transformer_flops(c.master.transformer.config, frames, pixels // 8, pixels // 8), []
+    flops = training_flops(c.master.transformer.config, frames, pixels // 8, pixels // 8,
+                           lambda name: "attn_temporal" in name)
+    rows = []
     c.master.to("cpu")  # the training step alone on the device
     try:
         for name in ("train-motion_module+autocast", "train-motion_module+autocast+checkpointing"):

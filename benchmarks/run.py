@@ -29,7 +29,7 @@ from easyanimate.models import TemporalContext
 from easyanimate.training.diffusion import ImprovedDDPM
 
 from . import harness as h
-from .flops import generation_flops, transformer_flops
+from .flops import generation_flops, training_flops, transformer_flops
 from .harness import render, write_docs
 from .scenarios import SCENARIOS, Scenario, quick
 
@@ -111,7 +111,8 @@ def trainable(model, mode: str, checkpointing: bool, fused: bool = True) -> torc
 
 def measure_transformer(s: Scenario, device: torch.device, peaks: h.MatmulPeaks, malloc: str) -> dict[str, Any]:
     """Each case (frames at ``size``, then ``sizes`` at ``frames[0]``; x windows) compares the variants; rows add
-    the FLOPs (3x the forward for backward and training), rates, and the computed activation peak."""
+    the FLOPs (for backward and training: with gradients for the variant's trainable parameters), rates, and the
+    computed activation peak."""
     base = h.build_transformer(s.width, s.layers, device, DTYPES[s.dtype], caption_channels=s.text_dim)
     slow = slow_dtypes(device, peaks)
     variants = {name: transformer_variant(name, s, base, malloc, slow) for name in s.variants}
@@ -130,9 +131,11 @@ def measure_transformer(s: Scenario, device: torch.device, peaks: h.MatmulPeaks,
         for row in case_rows:
             model, dtype, _ = variants[row["path"]]
             forward = not re.search("backward|train", row["path"])
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
             row.update(frames=frames, height=px, width=px, batch=s.batch, window=window, dtype=dtype,
                        tokens=s.batch * frames * (px // 8 // base.config.patch_size) ** 2,
-                       flops=forward_flops if forward else 3 * forward_flops,
+                       flops=forward_flops if forward else training_flops(
+                           base.config, frames, px // 8, px // 8, trainable.__contains__, s.batch),
                        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
             if forward and not row.get("skipped"):
                 row["computed_activation_bytes"] = transformer_activation_bytes(

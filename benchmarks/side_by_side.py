@@ -18,7 +18,7 @@ run with glibc told to keep and reuse freed memory, :data:`RETAIN`):
 
 The report (``side-by-side.json`` and ``.md``; the control's: ``side-by-side-control``) gives the medians, our
 time over the original's in each round (the median of those ratios) and the share of the matmul peak (FLOPs
-counted as in :mod:`benchmarks.flops`, 3x the forward for a training step).
+counted as in :mod:`benchmarks.flops`, the training step with the gradients it takes).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, control: bool, folder: Path) -> None:
     from safetensors.torch import save_file
 
     from . import harness as h
-    from .flops import transformer_flops
+    from .flops import training_flops, transformer_flops
 
     model = h.build_transformer("full", args.layers)
     latents, text, mask, steps = h.transformer_inputs(model, 1, args.frames, args.size, args.size)
@@ -167,14 +167,16 @@ def run(args: argparse.Namespace, control: bool, folder: Path) -> None:
         record.update({f"{kind} {name}": sides[name](kind) for kind in KINDS for name in order})
         rounds.append(record)
         print(f"  round {index}: " + ", ".join(f"{k} {v:.3f}s" for k, v in record.items() if " " in k), flush=True)
-    forward, rows = transformer_flops(model.config, args.frames, args.size // 8, args.size // 8), []
+    latent = (args.frames, args.size // 8, args.size // 8)
+    flops = {"forward": transformer_flops(model.config, *latent),
+             "train": training_flops(model.config, *latent, lambda name: "attn_temporal" in name)}
+    rows = []
     for kind in KINDS:
         for name in sides:
             times = [r[f"{kind} {name}"] for r in rounds]
             ratio = median([r[f"{kind} ours"] / r[f"{kind} original"] for r in rounds]) if name == "ours" else None
-            rows.append({"path": f"{kind}, {name}", "median_s": median(times), "best_s": min(times),
-                         "ours_over_original": ratio, "fraction_of_matmul_peak": (1 if kind == "forward" else 3)
-                         * forward / median(times) / peaks.best(torch.float32)})
+            rows.append(h.add_rates({"path": f"{kind}, {name}", "median_s": median(times), "best_s": min(times),
+                                     "ours_over_original": ratio, "flops": flops[kind], "dtype": "fp32"}, peaks))
     name = "side-by-side-control" if control else "side-by-side"
     title = "Side by side with the original v1 code" + (" (control: ours on both sides)" if control else "")
     settings = {"kind": "side-by-side", "view": "side-by-side", "title": title,
