@@ -25,8 +25,8 @@ the names ``EasyAnimate-Shapes-Long``, ``easyanimate_shapes_long_mm.safetensors`
 
 ``release --inpaint_transformer ... --inpaint_motion_module ...`` (the inpaint stage's
 ``pixart_transformer.safetensors`` and ``motion_module.safetensors``) also writes the inpaint demo model beside
-the demo model: ``Diffusion_Transformer/EasyAnimate-Shapes-Inpaint/`` (the base folder with the 9-channel image
-model, its defaults and ``configs/world_inpaint.yaml`` as its world) and
+the model it was trained from (the recipe: the long-clip one): ``Diffusion_Transformer/EasyAnimate-Shapes-Inpaint/``
+(the base folder with the 9-channel image model, its defaults and the same world) and
 ``Motion_Module/easyanimate_shapes_inpaint_mm.safetensors``; predict_i2v.py and the UI's image-to-video tab use it.
 """
 
@@ -89,8 +89,9 @@ RELEASES = {
 }
 """The released names of each shapes demo model, by ``--variant``."""
 INPAINT_RELEASE = ReleaseNames(DEMO_INPAINT_MODEL, "Motion_Module/easyanimate_shapes_inpaint_mm.safetensors", None)
-"""The inpaint demo model (image-to-video, first and last frame, inpainting, extension), released with the demo
-model; the library's default for predict_i2v.py (``DEMO_INPAINT_MODEL``)."""
+"""The inpaint demo model (image-to-video, first and last frame, inpainting, extension), released with the model it
+was trained from (``--variant long`` in the recipe); the library's default for predict_i2v.py
+(``DEMO_INPAINT_MODEL``)."""
 WORLD_FILE = "shapes_world.yaml"
 TEXT_TOKENS = 24
 
@@ -213,11 +214,11 @@ def release(args: argparse.Namespace) -> None:
         (staging / names.lora).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.lora, staging / names.lora)
         if inpaint:
-            inpaint_defaults = dataclasses.replace(
+            inpaint_defaults = dataclasses.replace(  # 16 frames from an image; longer ones are asked for
                 defaults, motion_module=INPAINT_RELEASE.motion_module, guidance_scale=args.inpaint_guidance_scale,
-                prompt="a red circle moving left")
+                prompt="a red circle moving left", frames=16, context_frames=None, context_overlap=None)
             stage_model(args, staging, INPAINT_RELEASE, args.inpaint_transformer, args.inpaint_motion_module,
-                        args.inpaint_world, inpaint_defaults, in_channels=9)
+                        args.world or WORLDS[args.variant], inpaint_defaults, in_channels=9)
 
         # the staged release must load the way predict_t2v.py / predict_i2v.py load it
         selection = select_model(staging, staging / names.model)
@@ -250,8 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     last.add_argument("--inpaint_motion_module", help="the inpaint stage's motion_module.safetensors")
     last.add_argument("--inpaint_transformer", help="the inpaint stage's pixart_transformer.safetensors: also release "
                                                     "the inpaint model (with --inpaint_motion_module)")
-    last.add_argument("--inpaint_world", default=str(WORLDS["inpaint"]), help="world yaml the inpaint model was "
-                                                                              "trained on")
     last.add_argument("--lora", required=True, help="style LoRA (train_lora.py's lora.safetensors)")
     last.add_argument("--models_dir", default="models", help="root of the released layout")
     last.add_argument("--motion_module", required=True, help="train.py's motion_module.safetensors (t2v)")

@@ -2,8 +2,6 @@
 
     python -m examples.shapes.make_dataset                       # datasets/shapes from configs/world.yaml
     python -m examples.shapes.make_dataset --output-dir /tmp/shapes --clips-per-combination 2
-    python -m examples.shapes.make_dataset --inpaint-world examples/shapes/configs/world_inpaint.yaml
-                                                                 # also the inpaint model's, in datasets/shapes/inpaint
 
 The world (palette, sizes, speeds, held-out combinations, seed) is ``examples/shapes/configs/world.yaml``
 unless ``--world`` names another; the same seed always writes the same frames. See
@@ -20,8 +18,6 @@ from .world import WORLDS, load_world, write_dataset
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips-per-combination", type=int, help="training clips per seen combination (override)")
-    parser.add_argument("--inpaint-world", help="also write the clips of this world (the inpaint model's, "
-                        "configs/world_inpaint.yaml) into <output-dir>/inpaint, with the same overrides")
     parser.add_argument("--output-dir", default="datasets/shapes", help="where videos/ and the json files go")
     parser.add_argument("--seed", type=int, help="dataset seed (override)")
     parser.add_argument("--style-clips-per-combination", type=int,
@@ -31,14 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"clips_per_combination": args.clips_per_combination, "seed": args.seed,
                  "style_clips_per_combination": args.style_clips_per_combination}
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    worlds = [(args.world, Path(args.output_dir))]
-    if args.inpaint_world:
-        worlds.append((args.inpaint_world, Path(args.output_dir) / "inpaint"))
-    for path, output_dir in worlds:
-        world = dataclasses.replace(load_world(path), **overrides)
-        files = write_dataset(world, output_dir)
-        print(f"wrote {files.counts['train']} training clips to {files.train} and {files.counts['style']} style clips "
-              f"to {files.style} ({len(world.held_out)} combinations held out)")
+    world = dataclasses.replace(load_world(args.world), **overrides)
+    files = write_dataset(world, Path(args.output_dir))
+    print(f"wrote {files.counts['train']} training clips to {files.train} and {files.counts['style']} style clips "
+          f"to {files.style} ({len(world.held_out)} combinations held out)")
     return 0
 
 

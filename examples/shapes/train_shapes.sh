@@ -1,24 +1,25 @@
 #!/bin/sh
 # The whole recipe of the shapes demo model, EasyAnimate's own method at toy scale, on CPU. Run it from
 # the repository root: sh examples/shapes/train_shapes.sh
-#   1. data     the shapes clips (mp4 + normal-format json), held-out combinations excluded; for the demo
-#               variant also the inpaint model's (configs/world_inpaint.yaml) in DATA/inpaint
+#   1. data     the shapes clips (mp4 + normal-format json), held-out combinations excluded
 #   2. vae      a toy SD-style VAE on the frames (the one trainer outside train.py)
 #   3. base     PixArt folder: tiny tokenizer, frozen random tiny T5, the VAE, an untrained transformer
 #   4. t2i      train.py: the whole image model on frames            (configs/t2i.yaml)
 #   5. t2v      train.py: the motion modules on clips, image frozen  (configs/t2v.yaml)
 #   6. lora     train_lora.py: a dark-background style LoRA           (configs/lora.yaml)
 #   7. inpaint  train.py --train_mode inpaint: the inpaint model from the t2i + t2v weights, mask and
-#               masked-video channels added at zero (configs/inpaint.yaml; demo variant only)
-#   8. release  the released layout under MODELS (with the inpaint model), then examples.shapes.evaluate
+#               masked-video channels added at zero, on the same clips (configs/inpaint.yaml; long variant only)
+#   8. release  the released layout under MODELS (the long variant with the inpaint model), then
+#               examples.shapes.evaluate
 # Everything follows from SEED; about 23 minutes on 2 CPU cores. Settings (environment variables):
 #   OUT      the stages' outputs (default output_dir/shapes)
 #   DATA     the dataset (default datasets/shapes)
 #   MODELS   where the release goes (default $OUT/models). The shipped models in models/ change only
 #            when asked: MODELS=models, or the release command printed at the end.
 #   VARIANT  demo (default) or long: the long-clip demo model (EasyAnimate-Shapes-Long), trained on
-#            configs/world_long.yaml with 8000 t2v steps instead of 1600; OUT and DATA default to
-#            output_dir/shapes_long and datasets/shapes_long; about 59 minutes (measured, SEED=42).
+#            configs/world_long.yaml with 8000 t2v steps instead of 1600, and from it the inpaint model
+#            (EasyAnimate-Shapes-Inpaint); OUT and DATA default to output_dir/shapes_long and
+#            datasets/shapes_long; about 59 minutes (measured, SEED=42) plus about 10 for the inpaint stage.
 #   DRY_RUN  1: every stage shortened (one clip per combination, 20 steps per trainer) to check that the
 #            recipe runs end to end: 4 minutes (measured, 2 shared cores); OUT and DATA default to
 #            ..._dry_run folders, and MODELS=models is refused.
@@ -30,8 +31,8 @@ fi
 VARIANT="${VARIANT:-demo}"
 configs=examples/shapes/configs
 case "$VARIANT" in
-  demo) world=$configs/world.yaml; t2v_steps=""; suffix=""; inpaint=1 ;;
-  long) world=$configs/world_long.yaml; t2v_steps="--max_train_steps 8000"; suffix="_long"; inpaint=0 ;;
+  demo) world=$configs/world.yaml; t2v_steps=""; suffix=""; inpaint=0 ;;
+  long) world=$configs/world_long.yaml; t2v_steps="--max_train_steps 8000"; suffix="_long"; inpaint=1 ;;
   *) echo "VARIANT is demo or long, got '$VARIANT'" >&2; exit 2 ;;
 esac
 DRY_RUN="${DRY_RUN:-0}"
@@ -56,16 +57,14 @@ fi
 paths="--pretrained_model_name_or_path $OUT/base --train_data_dir $DATA --seed $SEED --overwrite_output_dir"
 release="--base $OUT/base --transformer $OUT/t2i/pixart_transformer.safetensors \
 --motion_module $OUT/t2v/motion_module.safetensors --lora $OUT/lora/lora.safetensors --variant $VARIANT --world $world"
-inpaint_data=""
 if [ "$inpaint" = 1 ]; then
-  inpaint_data="--inpaint-world $configs/world_inpaint.yaml"
   release="$release --inpaint_transformer $OUT/inpaint/pixart_transformer.safetensors \
 --inpaint_motion_module $OUT/inpaint/motion_module.safetensors"
 fi
 stage() { echo "== $1 ($(date +%T))"; }
 
 stage data
-"$PYTHON" -m examples.shapes.make_dataset --world "$world" --output-dir "$DATA" --seed "$SEED" $data_size $inpaint_data
+"$PYTHON" -m examples.shapes.make_dataset --world "$world" --output-dir "$DATA" --seed "$SEED" $data_size
 stage vae
 "$PYTHON" -m examples.shapes.vae --train_data_meta "$DATA/train.json" "$DATA/style.json" \
   --output_dir "$OUT/vae" --seed "$SEED" $vae_steps
@@ -83,8 +82,8 @@ stage lora
   --motion_module_path "$OUT/t2v/motion_module.safetensors" --output_dir "$OUT/lora" $train_steps "$@"
 if [ "$inpaint" = 1 ]; then
   stage inpaint
-  "$PYTHON" train.py --train_config $configs/inpaint.yaml $paths --train_data_dir "$DATA/inpaint" \
-    --train_data_meta "$DATA/inpaint/train.json" --transformer_path "$OUT/t2i/pixart_transformer.safetensors" \
+  "$PYTHON" train.py --train_config $configs/inpaint.yaml $paths --train_data_meta "$DATA/train.json" \
+    --transformer_path "$OUT/t2i/pixart_transformer.safetensors" \
     --motion_module_path "$OUT/t2v/motion_module.safetensors" --output_dir "$OUT/inpaint" $train_steps "$@"
 fi
 stage release

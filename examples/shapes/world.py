@@ -43,10 +43,9 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 """Unit step ``(dx, dy)`` in image coordinates (y grows downwards)."""
 
-WORLDS = {"demo": CONFIGS / "world.yaml", "long": CONFIGS / "world_long.yaml",
-          "inpaint": CONFIGS / "world_inpaint.yaml"}
-"""The world yaml of each shapes demo model: the default model's, the long-clip model's (wrapping) and the inpaint
-model's (wrapping, at the demo's speeds)."""
+WORLDS = {"demo": CONFIGS / "world.yaml", "long": CONFIGS / "world_long.yaml"}
+"""The world yaml of each shapes demo model: the default model's, and the long-clip model's (wrapping), which the
+inpaint model shares."""
 
 STYLE_SUFFIX = " on a dark background"
 SUPERSAMPLING = 4  # coverage is computed on a 4x finer grid, so edges are anti-aliased

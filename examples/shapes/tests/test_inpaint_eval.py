@@ -41,7 +41,7 @@ def test_the_hue_of_every_ground_truth_clip_is_its_colour():
     assert PALETTE_HUES["red"] == 0 and 45 < PALETTE_HUES["yellow"] < 55
 
 
-@pytest.mark.parametrize("world_name", ["demo", "inpaint"])
+@pytest.mark.parametrize("world_name", ["demo", "long"])
 def test_the_centroid_of_a_drawn_shape_is_where_the_world_put_it(world_name):
     world = load_world(WORLDS[world_name])
     for index, combination in enumerate(all_combinations()[::5]):
@@ -76,7 +76,7 @@ def test_psnr():
 
 
 def test_the_frames_given_come_from_seeds_no_training_clip_used():
-    world = load_world(WORLDS["inpaint"])
+    world = load_world(WORLDS["long"])
     combination = Combination("red", "circle", "left")
     index = all_combinations().index(combination)
     given = given_clip(world, combination, 0)
@@ -97,7 +97,7 @@ def tiny_inpaint(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["i2v", "first_last", "extension", "windows"])
 def test_every_inpaint_mode_runs_and_scores_on_a_tiny_model(tiny_inpaint, mode):
-    world = load_world(WORLDS["inpaint"])
+    world = load_world(WORLDS["long"])
     combinations = all_combinations()[:2]
     seen = []
     results = generate_from_frames(tiny_inpaint, combinations, [0], {combinations[1]}, world, mode, steps=2,

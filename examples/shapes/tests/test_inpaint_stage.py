@@ -1,6 +1,7 @@
-"""The recipe's inpaint stage at reduced size: it starts from the demo model's weights (the t2i and t2v stages'
-outputs) with the new input channels at zero, lowers the inpaint loss on a fixed batch, and is released beside the
-demo model as the model predict_i2v.py and the UI's image-to-video tab use by default.
+"""The recipe's inpaint stage at reduced size: it starts from the t2i and t2v stages' outputs with the new input
+channels at zero, lowers the inpaint loss on a fixed batch of the long-clip world's clips, and is released beside the
+long-clip model as the model predict_i2v.py and the UI's image-to-video tab use by default. (The reduced recipe is
+the demo variant's; the long variant runs the same stages, t2v longer, on world_long.yaml.)
 
 About a minute on 2 cores, after the reduced recipe of ``test_recipe.py`` (shared fixture).
 """
@@ -28,30 +29,30 @@ from easyanimate.training.trainer import train
 from easyanimate.video_io import save_image
 from examples.shapes import CONFIGS, build, make_dataset
 from examples.shapes.tests.test_recipe import fixed_batch, recipe  # noqa: F401 (the reduced recipe's fixture)
-from examples.shapes.world import WORLDS
+from examples.shapes.world import WORLDS, load_world
 
 VIDEO_YAML = CONFIGS / "easyanimate_shapes_video.yaml"
 
 
 @pytest.fixture(scope="module")
 def inpaint_stage(recipe, tmp_path_factory):  # noqa: F811
-    """The inpaint stage as train_shapes.sh runs it, reduced: its data (world_inpaint.yaml, one clip per
-    combination) and 150 steps of batch 2 of 8 frames from the reduced recipe's t2i and t2v outputs."""
+    """The inpaint stage as train_shapes.sh runs it, reduced: clips of world_long.yaml (one per combination) and 150
+    steps of batch 2 of 8 frames from the reduced recipe's t2i and t2v outputs."""
     _, out = recipe
     root = tmp_path_factory.mktemp("inpaint_stage")
     data = root / "data"
     assert make_dataset.main(["--output-dir", str(data), "--clips-per-combination", "1",
                               "--style-clips-per-combination", "0", "--seed", "3",
-                              "--inpaint-world", str(WORLDS["inpaint"])]) == 0
+                              "--world", str(WORLDS["long"])]) == 0
     config = parse_config(["--train_config", str(CONFIGS / "inpaint.yaml"), "--pretrained_model_name_or_path",
-                           str(out / "base"), "--train_data_dir", str(data / "inpaint"), "--train_data_meta",
-                           str(data / "inpaint" / "train.json"), "--seed", "3", "--checkpointing_steps", "100000",
+                           str(out / "base"), "--train_data_dir", str(data), "--train_data_meta",
+                           str(data / "train.json"), "--seed", "3", "--checkpointing_steps", "100000",
                            "--transformer_path", str(out / "t2i" / "pixart_transformer.safetensors"),
                            "--motion_module_path", str(out / "t2v" / "motion_module.safetensors"),
                            "--output_dir", str(root / "inpaint"), "--max_train_steps", "150", "--train_batch_size", "2",
                            "--sample_n_frames", "8"], "inpaint stage")
     train(config)
-    return out, data / "inpaint", root / "inpaint", config
+    return out, data, root / "inpaint", config
 
 
 def inpaint_loss(transformer: Transformer3DModel, base, metadata, config) -> float:
@@ -89,19 +90,21 @@ def test_the_inpaint_stage_starts_from_the_demo_weights_and_lowers_the_inpaint_l
 
 
 @pytest.mark.slow
-def test_the_inpaint_model_is_released_beside_the_demo_model_and_is_predict_i2v_s_default(inpaint_stage, tmp_path):
+def test_the_inpaint_model_is_released_beside_the_long_model_and_is_predict_i2v_s_default(inpaint_stage, tmp_path):
     out, _, stage, _ = inpaint_stage
     models = tmp_path / "models"
     assert build.main(["release", "--base", str(out / "base"), "--models_dir", str(models),
                        "--transformer", str(out / "t2i" / "pixart_transformer.safetensors"),
                        "--motion_module", str(out / "t2v" / "motion_module.safetensors"),
-                       "--lora", str(out / "lora" / "lora.safetensors"),
+                       "--lora", str(out / "lora" / "lora.safetensors"), "--variant", "long",
                        "--inpaint_transformer", str(stage / "pixart_transformer.safetensors"),
                        "--inpaint_motion_module", str(stage / "motion_module.safetensors")]) == 0
     selection = select_model(models, inpaint=True)
     assert selection.model == models / DEMO_INPAINT_MODEL
     assert selection.motion_module == models / build.INPAINT_RELEASE.motion_module
-    assert select_model(models).model == models / build.RELEASES["demo"].model  # text-to-video's default unchanged
+    assert (models / build.RELEASES["long"].model).is_dir()
+    assert load_world(selection.model / build.WORLD_FILE) == load_world(WORLDS["long"])  # the world it learned
+    assert (selection.defaults.frames, selection.defaults.context_frames) == (16, None)  # 16 frames from an image
     pipeline = load_pipeline(selection, device="cpu")
     pipeline.set_progress_bar_config(disable=True)
     image = tmp_path / "start.png"

@@ -303,7 +303,7 @@ def test_the_long_variant_is_released_beside_the_demo_model_with_its_window(reci
 
 STAGES = {"data": "examples.shapes.make_dataset", "vae": "examples.shapes.vae", "base": "examples.shapes.build init",
           "t2i": "configs/t2i.yaml", "t2v": "configs/t2v.yaml", "lora": "configs/lora.yaml",
-          "release": "examples.shapes.build release"}
+          "inpaint": "configs/inpaint.yaml", "release": "examples.shapes.build release"}
 """What identifies each stage's command line in the recipe script."""
 
 
@@ -330,9 +330,10 @@ def recipe_script(tmp_path, repo_root):
 
 
 def test_the_recipe_script_passes_each_variant_its_world_and_t2v_length(recipe_script, tmp_path):
-    """The long variant makes its data from world_long.yaml, trains t2v (only) for 8000 steps, and
-    releases under its own names; the demo variant keeps the t2v yaml's length; an unknown variant stops
-    before anything runs."""
+    """The long variant makes its data from world_long.yaml, trains t2v (only) for 8000 steps, trains the
+    inpaint model from its t2i and t2v outputs on the same clips, and releases both under their own names; the
+    demo variant keeps the t2v yaml's length and has no inpaint stage; an unknown variant stops before anything
+    runs."""
     folders = {"OUT": str(tmp_path / "out"), "DATA": str(tmp_path / "data")}
     done, long = recipe_script({"VARIANT": "long", **folders}, "--report_to", "none")
     assert done.returncode == 0, done.stderr
@@ -341,12 +342,20 @@ def test_the_recipe_script_passes_each_variant_its_world_and_t2v_length(recipe_s
     assert "--max_train_steps" not in long["t2i"] + long["lora"]
     assert "--variant long --world examples/shapes/configs/world_long.yaml" in long["release"]
     assert f"--pretrained_model_name_or_path {tmp_path / 'out'}/base" in long["t2v"]
+    out = tmp_path / "out"
+    assert f"--train_data_meta {tmp_path / 'data'}/train.json" in long["inpaint"]
+    assert f"--transformer_path {out}/t2i/pixart_transformer.safetensors" in long["inpaint"]
+    assert f"--motion_module_path {out}/t2v/motion_module.safetensors" in long["inpaint"]
+    assert "--max_train_steps" not in long["inpaint"]
+    assert (f"--inpaint_transformer {out}/inpaint/pixart_transformer.safetensors --inpaint_motion_module "
+            f"{out}/inpaint/motion_module.safetensors") in long["release"]
 
     done, demo = recipe_script({"VARIANT": "demo", **folders}, "--report_to", "none")
     assert done.returncode == 0, done.stderr
     assert "--world examples/shapes/configs/world.yaml" in demo["data"]
     assert "--max_train_steps" not in demo["t2v"]
     assert "--variant demo" in demo["release"]
+    assert "inpaint" not in demo and "--inpaint" not in demo["release"]
 
     refused, calls = recipe_script({"VARIANT": "longer"})
     assert refused.returncode == 2 and "VARIANT is demo or long" in refused.stderr and not calls
@@ -379,10 +388,10 @@ def test_a_dry_run_shortens_every_stage_and_keeps_to_its_own_folders(recipe_scri
     suffix = "_long" if variant == "long" else ""
     done, calls = recipe_script({"DRY_RUN": "1", "VARIANT": variant})
     assert done.returncode == 0, done.stderr
-    assert set(calls) == set(STAGES)
+    assert set(calls) == set(STAGES) - ({"inpaint"} if variant == "demo" else set())
     assert "--clips-per-combination 1 --style-clips-per-combination 1" in calls["data"]
     assert f"--output-dir datasets/shapes{suffix}_dry_run" in calls["data"]
-    for stage in ("vae", "t2i", "t2v", "lora"):
+    for stage in {"vae", "t2i", "t2v", "lora", "inpaint"} & set(calls):
         assert calls[stage].endswith("--max_train_steps 20"), calls[stage]
     assert "8000" not in calls["t2v"]
     assert calls["release"].endswith(f"--models_dir output_dir/shapes{suffix}_dry_run/models")
