@@ -236,7 +236,9 @@ def test_ctrl_c_at_any_moment_of_a_generation_leaves_complete_videos_or_none(tin
         assert not [name for name in names if name.startswith(".")], names  # no temporary file, no claim left
         stems = {name.split(".")[0] for name in names}
         assert all({f"{stem}.mp4", f"{stem}.json"} <= set(names) for stem in stems), names  # complete pairs only
-        assert finished or "interrupted" in stderr.text.splitlines()[-1]
+        # the message is said (not always on the last line: in one CI run the progress bar of the second video,
+        # finished, came after it)
+        assert finished or "interrupted: videos already written are complete" in stderr.text, stderr.text[-2000:]
         outcomes.append((moment, reached, process.returncode, len(stems)))
     print("ctrl-c trials (moment, reached, exit status, videos kept):", outcomes)
     assert any(code == 130 for _, _, code, _ in outcomes), outcomes
