@@ -131,11 +131,11 @@ def measure_transformer(s: Scenario, device: torch.device, peaks: h.MatmulPeaks,
         for row in case_rows:
             model, dtype, _ = variants[row["path"]]
             forward = not re.search("backward|train", row["path"])
-            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            trained = {n for n, p in model.named_parameters() if p.requires_grad}
             row.update(frames=frames, height=px, width=px, batch=s.batch, window=window, dtype=dtype,
                        tokens=s.batch * frames * (px // 8 // base.config.patch_size) ** 2,
                        flops=forward_flops if forward else training_flops(
-                           base.config, frames, px // 8, px // 8, trainable.__contains__, s.batch),
+                           base.config, frames, px // 8, px // 8, trained.__contains__, s.batch),
                        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
             if forward and not row.get("skipped"):
                 row["computed_activation_bytes"] = transformer_activation_bytes(
