@@ -32,9 +32,10 @@ def pytest_addoption(parser):
 
 # glibc's malloc hands big freed blocks back to the system at once (blocks over its mmap threshold, and the top of the
 # heap past its trim threshold), so a process that allocates and frees the same tensors every step (a training step,
-# a denoising step) faults in fresh zeroed pages every time. In the full suite on two cores that cost 590 s of system
-# time against 2,195 s of user time and 165 million page faults. These settings keep freed memory mapped for reuse:
-# `pytest --run-slow tests/test_training.py` went from 350 s to 199 s. glibc reads them when a process starts, so
+# a denoising step) faults in fresh zeroed pages every time. These settings keep freed memory mapped for reuse:
+# `pytest -n 0 --run-slow tests/test_training.py` went from 350 s to 199 s (page faults 4.8 M to 2.3 M). In the whole
+# suite the page faults did not fall measurably (165 M in a CI run before, 152 M and 201 M after), so most of what
+# those cost comes from elsewhere. glibc reads the settings when a process starts, so
 # they are set for the processes started from here (xdist workers, the commands tests run) and, through mallopt,
 # for this one.
 KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": 2**30, "MALLOC_TRIM_THRESHOLD_": 2**31 - 1, "MALLOC_TOP_PAD_": 2**28}
