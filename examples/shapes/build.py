@@ -214,9 +214,13 @@ def release(args: argparse.Namespace) -> None:
         (staging / names.lora).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.lora, staging / names.lora)
         if inpaint:
-            inpaint_defaults = dataclasses.replace(  # 16 frames from an image; longer ones are asked for
+            # 16 frames from an image; longer ones are asked for, and made by extension: on the shipped model's
+            # evaluation (seed 0, 64 frames) its later chunks moved the prompted way in 88% of clips and kept the
+            # colour in 98%, against 73% and 83% of clips in temporal windows, at seams as smooth (1.05 against 1.07)
+            inpaint_defaults = dataclasses.replace(
                 defaults, motion_module=INPAINT_RELEASE.motion_module, guidance_scale=args.inpaint_guidance_scale,
-                prompt="a red circle moving left", frames=16, context_frames=None, context_overlap=None)
+                prompt="a red circle moving left", frames=16, context_frames=None, context_overlap=None,
+                long_video="extension")
             stage_model(args, staging, INPAINT_RELEASE, args.inpaint_transformer, args.inpaint_motion_module,
                         args.world or WORLDS[args.variant], inpaint_defaults, in_channels=9)
 
@@ -246,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     last = commands.add_parser("release", help="the released layout under --models_dir")
     last.add_argument("--base", required=True, help="the base folder written by init")
     last.add_argument("--guidance_scale", type=float, default=2.0, help="default guidance of the demo")
-    last.add_argument("--inpaint_guidance_scale", type=float, default=3.0,
-                      help="default guidance of the inpaint model (3.0: chosen on evaluation seed 1)")
+    last.add_argument("--inpaint_guidance_scale", type=float, default=4.0,
+                      help="default guidance of the inpaint model (4.0: chosen on evaluation seed 1 among 3, 4, 5)")
     last.add_argument("--inpaint_motion_module", help="the inpaint stage's motion_module.safetensors")
     last.add_argument("--inpaint_transformer", help="the inpaint stage's pixart_transformer.safetensors: also release "
                                                     "the inpaint model (with --inpaint_motion_module)")

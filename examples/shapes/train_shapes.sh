@@ -19,7 +19,7 @@
 #   VARIANT  demo (default) or long: the long-clip demo model (EasyAnimate-Shapes-Long), trained on
 #            configs/world_long.yaml with 8000 t2v steps instead of 1600, and from it the inpaint model
 #            (EasyAnimate-Shapes-Inpaint); OUT and DATA default to output_dir/shapes_long and
-#            datasets/shapes_long; about 59 minutes (measured, SEED=42) plus about 10 for the inpaint stage.
+#            datasets/shapes_long; about 59 minutes (measured, SEED=42) plus about 23 for the inpaint stage.
 #   DRY_RUN  1: every stage shortened (one clip per combination, 20 steps per trainer) to check that the
 #            recipe runs end to end: 4 minutes (measured, 2 shared cores); OUT and DATA default to
 #            ..._dry_run folders, and MODELS=models is refused.

@@ -105,6 +105,7 @@ def test_the_inpaint_model_is_released_beside_the_long_model_and_is_predict_i2v_
     assert (models / build.RELEASES["long"].model).is_dir()
     assert load_world(selection.model / build.WORLD_FILE) == load_world(WORLDS["long"])  # the world it learned
     assert (selection.defaults.frames, selection.defaults.context_frames) == (16, None)  # 16 frames from an image
+    assert selection.defaults.long_video == "extension"  # longer ones by extension: the card's measurements
     pipeline = load_pipeline(selection, device="cpu")
     pipeline.set_progress_bar_config(disable=True)
     image = tmp_path / "start.png"

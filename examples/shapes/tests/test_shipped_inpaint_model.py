@@ -2,11 +2,10 @@
 sample of its evaluation (examples.shapes.evaluate's inpaint modes) it does what its model card says it does:
 image-to-video keeps the given image as frame 0 (within 2 dB of the image's own VAE reconstruction) and its
 colour, with an end image the last frame lands where the end image puts the shape (centroid within 4 px), and
-extension hands over without visible seams. The targets it misses (hue, direction) are in the card, not here."""
+extension hands over without visible seams. The direction (met on one evaluation seed, not on another) and the
+hue (missed) are in the card, not here."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 
@@ -43,8 +42,7 @@ def test_image_to_video_keeps_the_image_as_frame_0(inpaint_model):
     pipeline, world, held_out, seen, settings = inpaint_model
     scores = inpaint_scores(generate_from_frames(pipeline, seen[::4], [0], held_out, world, "i2v", **settings))
     assert scores["within 2 dB"] >= 0.9, scores
-    # the image's colour in >= 95% of clips (the card: 98% of 42): the 5% allowed is one clip of these 11
-    assert round((1 - scores["colour"]) * scores["clips"]) <= math.ceil(0.05 * scores["clips"]), scores
+    assert scores["colour"] >= 0.95, scores  # the image's colour (the card: 100% of 42)
 
 
 @pytest.mark.slow
@@ -58,7 +56,7 @@ def test_first_and_last_frame_lands_where_the_end_image_puts_the_shape(inpaint_m
 @pytest.mark.slow
 def test_extension_hands_over_without_visible_seams(inpaint_model):
     """64 frames by extension (16-frame chunks, each starting from the last 4 frames made): the frame-to-frame
-    change at the hand-overs stays within 1.5x of the change inside the chunks (the card: median 1.24 of 42)."""
+    change at the hand-overs stays within 1.5x of the change inside the chunks (the card: median 1.05 of 42)."""
     pipeline, world, held_out, seen, settings = inpaint_model
     scores = long_clip_scores(generate_from_frames(pipeline, seen[2::6], [0], held_out, world, "extension",
                                                    long_frames=64, context_frames=16, context_overlap=4, **settings))
