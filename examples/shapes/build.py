@@ -202,6 +202,7 @@ def release(args: argparse.Namespace) -> None:
     names = RELEASES[args.variant]
     inpaint = args.inpaint_transformer is not None
     released = [*names] + ([INPAINT_RELEASE.model, INPAINT_RELEASE.motion_module] if inpaint else [])
+    world = args.world or WORLDS[args.variant]  # the inpaint model learned on the same clips
     try:
         defaults = ModelDefaults(config=CONFIG_FILE, motion_module=names.motion_module, lora=None, lora_weight=1.0,
                                  height=64, width=64, frames=16, fps=8, steps=args.steps,
@@ -209,8 +210,7 @@ def release(args: argparse.Namespace) -> None:
                                  prompt="a blue square moving up", negative_prompt="")
         if args.variant == "long":  # 64 frames in the 16-frame windows its motion module was trained on
             defaults = dataclasses.replace(defaults, frames=64, context_frames=16, context_overlap=4)
-        stage_model(args, staging, names, args.transformer, args.motion_module, args.world or WORLDS[args.variant],
-                    defaults)
+        stage_model(args, staging, names, args.transformer, args.motion_module, world, defaults)
         (staging / names.lora).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.lora, staging / names.lora)
         if inpaint:
@@ -222,7 +222,7 @@ def release(args: argparse.Namespace) -> None:
                 prompt="a red circle moving left", frames=16, context_frames=None, context_overlap=None,
                 long_video="extension")
             stage_model(args, staging, INPAINT_RELEASE, args.inpaint_transformer, args.inpaint_motion_module,
-                        args.world or WORLDS[args.variant], inpaint_defaults, in_channels=9)
+                        world, inpaint_defaults, in_channels=9)
 
         # the staged release must load the way predict_t2v.py / predict_i2v.py load it
         selection = select_model(staging, staging / names.model)
