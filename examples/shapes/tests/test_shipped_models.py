@@ -51,6 +51,13 @@ def test_video_mode_meets_the_colour_and_shape_targets_on_seen_combinations(vide
 
 
 @pytest.mark.slow
+def test_video_mode_draws_the_prompted_hue_on_seen_combinations(video_scores):
+    """The shape's mean hue within 15 degrees of the prompted colour's (target >= 95% of clips): the nearest
+    palette colour alone would pass a red drawn orange."""
+    assert video_scores["hue"] >= 0.95, video_scores
+
+
+@pytest.mark.slow
 def test_video_mode_meets_the_direction_target_on_seen_combinations(video_scores):
     assert video_scores["direction"] >= 0.90, video_scores
 
@@ -72,7 +79,7 @@ def test_without_the_motion_module_direction_is_about_chance(demo, shipped_model
 # costs colour, shape and direction at every weight that darkens the background (the card says so); the test
 # holds the default weight to the dark background and to the card's colour and shape, less a margin for the
 # 11-clip sample.
-LORA_CARD = {"colour": 0.64, "shape": 0.35}
+LORA_CARD = {"colour": 0.38, "shape": 0.33}
 LORA_MARGIN = 0.2
 
 
