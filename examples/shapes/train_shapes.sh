@@ -17,10 +17,10 @@
 #   MODELS   where the release goes (default $OUT/models). The shipped models in models/ change only
 #            when asked: MODELS=models, or the release command printed at the end.
 #   VARIANT  demo (default) or long: the long-clip demo model (EasyAnimate-Shapes-Long), trained on
-#            configs/world_long.yaml with 6000 t2i steps instead of 16000 and 8000 t2v steps instead of
-#            1600, and from it the inpaint model
+#            configs/world_long.yaml with 8000 t2v steps instead of 1600, and from it the inpaint model
 #            (EasyAnimate-Shapes-Inpaint); OUT and DATA default to output_dir/shapes_long and
-#            datasets/shapes_long; about 59 minutes (measured, SEED=42) plus about 23 for the inpaint stage.
+#            datasets/shapes_long; about 67 minutes (59 measured with a 6000-step t2i stage, SEED=42)
+#            plus about 21 for the inpaint stage.
 #   DRY_RUN  1: every stage shortened (one clip per combination, 20 steps per trainer) to check that the
 #            recipe runs end to end: 4 minutes (measured, 2 shared cores); OUT and DATA default to
 #            ..._dry_run folders, and MODELS=models is refused.
@@ -32,17 +32,15 @@ fi
 VARIANT="${VARIANT:-demo}"
 configs=examples/shapes/configs
 case "$VARIANT" in
-  demo) world=$configs/world.yaml; t2i_steps=""; t2v_steps=""; suffix=""; inpaint=0 ;;
-  # The shipped long-clip and inpaint models were trained before the t2i stage grew to 16000 steps.
-  long) world=$configs/world_long.yaml; t2i_steps="--max_train_steps 6000"; t2v_steps="--max_train_steps 8000"
-        suffix="_long"; inpaint=1 ;;
+  demo) world=$configs/world.yaml; t2v_steps=""; suffix=""; inpaint=0 ;;
+  long) world=$configs/world_long.yaml; t2v_steps="--max_train_steps 8000"; suffix="_long"; inpaint=1 ;;
   *) echo "VARIANT is demo or long, got '$VARIANT'" >&2; exit 2 ;;
 esac
 DRY_RUN="${DRY_RUN:-0}"
 case "$DRY_RUN" in
   0) data_size=""; vae_steps=""; train_steps="" ;;
   1) data_size="--clips-per-combination 1 --style-clips-per-combination 1"; vae_steps="--max_train_steps 20"
-     train_steps="--max_train_steps 20"; t2i_steps=""; t2v_steps=""; suffix="${suffix}_dry_run" ;;
+     train_steps="--max_train_steps 20"; t2v_steps=""; suffix="${suffix}_dry_run" ;;
   *) echo "DRY_RUN is 0 or 1, got '$DRY_RUN'" >&2; exit 2 ;;
 esac
 SEED="${SEED:-42}"
@@ -75,7 +73,7 @@ stage base
 "$PYTHON" -m examples.shapes.build init --vae "$OUT/vae" --output "$OUT/base" --seed "$SEED"
 stage t2i
 "$PYTHON" train.py --train_config $configs/t2i.yaml $paths --train_data_meta "$DATA/train.json" \
-  --output_dir "$OUT/t2i" $train_steps $t2i_steps "$@"
+  --output_dir "$OUT/t2i" $train_steps "$@"
 stage t2v
 "$PYTHON" train.py --train_config $configs/t2v.yaml $paths --train_data_meta "$DATA/train.json" \
   --transformer_path "$OUT/t2i/pixart_transformer.safetensors" --output_dir "$OUT/t2v" $train_steps $t2v_steps "$@"
